@@ -1,0 +1,237 @@
+"""Typed configs: dataclasses read from YAML, with ``--set key=value`` overrides.
+
+Every verb has one dataclass (nested dataclasses for sections). An unknown key,
+in the file or in an override, is an error that names the file and the key.
+
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class C:
+...     lr: float = 3e-4
+>>> load_config(C, overrides=["lr=1e-3"]).lr
+0.001
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from specvit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value, tp, *, key: str, source):
+    """Convert a YAML/CLI value to the annotated type ``tp`` (or raise ConfigError)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key=key, source=source)
+            except ConfigError as e:  # try next member
+                errors.append(str(e))
+        raise ConfigError(f"value does not fit type {tp}", file=source, field=key, value=value)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"must be one of {list(args)}", file=source, field=key, value=value)
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"needs {len(args)} values", file=source, field=key, value=value)
+            return tuple(_coerce(v, a, key=key, source=source) for v, a in zip(value, args))
+        out = [_coerce(v, inner, key=key, source=source) for v in value]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError("must be a mapping", file=source, field=key, value=value)
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, key=key, source=source): _coerce(v, vt, key=f"{key}.{k}", source=source) for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError("must be a mapping", file=source, field=key, value=value)
+        return _from_dict(tp, value, prefix=key + ".", source=source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError("must be true or false", file=source, field=key, value=value)
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"must be {tp.__name__}", file=source, field=key, value=value)
+        try:
+            if tp is int:
+                f = float(value)
+                if f != int(f):
+                    raise ValueError
+                return int(f)
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"must be {tp.__name__}", file=source, field=key, value=value) from None
+    if tp is str:
+        if value is None:
+            raise ConfigError("must be a string", file=source, field=key, value=value)
+        return str(value)
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def _from_dict(cls: type[T], data: dict, *, prefix: str = "", source=None) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key (known: {', '.join(sorted(names))})", file=source, field=prefix + str(unknown[0])
+        )
+    kwargs = {k: _coerce(v, hints[k], key=prefix + k, source=source) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e), file=source, field=prefix.rstrip(".") or cls.__name__) from None
+
+
+def _set_dotted(data: dict, dotted: str, value, *, cls, source) -> None:
+    """Apply ``a.b.c=value`` to a nested dict, checking every key against the dataclass."""
+    parts = dotted.split(".")
+    cur_cls, cur = cls, data
+    for i, part in enumerate(parts):
+        if not _is_dataclass_type(cur_cls):
+            raise ConfigError("cannot descend into a non-section key", file=source, field=".".join(parts[:i]))
+        fields = {f.name: f for f in dataclasses.fields(cur_cls)}
+        if part not in fields:
+            raise ConfigError(
+                f"unknown config key (known: {', '.join(sorted(fields))})", file=source, field=".".join(parts[: i + 1])
+            )
+        hint = typing.get_type_hints(cur_cls)[part]
+        if i == len(parts) - 1:
+            cur[part] = value
+        else:
+            cur = cur.setdefault(part, {})
+            cur_cls = hint
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError("an override must look like key=value", field="--set", value=text)
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(cls: type[T], path=None, overrides=(), *, data: dict | None = None) -> T:
+    """Build ``cls`` from an optional YAML file, an optional dict, then ``key=value`` overrides."""
+    merged: dict = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError("config file not found", file=source)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid YAML: {e}", file=source) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("top level of a config must be a mapping", file=source)
+        merged.update(loaded)
+    if data:
+        merged = _deep_merge(merged, data)
+    for ov in overrides:
+        key, value = parse_override(ov)
+        _set_dotted(merged, key, value, cls=cls, source=f"--set {ov}")
+    return _from_dict(cls, merged, source=source)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_to_dict(cfg) -> dict:
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): conv(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return conv(cfg)
+
+
+def provenance(extra: dict | None = None) -> dict:
+    """What made an output: command line, versions, platform (write it next to every output)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("specvit", "numpy", "scipy", "torch", "h5py", "pandas", "lightgbm", "pysme-astro"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    out = {
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def write_resolved_config(cfg, path, extra: dict | None = None) -> None:
+    """Write the resolved config plus provenance as YAML (atomically)."""
+    from specvit.atomic import write_text_atomic
+
+    doc = {"config": config_to_dict(cfg), "provenance": provenance(extra)}
+    write_text_atomic(path, yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=False))
