@@ -1,0 +1,571 @@
+"""Read and write datasets in the pfsspec ``dataset.h5`` layout (SPEC section 4).
+
+Layout (one HDF5 file per shard)::
+
+    spectrumdataset/wave              (n_wave,)        pixel centres, Angstrom
+    spectrumdataset/wave_edges        (n_wave + 1,)    optional
+    dataset/arrays/flux/value         (N, n_wave)      noiseless normalised flux
+    dataset/arrays/error/value        (N, n_wave)      1-sigma error at noise_level 1
+    dataset/arrays/mask/value         (N, n_wave) int  optional; bits 0x1 default, 0x40000 extrapolated
+    dataset/params                    pandas table (``to_hdf(format='table')``), one row per spectrum
+
+This is the layout of the files the paper's pfsspec simulator wrote (float64
+arrays, a PyTables params table). specvit writes the same layout with float32
+arrays (the root attribute ``array_dtype`` says so) in row chunks.
+
+:func:`open_dataset` opens one file, a list of files, a directory or a glob as
+one concatenated, lazy dataset: arrays are read from disk only for the rows
+asked for, so files larger than memory are fine.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from specvit.errors import InputError
+
+WAVE_KEY = "spectrumdataset/wave"
+WAVE_EDGES_KEY = "spectrumdataset/wave_edges"
+FLUX_KEY = "dataset/arrays/flux/value"
+ERROR_KEY = "dataset/arrays/error/value"
+MASK_KEY = "dataset/arrays/mask/value"
+PARAMS_KEY = "dataset/params"
+
+#: pfsspec mask bits.
+MASK_DEFAULT = 0x1
+MASK_EXTRAPOLATED = 0x40000
+
+#: Columns of the paper's params table, in its order.
+PFSSPEC_PARAM_COLUMNS = (
+    "id", "T_eff", "log_g", "M_H", "a_M", "C_M", "mag", "snr", "redshift", "exp_count", "exp_time",
+    "seeing", "ext", "target_zenith_angle", "target_field_angle", "moon_zenith_angle",
+    "moon_target_angle", "moon_phase", "interp_param",
+)
+
+
+# --------------------------------------------------------------------------- paths
+def resolve_paths(path) -> list[Path]:
+    """Turn a file, a directory (all ``*.h5`` inside, sorted), a glob, or a list of those into files."""
+    if isinstance(path, (list, tuple)):
+        out: list[Path] = []
+        for p in path:
+            out.extend(resolve_paths(p))
+        if not out:
+            raise InputError("no dataset files given", field="path", value=list(map(str, path)))
+        return out
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(q for q in p.iterdir() if q.suffix in (".h5", ".hdf5") and not q.name.startswith("."))
+        if not files:
+            raise InputError("directory holds no .h5 dataset files", file=p)
+        return files
+    if any(c in str(path) for c in "*?["):
+        files = sorted(Path(q) for q in _glob.glob(str(path)) if not Path(q).name.startswith("."))
+        if not files:
+            raise InputError("glob matches no files", file=str(path))
+        return files
+    if not p.exists():
+        raise InputError("dataset file not found", file=p)
+    return [p]
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"cannot open as HDF5 (truncated or corrupt file?): {e}", file=path) from None
+
+
+def _require(f: h5py.File, key: str, path: Path):
+    try:
+        obj = f[key]
+    except KeyError:
+        raise InputError("missing HDF5 key (not a pfsspec dataset?)", file=path, field=key) from None
+    except OSError as e:
+        raise InputError(f"cannot read HDF5 key (truncated or corrupt file?): {e}", file=path, field=key) from None
+    return obj
+
+
+def read_params(path, key: str = PARAMS_KEY) -> pd.DataFrame:
+    """Read the params table of one file (``pandas.read_hdf(path, 'dataset/params')``)."""
+    path = Path(path)
+    try:
+        df = pd.read_hdf(path, key)
+    except KeyError:
+        raise InputError("missing params table", file=path, field=key) from None
+    except (OSError, ValueError, TypeError) as e:
+        # PyTables raises HDF5ExtError (an OSError/RuntimeError subclass) or ValueError for damaged tables
+        raise InputError(f"cannot read params table: {e}", file=path, field=key) from None
+    except Exception as e:  # tables.exceptions.HDF5ExtError is a RuntimeError
+        raise InputError(f"cannot read params table: {e}", file=path, field=key) from None
+    if not isinstance(df, pd.DataFrame):
+        raise InputError("params is not a table", file=path, field=key)
+    return df
+
+
+# --------------------------------------------------------------------------- lazy arrays
+def _normalise_rows(key, n: int):
+    """Return (kind, rows) with kind 'slice' (a slice with step 1), 'int' or 'list' (int64 array)."""
+    if isinstance(key, (int, np.integer)):
+        k = int(key)
+        if k < -n or k >= n:
+            raise IndexError(f"row {k} out of range for {n} rows")
+        return "int", k % n
+    if isinstance(key, slice):
+        start, stop, step = key.indices(n)
+        if step == 1:
+            return "slice", slice(start, max(start, stop))
+        return "list", np.arange(start, stop, step, dtype=np.int64)
+    arr = np.asarray(key)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise IndexError(f"boolean index of shape {arr.shape} for {n} rows")
+        return "list", np.flatnonzero(arr).astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise IndexError(f"row index must be int, slice, int array or bool mask, got {arr.dtype}")
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.size and (arr.min() < -n or arr.max() >= n):
+        raise IndexError(f"row index out of range for {n} rows")
+    return "list", np.where(arr < 0, arr + n, arr)
+
+
+class LazyArray:
+    """A read-only (N, n_wave) array over one HDF5 dataset per shard, read on demand.
+
+    Supports ``a[i]``, ``a[i:j]``, ``a[rows]`` (any order, repeats allowed),
+    ``a[bool_mask]``, and a second index for pixels (``a[rows, 100:200]``).
+    ``np.asarray(a)`` reads everything (avoid on large files).
+    """
+
+    def __init__(self, datasets: Sequence[h5py.Dataset], paths: Sequence[Path], key: str):
+        self._ds = list(datasets)
+        self._paths = list(paths)
+        self.key = key
+        sizes = np.array([d.shape[0] for d in self._ds], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.shape = (int(self._offsets[-1]),) + tuple(self._ds[0].shape[1:])
+        self.dtype = self._ds[0].dtype
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyArray({self.key!r}, shape={self.shape}, dtype={self.dtype}, shards={len(self._ds)})"
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _read(self, s: int, sel, cols) -> np.ndarray:
+        ds = self._ds[s]
+        try:
+            if isinstance(cols, slice):
+                return ds[sel, cols] if not isinstance(sel, np.ndarray) else ds[sel, cols]
+            out = ds[sel]
+            return out[..., cols] if cols is not None else out
+        except (OSError, RuntimeError) as e:
+            raise InputError(f"cannot read rows (truncated or corrupt file?): {e}", file=self._paths[s], field=self.key) from None
+
+    def _read_sorted_unique(self, s: int, rows: np.ndarray, cols) -> np.ndarray:
+        """Read sorted unique local rows of shard ``s``; dense runs are read as one slice."""
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo <= 2 * len(rows) + 16:
+            block = self._read(s, slice(lo, hi), cols)
+            return block[rows - lo]
+        return self._read(s, rows, cols)
+
+    def __getitem__(self, key):
+        cols = slice(None)
+        if isinstance(key, tuple):
+            if len(key) == 0:
+                key = slice(None)
+            elif len(key) == 1:
+                key = key[0]
+            elif len(key) == 2:
+                key, cols = key
+            else:
+                raise IndexError("too many indices (this array is 2-D)")
+        if not isinstance(cols, slice):
+            cols = np.asarray(cols)
+        n = self.shape[0]
+        kind, rows = _normalise_rows(key, n)
+        if kind == "int":
+            s = int(np.searchsorted(self._offsets, rows, side="right") - 1)
+            return self._read(s, int(rows - self._offsets[s]), cols)
+        if kind == "slice":
+            if rows.stop <= rows.start:
+                return np.empty((0,) + self._sub_shape(cols), dtype=self.dtype)
+            parts = []
+            s0 = int(np.searchsorted(self._offsets, rows.start, side="right") - 1)
+            s1 = int(np.searchsorted(self._offsets, rows.stop - 1, side="right") - 1)
+            for s in range(s0, s1 + 1):
+                a = max(rows.start, self._offsets[s]) - self._offsets[s]
+                b = min(rows.stop, self._offsets[s + 1]) - self._offsets[s]
+                parts.append(self._read(s, slice(int(a), int(b)), cols))
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        # list of rows, any order: read each shard's sorted unique rows once, then reorder
+        if rows.size == 0:
+            return np.empty((0,) + self._sub_shape(cols), dtype=self.dtype)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        shard = np.searchsorted(self._offsets, uniq, side="right") - 1
+        parts = []
+        for s in np.unique(shard):
+            local = uniq[shard == s] - self._offsets[s]
+            parts.append(self._read_sorted_unique(int(s), local, cols))
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return block[inverse]
+
+    def _sub_shape(self, cols) -> tuple:
+        if isinstance(cols, slice):
+            return (len(range(*cols.indices(self.shape[1]))),)
+        return np.empty(self.shape[1])[cols].shape
+
+    def iter_chunks(self, chunk_rows: int = 1024):
+        """Yield ``(start, block)`` over all rows, ``chunk_rows`` at a time."""
+        for start in range(0, len(self), chunk_rows):
+            yield start, self[start : start + chunk_rows]
+
+
+# --------------------------------------------------------------------------- dataset
+class SpectrumDataset:
+    """A pfsspec dataset (one or more shards) opened lazily. Use :func:`open_dataset`.
+
+    Attributes
+    ----------
+    path : Path
+        The first file (``paths`` lists all shards).
+    wave : ndarray (n_wave,)
+        Pixel centres, Angstrom (read into memory).
+    wave_edges : ndarray (n_wave + 1,) or None
+    flux, error : LazyArray (N, n_wave)
+    mask : LazyArray (N, n_wave) or None
+    params : DataFrame
+        One row per spectrum (all shards concatenated, index 0..N-1).
+    attrs : dict
+        Root attributes of the first shard (seed, config, provenance for specvit files).
+    """
+
+    def __init__(self, path, *, params_columns: Iterable[str] | None = None):
+        self.paths = resolve_paths(path)
+        self.path = self.paths[0]
+        self._files: list[h5py.File] = []
+        try:
+            self._open(params_columns)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, params_columns):
+        params = []
+        flux, error, mask = [], [], []
+        self.wave = None
+        self.wave_edges = None
+        for p in self.paths:
+            df = read_params(p)
+            f = _open_h5(p)
+            self._files.append(f)
+            wave = np.asarray(_require(f, WAVE_KEY, p)[()], dtype=np.float64)
+            fl = _require(f, FLUX_KEY, p)
+            er = _require(f, ERROR_KEY, p)
+            if wave.ndim != 1:
+                raise InputError("wave must be 1-D", file=p, field=WAVE_KEY, value=wave.shape)
+            if fl.ndim != 2 or fl.shape[1] != wave.shape[0]:
+                raise InputError(
+                    f"flux shape {fl.shape} does not match wave length {wave.shape[0]}", file=p, field=FLUX_KEY,
+                    value=fl.shape,
+                )
+            if er.shape != fl.shape:
+                raise InputError(f"error shape {er.shape} differs from flux shape {fl.shape}", file=p, field=ERROR_KEY,
+                                 value=er.shape)
+            if len(df) != fl.shape[0]:
+                raise InputError(f"params has {len(df)} rows but flux has {fl.shape[0]}", file=p, field=PARAMS_KEY,
+                                 value=len(df))
+            if self.wave is None:
+                self.wave = wave
+                if WAVE_EDGES_KEY in f:
+                    self.wave_edges = np.asarray(f[WAVE_EDGES_KEY][()], dtype=np.float64)
+                self.attrs = _read_attrs(f)
+            elif wave.shape != self.wave.shape or not np.allclose(wave, self.wave, rtol=0, atol=1e-6):
+                raise InputError("wave grid differs from the first shard's", file=p, field=WAVE_KEY)
+            has_mask = MASK_KEY in f
+            if mask is not None:
+                if has_mask:
+                    m = f[MASK_KEY]
+                    if m.shape != fl.shape:
+                        raise InputError(f"mask shape {m.shape} differs from flux shape {fl.shape}", file=p,
+                                         field=MASK_KEY, value=m.shape)
+                    mask.append(m)
+                else:
+                    mask = None
+            flux.append(fl)
+            error.append(er)
+            params.append(df)
+        self.flux = LazyArray(flux, self.paths, FLUX_KEY)
+        self.error = LazyArray(error, self.paths, ERROR_KEY)
+        self.mask = LazyArray(mask, self.paths, MASK_KEY) if mask else None
+        self.shard_offsets = self.flux._offsets.copy()
+        self.params = pd.concat(params, ignore_index=True) if len(params) > 1 else params[0].reset_index(drop=True)
+        if params_columns is not None:
+            self.require_columns(params_columns)
+
+    # ---- container protocol
+    def __len__(self) -> int:
+        return len(self.flux)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SpectrumDataset({[str(p) for p in self.paths]}, n={len(self)}, n_wave={len(self.wave)})"
+
+    def close(self) -> None:
+        for f in self._files:
+            try:
+                f.close()
+            except Exception:  # pragma: no cover - closing a broken file
+                pass
+        self._files = []
+
+    @property
+    def n_wave(self) -> int:
+        return int(len(self.wave))
+
+    # ---- params
+    def require_columns(self, names: Iterable[str]) -> None:
+        missing = [c for c in names if c not in self.params.columns]
+        if missing:
+            raise InputError(
+                f"params table lacks column(s) {missing} (has: {', '.join(map(str, self.params.columns))})",
+                file=self.path, field=missing[0],
+            )
+
+    def labels(self, names: Sequence[str], rows=None) -> np.ndarray:
+        """Label columns ``names`` as a float64 (N, L) array (optionally only ``rows``)."""
+        names = list(names)
+        self.require_columns(names)
+        df = self.params if rows is None else self.params.iloc[rows]
+        return df[names].to_numpy(dtype=np.float64)
+
+    def shard_of(self, rows) -> np.ndarray:
+        """Index of the shard each global row lives in."""
+        return np.searchsorted(self.shard_offsets, np.asarray(rows), side="right") - 1
+
+
+def _read_attrs(f: h5py.File) -> dict:
+    out = {}
+    for k, v in f.attrs.items():
+        if isinstance(v, bytes):
+            v = v.decode()
+        if isinstance(v, str) and k in ("config", "provenance"):
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError:
+                pass
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def open_dataset(path, *, params_columns: Iterable[str] | None = None) -> SpectrumDataset:
+    """Open a pfsspec-layout dataset lazily.
+
+    Parameters
+    ----------
+    path : str, Path, list of those, directory or glob
+        One file, several shards (concatenated in the given / sorted order), a
+        directory (all ``*.h5`` in it, sorted by name) or a glob pattern.
+    params_columns : list of str, optional
+        Columns that must be present in ``dataset/params`` (else InputError).
+
+    Works with specvit's float32 files and the paper's float64 pfsspec files.
+    """
+    return SpectrumDataset(path, params_columns=params_columns)
+
+
+# --------------------------------------------------------------------------- writer
+def write_dataset(path, *, wave, flux, error, params: pd.DataFrame, mask=None, wave_edges=None,
+                  dtype=np.float32, attrs: dict | None = None) -> Path:
+    """Write a complete (in-memory) dataset atomically in the pfsspec layout. Returns ``path``.
+
+    For datasets bigger than memory use :class:`DatasetWriter`.
+    """
+    flux = np.asarray(flux)
+    with DatasetWriter(path, wave=wave, n_rows=flux.shape[0], wave_edges=wave_edges, dtype=dtype,
+                       with_mask=mask is not None, attrs=attrs) as w:
+        w.write_rows(0, flux=flux, error=error, params=params, mask=mask)
+    return Path(path)
+
+
+class DatasetWriter:
+    """Write a pfsspec-layout dataset of ``n_rows`` spectra in row blocks, atomically and resumably.
+
+    Arrays are preallocated at their final size in ``.<name>.partial`` beside
+    ``path``. Each :meth:`write_rows` stores its flux/error/mask and params rows,
+    then marks the rows done (``_progress/done``), so a killed job can reopen
+    the partial file with ``resume=True`` and skip finished blocks.
+    :meth:`finalize` writes the params table (pandas, ``format='table'``),
+    removes the progress group and renames the file to ``path``.
+
+    Params columns must be numeric or strings; the set of columns is fixed by
+    the first block written.
+    """
+
+    PROGRESS = "_progress"
+
+    def __init__(self, path, *, wave, n_rows: int, wave_edges=None, dtype=np.float32, with_mask: bool = False,
+                 attrs: dict | None = None, chunk_rows: int = 256, resume: bool = False):
+        from specvit.atomic import tmp_path_for
+
+        self.path = Path(path)
+        self.tmp = tmp_path_for(self.path)
+        self.n_rows = int(n_rows)
+        self.dtype = np.dtype(dtype)
+        wave = np.asarray(wave, dtype=np.float64)
+        if wave.ndim != 1:
+            raise InputError("wave must be 1-D", file=self.path, field="wave", value=wave.shape)
+        if self.n_rows <= 0:
+            raise InputError("a dataset needs at least one row", file=self.path, field="n_rows", value=n_rows)
+        self.n_wave = len(wave)
+        self.with_mask = with_mask
+        self.attrs = dict(attrs or {})
+        self._f = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.tmp.exists():
+            try:
+                self._f = h5py.File(self.tmp, "r+")
+                ok = (self.PROGRESS in self._f and self._f[FLUX_KEY].shape == (self.n_rows, self.n_wave)
+                      and np.allclose(self._f[WAVE_KEY][()], wave)
+                      and self._f.attrs.get("resume_key", "") == self.attrs.get("resume_key", ""))
+            except (OSError, KeyError):
+                ok = False
+            if not ok:
+                if self._f is not None:
+                    self._f.close()
+                    self._f = None
+                raise InputError(
+                    "a partial file exists but does not match this job (different n, wave or config); "
+                    "delete it or start without resume", file=self.tmp)
+            return
+        if self.tmp.exists():
+            self.tmp.unlink()
+        self._f = h5py.File(self.tmp, "w")
+        f = self._f
+        f.create_dataset(WAVE_KEY, data=wave)
+        if wave_edges is not None:
+            f.create_dataset(WAVE_EDGES_KEY, data=np.asarray(wave_edges, dtype=np.float64))
+        chunks = (max(1, min(chunk_rows, self.n_rows)), self.n_wave)
+        f.create_dataset(FLUX_KEY, shape=(self.n_rows, self.n_wave), dtype=self.dtype, chunks=chunks)
+        f.create_dataset(ERROR_KEY, shape=(self.n_rows, self.n_wave), dtype=self.dtype, chunks=chunks)
+        if with_mask:
+            f.create_dataset(MASK_KEY, shape=(self.n_rows, self.n_wave), dtype=np.int32, chunks=chunks)
+        f.create_dataset(f"{self.PROGRESS}/done", shape=(self.n_rows,), dtype=bool, fillvalue=False)
+        f.attrs["array_dtype"] = self.dtype.name
+        f.attrs["format"] = "pfsspec dataset.h5 layout (specvit writer)"
+        for k, v in self.attrs.items():
+            f.attrs[k] = v if isinstance(v, (str, int, float, np.number, np.ndarray)) else json.dumps(v, default=str)
+        f.flush()
+
+    # ---- progress
+    def done_mask(self) -> np.ndarray:
+        return self._f[f"{self.PROGRESS}/done"][()]
+
+    def is_done(self, start: int, stop: int) -> bool:
+        return bool(self._f[f"{self.PROGRESS}/done"][start:stop].all())
+
+    def write_rows(self, start: int, *, flux, error, params: pd.DataFrame, mask=None) -> None:
+        """Store rows ``start .. start+len(flux)`` and mark them done."""
+        f = self._f
+        flux = np.asarray(flux)
+        error = np.asarray(error)
+        n = flux.shape[0]
+        stop = start + n
+        if flux.ndim != 2 or flux.shape[1] != self.n_wave:
+            raise InputError(f"flux must be (n, {self.n_wave})", file=self.path, field="flux", value=flux.shape)
+        if error.shape != flux.shape:
+            raise InputError("error shape differs from flux", file=self.path, field="error", value=error.shape)
+        if start < 0 or stop > self.n_rows:
+            raise InputError(f"rows {start}..{stop} outside 0..{self.n_rows}", file=self.path, field="start", value=start)
+        if len(params) != n:
+            raise InputError("params rows differ from flux rows", file=self.path, field="params", value=len(params))
+        for name, arr in (("flux", flux), ("error", error)):
+            if not np.isfinite(arr).all():
+                raise InputError(f"non-finite {name} in rows {start}..{stop}", file=self.path, field=name)
+        f[FLUX_KEY][start:stop] = flux.astype(self.dtype, copy=False)
+        f[ERROR_KEY][start:stop] = error.astype(self.dtype, copy=False)
+        if self.with_mask:
+            m = np.zeros(flux.shape, np.int32) if mask is None else np.asarray(mask, np.int32)
+            f[MASK_KEY][start:stop] = m
+        self._write_params(start, stop, params)
+        f.flush()
+        f[f"{self.PROGRESS}/done"][start:stop] = True
+        f.flush()
+
+    def _write_params(self, start, stop, params: pd.DataFrame) -> None:
+        g = self._f.require_group(f"{self.PROGRESS}/params")
+        for col in params.columns:
+            values = params[col].to_numpy()
+            if values.dtype.kind in "OUS":
+                values = np.asarray([str(v) for v in values], dtype=object)
+                dt = h5py.string_dtype()
+            elif values.dtype.kind in "biuf":
+                dt = values.dtype
+            else:
+                raise InputError("params columns must be numeric or strings", file=self.path, field=str(col),
+                                 value=str(values.dtype))
+            if col not in g:
+                g.create_dataset(col, shape=(self.n_rows,), dtype=dt)
+                order = json.loads(g.attrs.get("columns", "[]")) + [str(col)]
+                g.attrs["columns"] = json.dumps(order)
+            g[col][start:stop] = values
+
+    # ---- finish
+    def finalize(self) -> Path:
+        """Write the params table, drop progress bookkeeping, rename to the final path."""
+        done = self.done_mask()
+        if not done.all():
+            first = int(np.flatnonzero(~done)[0])
+            raise InputError(f"{int((~done).sum())} rows were never written (first: {first})", file=self.tmp,
+                             field="rows")
+        g = self._f[f"{self.PROGRESS}/params"]
+        cols = json.loads(g.attrs["columns"])
+        df = pd.DataFrame({c: (g[c].asstr()[()] if h5py.check_string_dtype(g[c].dtype) else g[c][()]) for c in cols})
+        del self._f[self.PROGRESS]
+        self._f.attrs["complete"] = np.int8(1)
+        self._f.close()
+        self._f = None
+        df.to_hdf(self.tmp, key=PARAMS_KEY, mode="a", format="table", index=False)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def abort(self) -> None:
+        """Close and delete the partial file."""
+        self.close()
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.abort()
