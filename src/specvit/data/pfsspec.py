@@ -128,6 +128,8 @@ def _normalise_rows(key, n: int):
         if arr.shape != (n,):
             raise IndexError(f"boolean index of shape {arr.shape} for {n} rows")
         return "list", np.flatnonzero(arr).astype(np.int64)
+    if arr.size == 0:
+        return "list", np.zeros(0, dtype=np.int64)
     if arr.dtype.kind not in "iu":
         raise IndexError(f"row index must be int, slice, int array or bool mask, got {arr.dtype}")
     arr = arr.astype(np.int64).reshape(-1)
