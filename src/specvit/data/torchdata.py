@@ -1,0 +1,352 @@
+"""Stream spectra from dataset files into torch batches, adding noise on the fly.
+
+The dataset files (SPEC section 4) store NOISELESS flux and the 1-sigma error
+at noise level 1; a consumer draws ``noisy = flux + noise_level * error * N(0, 1)``:
+
+* training: fresh noise for every batch, from a generator keyed by
+  ``(seed, epoch, rank, batch)`` — the stream position *is* the generator
+  state, so a checkpoint that stores the position resumes the exact draws;
+* validation / test: fixed noise per row (keyed by ``(seed, row)``), the same
+  whatever the batch size, order or number of processes.
+
+Reading never loads the whole file. The rows ``[0, n_rows)`` are cut into
+contiguous *chunks* of ``chunk_rows``; an epoch visits the chunks in a seeded
+random order, ``buffer_rows // chunk_rows`` chunks at a time are read (one
+contiguous HDF5 slice each) into a *buffer* whose rows are shuffled, and
+batches are cut from consecutive buffers. With several processes (DDP) rank
+``r`` takes chunks ``r, r + W, r + 2W, ...`` of the epoch's chunk order (like
+``DistributedSampler``, but chunk-wise so reads stay contiguous) and every
+rank yields the same number of batches (its share wraps around if short).
+At most one buffer plus one batch of spectra is in memory.
+
+Labels are selected by name and z-scored with a :class:`LabelScaler` fitted
+on the training split (saved with the model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from specvit.data.noise import fixed_normal
+from specvit.errors import InputError
+from specvit.labels import canonical_label
+
+_FLUX_KEY = "dataset/arrays/flux/value"
+_ERROR_KEY = "dataset/arrays/error/value"
+
+
+# --------------------------------------------------------------------------- labels
+@dataclasses.dataclass
+class LabelScaler:
+    """Per-label z-scoring ``z = (y - mean) / std`` (label units in, unitless out)."""
+
+    names: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, labels: np.ndarray, names: Sequence[str]) -> "LabelScaler":
+        labels = np.asarray(labels, dtype=np.float64)
+        std = labels.std(axis=0)
+        std = np.where(std > 0, std, 1.0)  # a constant label is only centred
+        return cls(tuple(names), labels.mean(axis=0), std)
+
+    def transform(self, y):
+        return (y - self._like(self.mean, y)) / self._like(self.std, y)
+
+    def inverse(self, z):
+        return z * self._like(self.std, z) + self._like(self.mean, z)
+
+    def inverse_scale(self, s):
+        """Scale a spread (e.g. sigma in z units) back to label units."""
+        return s * self._like(self.std, s)
+
+    @staticmethod
+    def _like(a: np.ndarray, x):
+        if isinstance(x, torch.Tensor):
+            return torch.as_tensor(a, dtype=x.dtype, device=x.device)
+        return a
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelScaler":
+        return cls(tuple(d["names"]), np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- file access
+def open_source(path):
+    """Open a dataset lazily (``specvit.data.open_dataset``: a file, a list of shards, a directory or a glob)."""
+    from specvit.data.pfsspec import open_dataset
+
+    return open_dataset(path)
+
+
+def _describe(path) -> str:
+    if isinstance(path, (list, tuple)):
+        return ",".join(str(p) for p in path)
+    return str(path)
+
+
+def select_labels(params, names: Sequence[str], *, n_rows: int, source) -> np.ndarray:
+    """Label columns ``names`` of the first ``n_rows`` rows as float64 (n_rows, L); clear error if missing/NaN."""
+    out = np.empty((n_rows, len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        if name not in params.columns:
+            raise InputError(f"missing label column (columns: {', '.join(map(str, params.columns))})",
+                             file=source, field=f"dataset/params/{name}")
+        out[:, j] = params[name].to_numpy(dtype=np.float64)[:n_rows]
+    bad = ~np.isfinite(out)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise InputError(f"non-finite label in row {i}", file=source, field=f"dataset/params/{names[j]}",
+                         value=float(out[i, j]))
+    return out
+
+
+# --------------------------------------------------------------------------- noise
+def batch_noise(seed: int, epoch: int, rank: int, batch: int, shape) -> np.ndarray:
+    """Fresh training noise N(0,1), float32, for one batch; a pure function of its position."""
+    rng = np.random.default_rng([int(seed), int(epoch), int(rank), int(batch), 0x7EA1])
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def fixed_noise(seed: int, rows: np.ndarray, n_pixels: int) -> np.ndarray:
+    """Fixed N(0,1) noise for dataset rows ``rows`` (validation/test): a pure function of (seed, row, pixel).
+
+    The one definition shared with the baselines: :func:`specvit.data.noise.fixed_normal`.
+    """
+    return fixed_normal(rows, n_pixels, seed, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- the stream
+@dataclasses.dataclass
+class _Buffer:
+    chunks: list[tuple[int, int]]  # contiguous [start, stop) row ranges, read one slice each
+    perm: np.ndarray | None  # order of the concatenated rows (None = as read)
+
+    @property
+    def rows(self) -> np.ndarray:
+        r = np.concatenate([np.arange(a, b) for a, b in self.chunks])
+        return r if self.perm is None else r[self.perm]
+
+    def __len__(self):
+        return sum(b - a for a, b in self.chunks)
+
+
+class SpectraStream(torch.utils.data.IterableDataset):
+    """Batches ``{"flux", "target", "labels", "rows", ["error"]}`` streamed from a dataset file.
+
+    Parameters (keyword-only)
+    ----------
+    path : dataset file (or whatever ``open_dataset`` accepts: list of shards, directory).
+    label_names : label columns (aliases such as ``logg`` accepted).
+    batch_size : spectra per batch (per process).
+    train : True = shuffled chunks/buffers, fresh noise per batch, equal batches per rank, drop last partial batch;
+        False = rows in file order, fixed per-row noise, every row exactly once over all ranks.
+    noise_level : multiplies the stored 1-sigma error (1 = the simulated exposure); 0 = noiseless.
+    seed : keys the chunk order, the buffer shuffles and the noise.
+    scaler : LabelScaler for the ``target`` (z-scored) labels; None = fit on this stream's rows.
+    chunk_rows, buffer_rows : contiguous read size and shuffle-buffer size, in spectra.
+    max_rows : use only the first ``max_rows`` rows (prefix subsets for scaling curves).
+    rank, world_size : this process's share (DDP).
+    error_fn : optional ``f(noisy_flux (B,P) ndarray, rows (B,)) -> error (B,P)`` giving a leakage-safe
+        error channel estimated from the noisy data (never the stored noiseless-model error: SPEC section 3).
+    """
+
+    def __init__(self, *, path, label_names: Sequence[str], batch_size: int, train: bool, noise_level: float = 1.0,
+                 seed: int = 0, scaler: LabelScaler | None = None, chunk_rows: int = 1024, buffer_rows: int = 8192,
+                 max_rows: int | None = None, rank: int = 0, world_size: int = 1,
+                 error_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, source=None):
+        super().__init__()
+        if batch_size < 1 or chunk_rows < 1 or buffer_rows < 1:
+            raise InputError("batch_size, chunk_rows and buffer_rows must be >= 1", field="batch_size/chunk_rows/buffer_rows",
+                             value=(batch_size, chunk_rows, buffer_rows))
+        if not (noise_level >= 0 and math.isfinite(noise_level)):
+            raise InputError("noise_level must be a finite number >= 0", field="noise_level", value=noise_level)
+        self.path = path
+        self.source_name = _describe(path)
+        self.src = source if source is not None else open_source(path)
+        self.label_names = tuple(canonical_label(n) for n in label_names)
+        n_file = len(self.src)
+        if max_rows is not None and max_rows < 1:
+            raise InputError("max_rows must be >= 1", field="max_rows", value=max_rows)
+        self.n_rows = n_file if max_rows is None else min(int(max_rows), n_file)
+        if self.n_rows == 0:
+            raise InputError("dataset has no rows", file=self.source_name, field="dataset/arrays/flux/value")
+        self.labels = select_labels(self.src.params, self.label_names, n_rows=self.n_rows, source=self.source_name)
+        self.scaler = scaler if scaler is not None else LabelScaler.fit(self.labels, self.label_names)
+        if tuple(self.scaler.names) != self.label_names:
+            raise InputError("label scaler was fitted on other labels", field="labels",
+                             value=(list(self.scaler.names), list(self.label_names)))
+        self.n_pixels = int(self.src.flux.shape[1])
+        self.batch_size, self.train = int(batch_size), bool(train)
+        self.noise_level, self.seed = float(noise_level), int(seed)
+        self.chunk_rows = int(chunk_rows)
+        self.chunks_per_buffer = max(1, int(buffer_rows) // self.chunk_rows)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.error_fn = error_fn
+        self.epoch, self.start_batch = 0, 0
+        #: largest number of spectra held at once (buffer + carried-over rows), for memory checks
+        self.peak_rows_in_memory = 0
+
+    # ----------------------------------------------------------------- plan
+    def __len__(self) -> int:
+        return self.batches_per_epoch()
+
+    def batches_per_epoch(self) -> int:
+        if self.train:
+            n = self.n_rows // (self.batch_size * self.world_size)
+            if n == 0:
+                raise InputError("fewer training rows than one global batch", file=self.source_name,
+                                 field="batch_size", value=(self.n_rows, self.batch_size, self.world_size))
+            return n
+        return math.ceil(len(self._eval_rows()) / self.batch_size)
+
+    def _eval_rows(self) -> range:
+        per = math.ceil(self.n_rows / self.world_size)
+        return range(min(self.rank * per, self.n_rows), min((self.rank + 1) * per, self.n_rows))
+
+    def plan(self, epoch: int) -> list[_Buffer]:
+        """The buffers this rank reads in ``epoch``, in order (a pure function of seed, epoch, rank)."""
+        if not self.train:
+            r = self._eval_rows()
+            return [_Buffer([(a, min(a + self.chunk_rows, r.stop))], None) for a in range(r.start, r.stop, self.chunk_rows)]
+        starts = np.arange(0, self.n_rows, self.chunk_rows)
+        order = np.random.default_rng([self.seed, int(epoch), 0xC4]).permutation(len(starts))
+        mine = order[self.rank::self.world_size]
+        if len(mine) == 0:  # more ranks than chunks: take a chunk anyway (wraps)
+            mine = order[self.rank % len(order):][:1]
+        rng = np.random.default_rng([self.seed, int(epoch), self.rank, 0xB0])
+        buffers = []
+        for i in range(0, len(mine), self.chunks_per_buffer):
+            chunks = sorted((int(starts[c]), int(min(starts[c] + self.chunk_rows, self.n_rows)))
+                            for c in mine[i:i + self.chunks_per_buffer])
+            n = sum(b - a for a, b in chunks)
+            buffers.append(_Buffer(chunks, rng.permutation(n)))
+        return buffers
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """Row indices of every batch this rank yields in ``epoch``, concatenated (for tests/inspection)."""
+        rows = np.concatenate([b.rows for b in self.plan(epoch)])
+        if self.train:
+            need = self.batches_per_epoch() * self.batch_size
+            rows = np.resize(rows, need) if need > len(rows) else rows[:need]
+        return rows
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Position the next ``iter()`` at batch ``start_batch`` of ``epoch`` (resume)."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    # ----------------------------------------------------------------- reading
+    def _read(self, buf: _Buffer):
+        flux = np.concatenate([np.asarray(self.src.flux[a:b], dtype=np.float32) for a, b in buf.chunks])
+        error = np.concatenate([np.asarray(self.src.error[a:b], dtype=np.float32) for a, b in buf.chunks])
+        rows = np.concatenate([np.arange(a, b) for a, b in buf.chunks])
+        if buf.perm is not None:
+            flux, error, rows = flux[buf.perm], error[buf.perm], rows[buf.perm]
+        bad = ~np.isfinite(flux).all(axis=1)
+        if bad.any():
+            raise InputError("NaN or inf in flux", file=self.source_name, field=_FLUX_KEY,
+                             value=f"row {int(rows[np.argmax(bad)])}")
+        bad = ~(np.isfinite(error).all(axis=1) & (error >= 0).all(axis=1))
+        if bad.any():
+            raise InputError("NaN, inf or negative error", file=self.source_name, field=_ERROR_KEY,
+                             value=f"row {int(rows[np.argmax(bad)])}")
+        return flux, error, rows
+
+    def _buffers_from(self, epoch: int, start_row: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(flux, error, rows) blocks of this rank's epoch stream starting at position ``start_row`` (wrapping)."""
+        plan = self.plan(epoch)
+        sizes = np.array([len(b) for b in plan])
+        total = int(sizes.sum())
+        pos = start_row
+        while True:
+            cycle_pos = pos % total
+            i = int(np.searchsorted(np.cumsum(sizes), cycle_pos, side="right"))
+            skip = cycle_pos - int(sizes[:i].sum())
+            flux, error, rows = self._read(plan[i])
+            yield flux[skip:], error[skip:], rows[skip:]
+            pos += int(sizes[i]) - skip
+
+    def _batches(self, epoch: int, start_batch: int) -> Iterator[dict]:
+        n_batches = self.batches_per_epoch()
+        B = self.batch_size
+        if start_batch >= n_batches:
+            return
+        eval_stop = len(self._eval_rows())
+        blocks = self._buffers_from(epoch, start_batch * B)
+        carry = None
+        for b in range(start_batch, n_batches):
+            want = B if self.train else min(B, eval_stop - b * B)
+            parts, have = [], 0
+            if carry is not None:
+                parts.append(carry)
+                have = len(carry[0])
+            while have < want:
+                blk = next(blocks)
+                parts.append(blk)
+                have += len(blk[0])
+                self.peak_rows_in_memory = max(self.peak_rows_in_memory, have)
+            flux, error, rows = (np.concatenate(x) if len(parts) > 1 else x[0] for x in zip(*parts))
+            carry = (flux[want:], error[want:], rows[want:]) if have > want else None
+            yield self._make_batch(flux[:want], error[:want], rows[:want], epoch, b)
+
+    def _make_batch(self, flux, error, rows, epoch, b) -> dict:
+        if self.noise_level > 0:
+            z = batch_noise(self.seed, epoch, self.rank, b, flux.shape) if self.train \
+                else fixed_noise(self.seed, rows, flux.shape[1])
+            flux = flux + np.float32(self.noise_level) * error * z
+        labels = self.labels[rows]
+        out = {
+            "flux": torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)),
+            "target": torch.from_numpy(self.scaler.transform(labels).astype(np.float32)),
+            "labels": torch.from_numpy(labels),
+            "rows": torch.from_numpy(rows.astype(np.int64)),
+        }
+        if self.error_fn is not None:
+            out["error"] = torch.from_numpy(np.asarray(self.error_fn(flux, rows), dtype=np.float32))
+        return out
+
+    def __iter__(self):
+        start, self.start_batch = self.start_batch, 0  # a resume offset applies to one pass only
+        return self._batches(self.epoch, start)
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0):
+        return self._batches(epoch, start_batch)
+
+    # ----------------------------------------------------------------- extras
+    def snr(self, rows) -> np.ndarray:
+        """Per-spectrum SNR at this stream's noise level: the ``snr`` column / noise_level (inf if noiseless)."""
+        params = self.src.params
+        if "snr" not in params.columns:
+            return np.full(len(rows), np.nan)
+        s = params["snr"].to_numpy(dtype=np.float64)[np.asarray(rows)]
+        return s / self.noise_level if self.noise_level > 0 else np.full(len(rows), np.inf)
+
+
+def observer_error_fn(src, noise_level: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Leakage-safe error channel via ``PFSObserver.error_from_noisy`` (needs observing columns in params).
+
+    The error is estimated from the NOISY flux (counts), never taken from the stored
+    error array, which was computed from the noiseless model (SPEC section 3, leakage trap).
+    """
+    from specvit.observe import PFSObserver  # type: ignore[attr-defined]
+
+    params = src.params
+    if "norm_factor" not in params.columns:
+        raise InputError("the error channel needs the 'norm_factor' column", field="dataset/params/norm_factor")
+    wave = np.asarray(src.wave, dtype=np.float64)
+    obs = PFSObserver(model_wave=wave, model_resolution=1e6, model_medium="vacuum")
+    norm = params["norm_factor"].to_numpy(dtype=np.float64)
+
+    def fn(noisy_flux: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        cond = params.iloc[np.asarray(rows)].reset_index(drop=True)
+        return np.asarray(obs.error_from_noisy(noisy_flux, cond, norm[np.asarray(rows)]), dtype=np.float32)
+
+    return fn
