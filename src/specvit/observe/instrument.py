@@ -1,0 +1,64 @@
+"""The telescope + PFS throughput, fibre aperture loss and vignetting.
+
+Total throughput (default) = primary-mirror reflectivity (bare aluminium, one
+reflection at prime focus) x CCD quantum efficiency (fully depleted 200 micron
+red-arm CCD) x ``optics_throughput`` (wide-field corrector, fibres, spectrograph;
+flat, calibrated). The two curves are coarse tabulations (nodes below,
+interpolated linearly); a user can replace the whole product with
+``InstrumentConfig.throughput_file``.
+
+Fibre aperture loss: fraction of a circular Moffat PSF (FWHM = seeing x X^0.6 x
+(lambda / 5000 A)^-0.2, Kolmogorov scaling with airmass and wavelength) that
+falls into the fibre of diameter d: 1 - (1 + (d/2 / a)^2)^(1 - beta),
+a = FWHM / (2 sqrt(2^(1/beta) - 1)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from specvit.observe.atmosphere import _read_table
+from specvit.observe.config import InstrumentConfig
+
+#: Bare Al reflectivity at normal incidence (e.g. Bass, Handbook of Optics; the 8260 A interband dip).
+AL_REFLECTIVITY = (np.array([6500.0, 7000, 7500, 8000, 8260, 8500, 9000, 9500]),
+                   np.array([0.905, 0.898, 0.886, 0.868, 0.861, 0.866, 0.889, 0.920]))
+#: QE of a fully depleted thick CCD in 6500-9500 A (typical LBNL/Hamamatsu curve, rounded).
+CCD_QE = (np.array([6500.0, 7000, 8000, 8500, 9000, 9500]),
+          np.array([0.90, 0.92, 0.93, 0.91, 0.86, 0.75]))
+
+
+def throughput(wave_A, cfg: InstrumentConfig) -> np.ndarray:
+    """Total throughput (0..1) at ``wave_A`` excluding atmosphere, fibre aperture loss and vignetting."""
+    wave_A = np.asarray(wave_A, dtype=float)
+    if cfg.throughput_file:
+        w, t = _read_table(cfg.throughput_file, field="throughput_file")
+        return np.interp(wave_A, w, t)
+    return np.interp(wave_A, *AL_REFLECTIVITY) * np.interp(wave_A, *CCD_QE) * cfg.optics_throughput
+
+
+def collecting_area_cm2(cfg: InstrumentConfig) -> float:
+    """pi/4 D^2 (1 - obscuration^2), cm^2."""
+    return float(np.pi / 4 * (cfg.telescope_diameter_m * 100) ** 2 * (1 - cfg.central_obscuration**2))
+
+
+def fibre_area_arcsec2(cfg: InstrumentConfig) -> float:
+    return float(np.pi / 4 * cfg.fibre_diameter_arcsec**2)
+
+
+def delivered_fwhm_arcsec(seeing_arcsec, airmass, wave_A):
+    """Seeing FWHM at zenith and 5000 A -> at airmass X and wavelength (Kolmogorov: X^0.6 lambda^-0.2)."""
+    return np.asarray(seeing_arcsec) * np.asarray(airmass) ** 0.6 * (np.asarray(wave_A) / 5000.0) ** -0.2
+
+
+def fibre_fraction(fwhm_arcsec, cfg: InstrumentConfig) -> np.ndarray:
+    """Fraction of a Moffat(beta) PSF of FWHM ``fwhm_arcsec`` inside the fibre (centred)."""
+    beta = cfg.psf_moffat_beta
+    a = np.asarray(fwhm_arcsec, dtype=float) / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    r = cfg.fibre_diameter_arcsec / 2
+    return 1 - (1 + (r / a) ** 2) ** (1 - beta)
+
+
+def vignetting(field_angle_deg, cfg: InstrumentConfig) -> np.ndarray:
+    """Transmitted fraction vs distance from the field centre: 1 - v_edge (theta / R)^2, clipped at 0."""
+    t = np.asarray(field_angle_deg, dtype=float) / cfg.field_radius_deg
+    return np.clip(1 - cfg.vignetting_at_edge * t**2, 0.0, 1.0)

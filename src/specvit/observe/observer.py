@@ -1,0 +1,305 @@
+"""The PFS MR-arm observation: noiseless model F_lambda + observing conditions -> flux, error, SNR.
+
+One pure, vectorised function of (spectra, conditions, instrument) -- the single
+place where the noise model lives (SPEC section 3, DESIGN). The random noise draw
+is NOT done here: consumers draw ``noisy = flux + noise_level * error * N(0, 1)``.
+
+Chain for spectrum n and PFS pixel i (all wavelengths vacuum):
+
+1. Doppler shift F(lambda) -> F(lambda / (1 + z_n)); reddening by E(B-V)_n (CCM89).
+2. Scale to the HSC i AB magnitude ``mag_n`` (photon weighted; photometry.py).
+3. LSF (Gaussian, R=5000, model resolution removed in quadrature) + flux-conserving
+   integration over the pixel: one sparse matrix ``resample_matrix`` (lsf.py).
+4. Electrons: O = F * lambda/(hc) * dlambda * A_tel * t * T(lambda) * 10^(-0.4 k X) * f_fibre * v;
+   sky S = sky(lambda) * fibre area * dlambda * A_tel * t * T(lambda) * X * v; moon likewise.
+5. Var = O + S + S_moon + stray + n_exp * npix * RN^2 + npix * dark * t
+         + (floor * max(S_{i-1}, S_i, S_{i+1}))^2,  stray = 0.02 mean(S);
+   sigma_F = sqrt(Var) / (O / F).
+6. Normalise flux and error by one factor so that median(flux) = 0.5; snr = median(flux / error).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from specvit.errors import InputError
+from specvit.observe import atmosphere as atm
+from specvit.observe import instrument as ins
+from specvit.observe.conditions import check_conditions
+from specvit.observe.config import InstrumentConfig
+from specvit.observe.lsf import air_to_vacuum, lsf_sigma_A, resample_matrix
+from specvit.observe.pfs import pfs_mr_wave, pfs_mr_wave_edges
+from specvit.observe.photometry import AB_ZERO_FNU, C_A_PER_S, SyntheticPhotometry
+
+#: Median of the normalised flux (SPEC section 3).
+NORMALISED_MEDIAN = 0.5
+_SUN_TEFF_K = 5778.0
+_V_WAVE_A = 5500.0
+
+
+@dataclass
+class Observation:
+    """Result of :meth:`PFSObserver.observe` for N spectra on the 4096 PFS pixels.
+
+    flux : (N, 4096) normalised NOISELESS flux (median 0.5)
+    error : (N, 4096) 1-sigma noise of ``flux`` at noise_level 1 (same normalisation)
+    snr : (N,) median over pixels of flux / error
+    norm_factor : (N,) normalised = F_lambda [erg/s/cm^2/A, scaled to ``mag``] * norm_factor
+    mag_model : (N,) HSC i AB magnitude of the input model flux (before scaling; in its units)
+    conditions : the observing conditions used (DataFrame, N rows)
+    components : electrons per pixel ('object_e', 'sky_e', 'moon_e', 'var_e') if asked for
+    """
+
+    wave: np.ndarray
+    flux: np.ndarray
+    error: np.ndarray
+    snr: np.ndarray
+    norm_factor: np.ndarray
+    mag_model: np.ndarray
+    conditions: pd.DataFrame
+    components: dict = field(default_factory=dict)
+
+
+def _planck_shape(wave_A, teff):
+    return 1.0 / (wave_A**5 * np.expm1(1.438777e8 / (wave_A * teff)))
+
+
+class PFSObserver:
+    """Observe noiseless spectra with the PFS MR arm.
+
+    Parameters (keyword only)
+    -------------------------
+    model_wave : (n_model,) wavelengths of the model flux, Angstrom, in ``model_medium``
+    model_resolution : the model's own resolving power (``inf`` if not band limited)
+    model_medium : "vacuum" or "air" (air is converted to vacuum; the PFS grid is vacuum)
+    instrument : :class:`InstrumentConfig` (default: the calibrated PFS MR arm)
+    """
+
+    def __init__(self, *, model_wave, model_resolution: float = float("inf"), model_medium: str = "vacuum",
+                 instrument: InstrumentConfig | None = None):
+        cfg = instrument or InstrumentConfig()
+        self.instrument = cfg
+        w = np.asarray(model_wave, dtype=float)
+        if w.ndim != 1 or not np.all(np.isfinite(w)):
+            raise InputError("model wavelengths must be a finite 1D array", field="model_wave", value=w.shape)
+        if model_medium not in ("vacuum", "air"):
+            raise InputError("must be 'vacuum' or 'air'", field="model_medium", value=model_medium)
+        if not model_resolution > 0:
+            raise InputError("must be > 0", field="model_resolution", value=model_resolution)
+        self.model_wave = air_to_vacuum(w) if model_medium == "air" else w
+        self.model_resolution = float(model_resolution)
+        self.n_model = len(w)
+        self.wave = pfs_mr_wave()
+        self.wave_edges = pfs_mr_wave_edges()
+        self.dlam = np.diff(self.wave_edges)
+        self.lsf_sigma_A = lsf_sigma_A(self.wave, cfg.resolution, self.model_resolution)
+        #: scipy.sparse CSR (4096, n_model): LSF + flux-conserving resampling
+        self.resample_matrix = resample_matrix(self.model_wave, self.wave_edges, self.lsf_sigma_A,
+                                               truncate=cfg.lsf_truncate_sigma)
+        self.photometry = SyntheticPhotometry(self.model_wave)
+        self._setup_response()
+        self._torch_cache = {}
+
+    @classmethod
+    def for_model(cls, model, instrument: InstrumentConfig | None = None) -> "PFSObserver":
+        """Observer matched to a :class:`specvit.spectra.base.SpectralModel`."""
+        return cls(model_wave=model.wave, model_resolution=model.resolution, model_medium=model.medium,
+                   instrument=instrument)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_response(self):
+        cfg, w = self.instrument, self.wave
+        self.throughput = ins.throughput(w, cfg)
+        self.area_cm2 = ins.collecting_area_cm2(cfg)
+        #: electrons per (erg/s/cm^2/A) per second, before atmosphere, fibre loss and vignetting
+        self.base_response = w / atm.H_C_ERG_A * self.dlam * self.area_cm2 * self.throughput
+        kw, kk = atm.load_extinction(cfg.extinction_file)
+        self.extinction_k = np.interp(w, kw, kk)
+        # night sky: resample through the LSF, scale to the dark-sky i-band brightness
+        sw, sf, s_res = atm.load_sky(cfg.sky_file, cfg.sky_file_resolution)
+        if sw[0] > self.wave_edges[0] - 20 or sw[-1] < self.wave_edges[-1] + 20:
+            raise InputError("sky table must cover the PFS MR arm 7080-8870 A", file=cfg.sky_file or "sky_paranal",
+                             field="sky_file", value=[float(sw[0]), float(sw[-1])])
+        sky_phot = SyntheticPhotometry(sw)
+        sky_scale = 10 ** (-0.4 * (cfg.sky_mag_i_arcsec2 - sky_phot.ab_mag(sf[None])[0]))
+        sky_M = resample_matrix(sw, self.wave_edges, lsf_sigma_A(w, cfg.resolution, s_res),
+                                truncate=cfg.lsf_truncate_sigma)
+        #: sky F_lambda per arcsec^2 at zenith on the PFS pixels, erg/s/cm^2/A/arcsec^2
+        self.sky_flambda = sky_M @ (sf * sky_scale)
+        fib_area = ins.fibre_area_arcsec2(cfg)
+        #: sky electrons per second per pixel at zenith (dark sky)
+        self.sky_rate = self.sky_flambda * fib_area * self.base_response
+        self._sky_max3 = np.maximum(np.maximum(self.sky_rate, np.r_[self.sky_rate[1:], self.sky_rate[-1]]),
+                                    np.r_[self.sky_rate[0], self.sky_rate[:-1]])
+        self._sky_mean = float(self.sky_rate.mean())
+        # moonlight per unit 10^(-0.4 V): solar shape normalised at 5500 A
+        f_v = AB_ZERO_FNU * C_A_PER_S / _V_WAVE_A**2
+        shape = _planck_shape(w, _SUN_TEFF_K) / _planck_shape(_V_WAVE_A, _SUN_TEFF_K)
+        self.moon_rate_v0 = f_v * shape * fib_area * self.base_response
+        # fibre aperture loss is smooth in wavelength: evaluate at the arm ends, interpolate linearly
+        self._fib_wave = np.array([w[0], w[-1]])
+        self._fib_u = (w - w[0]) / (w[-1] - w[0])
+
+    # --------------------------------------------------------------- helpers
+    def _check_flux(self, model_flux, name="model_flux") -> np.ndarray:
+        f = np.asarray(model_flux, dtype=float)
+        if f.ndim == 1:
+            f = f[None]
+        if f.ndim != 2 or f.shape[1] != self.n_model:
+            raise InputError(f"must have shape (N, {self.n_model}) (the model wavelength grid)", field=name,
+                             value=tuple(np.shape(model_flux)))
+        if not np.all(np.isfinite(f)):
+            i = int(np.flatnonzero(~np.isfinite(f).all(1))[0])
+            raise InputError(f"non-finite values (first bad row {i})", field=name, value="NaN/inf")
+        return f
+
+    def convolve_resample(self, model_flux) -> np.ndarray:
+        """LSF + flux-conserving resampling to the 4096 PFS pixels: (N, n_model) -> (N, 4096)."""
+        f = self._check_flux(model_flux)
+        return np.asarray((self.resample_matrix @ f.T).T)
+
+    def _doppler(self, f: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """F_obs(lambda) = F(lambda / (1 + z)) by linear interpolation on the model grid, rows with z != 0."""
+        rows = np.flatnonzero(z != 0)
+        if len(rows) == 0:
+            return f
+        f = f.copy()
+        w = self.model_wave
+        x = w[None, :] / (1.0 + z[rows, None])
+        j = np.clip(np.searchsorted(w, x) - 1, 0, len(w) - 2)
+        t = np.clip((x - w[j]) / (w[j + 1] - w[j]), 0.0, 1.0)
+        sub = f[rows]
+        f[rows] = np.take_along_axis(sub, j, 1) * (1 - t) + np.take_along_axis(sub, j + 1, 1) * t
+        return f
+
+    def _redden(self, f: np.ndarray, ebv: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(ebv > 0)
+        if len(rows) == 0:
+            return f
+        f = f.copy()
+        a = atm.ccm89_a_lambda_over_av(self.model_wave) * 3.1
+        f[rows] *= 10 ** (-0.4 * ebv[rows, None] * a[None, :])
+        return f
+
+    def response_and_background(self, conditions) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Per spectrum and pixel: electrons per unit F_lambda (erg/s/cm^2/A), and the variance
+        (electrons^2) of everything that is not the object. Depends on the conditions only."""
+        cfg = self.instrument
+        c = conditions
+        X = atm.airmass(c["target_zenith_angle"].to_numpy(float))
+        n_exp = c["exp_count"].to_numpy(float)
+        t_tot = n_exp * c["exp_time"].to_numpy(float)
+        vig = ins.vignetting(c["target_field_angle"].to_numpy(float), cfg)
+        fwhm = ins.delivered_fwhm_arcsec(c["seeing"].to_numpy(float)[:, None], X[:, None], self._fib_wave[None, :])
+        fib = ins.fibre_fraction(fwhm, cfg)  # (N, 2)
+        fib_pix = fib[:, :1] + (fib[:, 1:] - fib[:, :1]) * self._fib_u[None, :]
+        tv = (t_tot * vig)[:, None]
+        trans = np.exp(-0.4 * np.log(10.0) * X[:, None] * self.extinction_k[None, :])
+        response = self.base_response[None, :] * tv * trans * fib_pix
+        sky_fac = (X if cfg.sky_scales_with_airmass else np.ones_like(X))[:, None] * tv
+        sky = self.sky_rate[None, :] * sky_fac
+        v_moon = atm.moon_v_surface_brightness(c["moon_phase"].to_numpy(float), c["moon_zenith_angle"].to_numpy(float),
+                                               c["target_zenith_angle"].to_numpy(float),
+                                               c["moon_target_angle"].to_numpy(float), cfg.moon_k_v)
+        moon_fac = 10 ** (-0.4 * v_moon)  # 0 where the Moon is down
+        moon = self.moon_rate_v0[None, :] * (moon_fac[:, None] * tv) if np.any(moon_fac > 0) else 0.0
+        const = (cfg.stray_light_fraction * self._sky_mean * sky_fac[:, 0]
+                 + n_exp * cfg.extraction_pixels * cfg.read_noise_e**2
+                 + cfg.extraction_pixels * cfg.dark_e_per_pix_s * t_tot)
+        floor = (cfg.sky_subtraction_floor * self._sky_max3[None, :] * sky_fac) ** 2
+        background = sky + moon + const[:, None] + floor
+        return response, background, {"sky_e": sky, "moon_e": moon, "airmass": X, "fibre_fraction": fib_pix}
+
+    # ------------------------------------------------------------------ main
+    def observe(self, model_flux, conditions, *, return_components: bool = False) -> Observation:
+        """Observe N noiseless model spectra (N, n_model) F_lambda under ``conditions`` (N rows)."""
+        f = self._check_flux(model_flux)
+        c = check_conditions(conditions, len(f), source="conditions")
+        f = self._doppler(f, c["redshift"].to_numpy(float))
+        f = self._redden(f, c["ext"].to_numpy(float))
+        phot = self.photometry.photon_integral(f)
+        if not np.all(phot > 0):
+            i = int(np.flatnonzero(~(phot > 0))[0])
+            raise InputError(f"model flux has no positive flux in the HSC i band (row {i})", field="model_flux")
+        mag_model = -2.5 * np.log10(phot / self.photometry.ab_norm)
+        scale = 10 ** (-0.4 * (c["mag"].to_numpy(float) - mag_model))
+        fc = np.asarray(self.resample_matrix @ f.T).T * scale[:, None]  # erg/s/cm^2/A
+        response, background, comp = self.response_and_background(c)
+        obj = fc * response
+        var = np.clip(obj, 0.0, None) + background
+        err = np.sqrt(var) / response
+        med = np.median(fc, axis=1)
+        if not np.all(med > 0):
+            i = int(np.flatnonzero(~(med > 0))[0])
+            raise InputError(f"median model flux over the PFS arm is not positive (row {i})", field="model_flux")
+        norm = NORMALISED_MEDIAN / med
+        flux = fc * norm[:, None]
+        error = err * norm[:, None]
+        snr = np.median(flux / error, axis=1)
+        components = {}
+        if return_components:
+            components = {"object_e": obj, "var_e": var, **comp}
+        return Observation(wave=self.wave, flux=flux, error=error, snr=snr, norm_factor=norm, mag_model=mag_model,
+                           conditions=c, components=components)
+
+    def error_from_noisy(self, noisy_flux, conditions, norm_factor) -> np.ndarray:
+        """Leakage-safe 1-sigma error estimated from NOISY normalised flux (SPEC section 3, "Leakage trap").
+
+        The object shot noise is taken from the noisy counts (clipped at 0) instead of
+        the noiseless model; sky, read noise, dark, stray light and the sky floor depend
+        on the observing conditions only. ``norm_factor`` is the per-spectrum
+        normalisation of :class:`Observation` (physical flux -> normalised flux).
+        """
+        noisy = np.asarray(noisy_flux, dtype=float)
+        if noisy.ndim == 1:
+            noisy = noisy[None]
+        if noisy.ndim != 2 or noisy.shape[1] != len(self.wave):
+            raise InputError(f"must have shape (N, {len(self.wave)})", field="noisy_flux", value=np.shape(noisy_flux))
+        if not np.all(np.isfinite(noisy)):
+            raise InputError("non-finite values", field="noisy_flux", value="NaN/inf")
+        norm = np.broadcast_to(np.asarray(norm_factor, dtype=float), (len(noisy),))
+        if not np.all(norm > 0):
+            raise InputError("must be > 0", field="norm_factor", value=float(norm.min()))
+        c = check_conditions(conditions, len(noisy), source="conditions")
+        response, background, _ = self.response_and_background(c)
+        r = response / norm[:, None]  # electrons per unit normalised flux
+        var = np.clip(noisy * r, 0.0, None) + background
+        return np.sqrt(var) / r
+
+    # ----------------------------------------------------------------- torch
+    def _torch_matrix(self, dtype, device):
+        import torch
+
+        key = (dtype, str(device))
+        if key not in self._torch_cache:
+            M = self.resample_matrix.tocoo()
+            idx = torch.as_tensor(np.vstack([M.row, M.col]), dtype=torch.long)
+            self._torch_cache[key] = torch.sparse_coo_tensor(
+                idx, torch.as_tensor(M.data, dtype=dtype), M.shape, device=device).coalesce()
+        return self._torch_cache[key]
+
+    def convolve_resample_torch(self, model_flux):
+        """Differentiable LSF + resampling: torch (N, n_model) -> (N, 4096)."""
+        import torch
+
+        f = model_flux if model_flux.ndim == 2 else model_flux[None]
+        if f.shape[-1] != self.n_model:
+            raise InputError(f"must have shape (N, {self.n_model})", field="model_flux", value=tuple(f.shape))
+        M = self._torch_matrix(f.dtype, f.device)
+        return torch.sparse.mm(M, f.T).T
+
+    def normalised_torch(self, model_flux):
+        """Differentiable observed shape: LSF + resampling + median normalisation to 0.5 (torch, (N, 4096)).
+
+        Equals ``observe(...).flux`` for redshift 0 and no reddening (the magnitude
+        only scales the flux, which the normalisation removes). The median of the
+        4096 pixels is the mean of the 2048th and 2049th values, as in numpy.
+        """
+        fc = self.convolve_resample_torch(model_flux)
+        n = fc.shape[1]
+        lo = fc.kthvalue(n // 2, dim=1).values
+        hi = fc.kthvalue(n // 2 + 1, dim=1).values
+        med = 0.5 * (lo + hi)
+        return fc * (NORMALISED_MEDIAN / med)[:, None]

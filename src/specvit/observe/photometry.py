@@ -1,0 +1,97 @@
+"""Synthetic AB magnitudes in the HSC i band (photon weighted), vectorised over spectra.
+
+m_AB = -2.5 log10( int F_lambda T lambda dlambda / int f_nu0 c/lambda^2 T lambda dlambda ),
+f_nu0 = 3631 Jy (Oke & Gunn 1983), T = ``speclite.filters.load_filter('hsc2017-i')``
+(Kawanomoto et al. 2018 HSC filter curves, as shipped by speclite).
+
+HSC i transmits between ~6770 and ~8760 A (1% of peak), while a model may start at
+~7050 A. The part of the filter outside the model range is filled with a power law
+F_lambda ~ lambda^alpha fitted per spectrum to the mean flux of the first (last)
+two 60 A windows of the model, i.e. the model's own local SED slope. For the
+default 7050 A model start this part carries ~11% of the band's photon weight,
+so a 10% error in the extrapolated flux moves the magnitude by ~0.01 mag.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+C_A_PER_S = 2.99792458e18  # speed of light, Angstrom / s
+AB_ZERO_FNU = 3631e-23  # erg / s / cm^2 / Hz
+_WINDOW_A = 60.0
+
+
+def load_hsc_i():
+    """(wave_A, response) of the HSC i filter from speclite (no hand-typed curve)."""
+    import speclite.filters
+
+    f = speclite.filters.load_filter("hsc2017-i")
+    return np.asarray(f.wavelength, dtype=float), np.asarray(f.response, dtype=float)
+
+
+class SyntheticPhotometry:
+    """Photon-weighted AB magnitude of spectra on a fixed wavelength grid ``wave_A``."""
+
+    def __init__(self, wave_A, *, filter_wave_A=None, filter_response=None, ext_step_A: float = 10.0):
+        self.wave = np.asarray(wave_A, dtype=float)
+        if filter_wave_A is None:
+            filter_wave_A, filter_response = load_hsc_i()
+        fw, fr = np.asarray(filter_wave_A, float), np.asarray(filter_response, float)
+        w = self.wave
+        dw = np.gradient(w)
+        T = np.interp(w, fw, fr, left=0.0, right=0.0)
+        #: weights so that  F @ weights = int F T lambda dlambda  over the model range
+        self.weights = T * w * dw
+        # AB reference over the whole filter
+        fine = np.linspace(fw[0], fw[-1], 20001)
+        Tf = np.interp(fine, fw, fr)
+        self.ab_norm = np.trapezoid(AB_ZERO_FNU * C_A_PER_S / fine**2 * Tf * fine, fine)
+        # extension grids outside the model range
+        self.blue = self._ext_grid(fw, fr, fw[0], w[0], ext_step_A)
+        self.red = self._ext_grid(fw, fr, w[-1], fw[-1], ext_step_A)
+        self.win_blue = self._windows(w[0], +1)
+        self.win_red = self._windows(w[-1], -1)
+        total = np.trapezoid(Tf * fine / fine**2, fine)  # flat-f_nu photon weight
+        inside = np.trapezoid(np.where((fine >= w[0]) & (fine <= w[-1]), Tf, 0) / fine, fine)
+        #: fraction of the filter's photon weight (flat f_nu source) outside the model range
+        self.outside_fraction = float(1 - inside / total)
+
+    @staticmethod
+    def _ext_grid(fw, fr, lo, hi, step):
+        if hi <= lo:
+            return None
+        n = max(int(np.ceil((hi - lo) / step)), 1)
+        edges = np.linspace(lo, hi, n + 1)
+        mid = 0.5 * (edges[1:] + edges[:-1])
+        T = np.interp(mid, fw, fr, left=0.0, right=0.0)
+        return mid, T * mid * np.diff(edges)
+
+    def _windows(self, start, sign):
+        w = self.wave
+        if sign > 0:
+            m1 = (w >= start) & (w < start + _WINDOW_A)
+            m2 = (w >= start + _WINDOW_A) & (w < start + 2 * _WINDOW_A)
+        else:
+            m1 = (w <= start) & (w > start - _WINDOW_A)
+            m2 = (w <= start - _WINDOW_A) & (w > start - 2 * _WINDOW_A)
+        A = np.stack([m1 / m1.sum(), m2 / m2.sum()], axis=1)  # (n_wave, 2) averaging matrix
+        return A, np.array([w[m1].mean(), w[m2].mean()])
+
+    def _extension(self, flux, grid, windows):
+        if grid is None:
+            return 0.0
+        mid, wt = grid
+        A, lam = windows
+        f = np.clip(flux @ A, 1e-300, None)  # (N, 2)
+        alpha = np.log(f[:, 1] / f[:, 0]) / np.log(lam[1] / lam[0])
+        ext = f[:, :1] * (mid[None, :] / lam[0]) ** alpha[:, None]
+        return ext @ wt
+
+    def photon_integral(self, flux) -> np.ndarray:
+        """int F_lambda T lambda dlambda over the whole filter (N,), with the power-law extension."""
+        flux = np.atleast_2d(flux)
+        return flux @ self.weights + self._extension(flux, self.blue, self.win_blue) + self._extension(
+            flux, self.red, self.win_red)
+
+    def ab_mag(self, flux) -> np.ndarray:
+        """AB magnitude (N,) of F_lambda in erg/s/cm^2/A (any other unit shifts it by a constant)."""
+        return -2.5 * np.log10(self.photon_integral(flux) / self.ab_norm)
