@@ -362,6 +362,14 @@ def plot_parity(
 # --------------------------------------------------------------------------------------------
 # 3. Scaling curve
 # --------------------------------------------------------------------------------------------
+def _count_text(v: float) -> str:
+    """200 -> '200', 50000 -> '50k', 1000000 -> '1M'."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{suffix}"
+    return f"{v:g}"
+
+
 def plot_scaling(table, *, model_col="model", size_col="n_train", metric_col="r2", lo_col=None, hi_col=None,
                  label: str = "log_g", reference=None) -> Figure:
     """Test R² vs training-set size (log x), one line per model.
@@ -396,7 +404,13 @@ def plot_scaling(table, *, model_col="model", size_col="n_train", metric_col="r2
             c = model_color(name)
             ax.plot(d[size_col], d[metric_col], color=c, marker=model_marker(name), mfc="none", ls=":", lw=1,
                     label=f"{name}")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
     ax.set_xscale("log")
+    sizes = np.unique(np.asarray(df[size_col], dtype=float))
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _count_text(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("training-set size (spectra)")
     ax.set_ylabel(f"test $R^2$ of {_label_text(label).split(' [')[0]}")
     ax.set_title("scaling with training-set size")
