@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "specvit.spectra.cli",
     "specvit.observe.cli",
     "specvit.data.cli",
+    "specvit.baselines.cli",
+    "specvit.fisher.cli",
 ]
 
 
