@@ -273,3 +273,25 @@ def test_cli_help_lists_models(capsys):
         main(["baseline", "--help"])
     out = capsys.readouterr().out
     assert all(k in out for k in ("lightgbm", "ridge", "templatefit", "--set", "eval_noise_seed"))
+
+
+def test_templatefit_table_conversion_and_cli_dispatch(tmp_path, capsys):
+    from specvit.baselines.cli import templatefit_table
+
+    rng = np.random.default_rng(0)
+    n = 40
+    t = rng.uniform(1, 5, n)
+    raw = pd.DataFrame({"row": np.arange(n), "T_eff": 5000.0, "log_g": t + 0.1 * rng.normal(size=n),
+                        "log_g_err": np.full(n, 0.1), "T_eff_err": np.nan, "chi2": 1.0, "snr": 10.0,
+                        "true_log_g": t, "true_T_eff": 5000.0})
+    table, names = templatefit_table(raw)
+    assert names == ["T_eff", "log_g"]
+    assert {"log_g_true", "log_g_pred", "log_g_sigma", "T_eff_pred", "chi2", "snr"} <= set(table.columns)
+    assert "T_eff_sigma" not in table.columns  # NaN uncertainties are not used for calibration
+    np.testing.assert_array_equal(table["log_g_pred"], raw["log_g"])
+    # the CLI reaches the template fit and reports its config errors
+    pytest.importorskip("specvit.baselines.templatefit")
+    cfg = tmp_path / "tf.yaml"
+    cfg.write_text("mode: lm\n")
+    assert main(["baseline", "templatefit", "--config", str(cfg)]) == 2
+    assert "input" in capsys.readouterr().err

@@ -25,6 +25,12 @@ config (YAML) for lightgbm / ridge, e.g.:
   out_dir: runs/ridge
 writes OUT_DIR/predictions.csv (id,row,snr,<label>_true,<label>_pred), metrics.json,
 config.yaml (resolved config + provenance) and the model (ridge_model.npz / lightgbm_<label>.txt).
+
+config for templatefit (keys of specvit.baselines.templatefit.TemplateFitConfig), e.g.:
+  input: data/test.h5
+  output: runs/templatefit/predictions.csv   # + predictions.metrics.json beside it
+  mode: lm                  # lm (Levenberg-Marquardt) | grid (chi2 on a grid, the paper's)
+  noise_seed: 42            # use the same fixed test noise as the other baselines
 """
 
 
@@ -59,28 +65,59 @@ def _run(args) -> int:
     return 0
 
 
-def _finish_templatefit(cfg, df) -> None:
-    """Write predictions/metrics for a template fit if its runner did not (shared table format)."""
-    from pathlib import Path
+def templatefit_table(df, label_names=None):
+    """Convert :func:`run_templatefit` output to the shared prediction table.
 
+    Template-fit columns ``<label>``, ``<label>_err``, ``true_<label>`` become
+    ``<label>_pred``, ``<label>_sigma``, ``<label>_true`` for every label that has a truth
+    column; ``row``, ``snr``, ``chi2``, ``chi2_red``, ``at_bound`` are kept. A label's
+    ``_sigma`` is kept only when every value is finite and > 0 (else calibration is skipped).
+    Returns ``(table, labels)``.
+    """
+    import numpy as np
     import pandas as pd
 
-    out_dir = getattr(cfg, "out_dir", None)
-    labels = getattr(getattr(cfg, "data", None), "labels", None) or getattr(cfg, "labels", None)
-    if out_dir is None or not labels or not isinstance(df, pd.DataFrame):
-        return
-    if (Path(out_dir) / "metrics.json").exists():
-        return
-    if not all(f"{n}_true" in df.columns and f"{n}_pred" in df.columns for n in labels):
-        return
+    from specvit.labels import LABEL_NAMES
+
+    names = [n for n in (label_names or LABEL_NAMES) if n in df.columns and f"true_{n}" in df.columns]
+    out = pd.DataFrame({c: df[c] for c in ("row", "snr") if c in df.columns})
+    for n in names:
+        out[f"{n}_true"] = df[f"true_{n}"].to_numpy(dtype=float)
+        out[f"{n}_pred"] = df[n].to_numpy(dtype=float)
+        if f"{n}_err" in df.columns:
+            s = df[f"{n}_err"].to_numpy(dtype=float)
+            if np.all(np.isfinite(s) & (s > 0)):
+                out[f"{n}_sigma"] = s
+    for c in ("chi2", "chi2_red", "at_bound"):
+        if c in df.columns:
+            out[c] = df[c].to_numpy()
+    return out, names
+
+
+def _finish_templatefit(cfg, df) -> None:
+    """Write the template fit's predictions (shared table format) and metrics beside ``cfg.output``."""
+    from pathlib import Path
+
     from specvit.baselines.common import write_csv, write_json
     from specvit.evaluate.metrics import evaluate_predictions
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_csv(Path(out_dir) / "predictions.csv", df)
-    snr = "snr" if "snr" in df.columns else None
-    write_json(Path(out_dir) / "metrics.json", {"model": "templatefit", "labels": list(labels),
-                                                 "test": evaluate_predictions(df, labels, snr, 0)})
+    output = getattr(cfg, "output", "")
+    if not output:
+        print(f"templatefit: fitted {len(df)} spectra (no output file configured)")
+        return
+    table, names = templatefit_table(df, getattr(cfg, "free_labels", None))
+    write_csv(output, table)
+    if names:
+        free = [n for n in names if n in getattr(cfg, "free_labels", names)]
+        snr = "snr" if "snr" in table.columns else None
+        metrics = {"model": "templatefit", "labels": free,
+                   "test": evaluate_predictions(table, free, snr, 0),
+                   "noise_seed": getattr(cfg, "noise_seed", None), "seconds": df.attrs.get("seconds")}
+        mpath = Path(output).with_suffix(".metrics.json")
+        write_json(mpath, metrics)
+        for n in free:
+            print(f"templatefit: test {n}: R2 = {metrics['test']['labels'][n]['overall']['r2']:.4f}")
+        print(f"templatefit: wrote {output} and {mpath}")
 
 
 def register(subparsers) -> None:
