@@ -21,7 +21,7 @@ def write_dataset(path, n_rows=256, n_pixels=128, *, seed=0, error=0.02, dtype=n
     })
     x = np.linspace(0.0, 1.0, n_pixels)
     centres = np.array([0.2, 0.45, 0.7, 0.85])
-    prof = np.exp(-0.5 * ((x[None, :] - centres[:, None]) / 0.02) ** 2)  # (4, P)
+    prof = np.exp(-0.5 * ((x[None, :] - centres[:, None]) / 0.05) ** 2)  # (4, P)
     t = (params["T_eff"].to_numpy() - 4875.0) / 1125.0
     g = (params["log_g"].to_numpy() - 3.0) / 2.0
     m = (params["M_H"].to_numpy() + 0.875) / 1.625

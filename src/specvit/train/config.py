@@ -81,6 +81,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  #: autocast dtype (fp16 only on CUDA, with GradScaler)
     compile: bool = False  #: torch.compile the model
+    compile_backend: str = "inductor"  #: torch.compile backend ("inductor"; "eager"/"aot_eager" for debugging)
     num_threads: int | None = None  #: torch intra-op threads on CPU (None = torch default)
     eval_every_epochs: int = 1
     eval_every_steps: int | None = None  #: also evaluate every N optimizer steps

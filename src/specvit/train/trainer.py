@@ -164,13 +164,13 @@ class Trainer:
 
         self.net = self.model  # what forward goes through: maybe compiled, maybe DDP-wrapped
         if run.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, backend=run.compile_backend)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DDP(self.net, device_ids=ids)
-        self.eval_net = self.model if not run.compile else torch.compile(self.model)
+        self.eval_net = self.model if not run.compile else torch.compile(self.model, backend=run.compile_backend)
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_value, self.best_step, self.bad_evals = None, None, 0
