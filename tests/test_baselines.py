@@ -295,3 +295,14 @@ def test_templatefit_table_conversion_and_cli_dispatch(tmp_path, capsys):
     cfg.write_text("mode: lm\n")
     assert main(["baseline", "templatefit", "--config", str(cfg)]) == 2
     assert "input" in capsys.readouterr().err
+
+
+def test_nan_label_is_an_error_naming_row_and_field(splits, tmp_path):
+    wave, flux, error, params = _spectra(30, 9)
+    params.loc[11, "log_g"] = np.nan
+    write_dataset(tmp_path / "nanlabel.h5", wave=wave, flux=flux, error=error, params=params)
+    cfg = load_config(RidgeConfig, data={"data": _data(splits["lin"], train=str(tmp_path / "nanlabel.h5")),
+                                         "out_dir": str(tmp_path / "r")})
+    with pytest.raises(InputError, match="row 11") as e:
+        run_ridge(cfg, log=lambda *_: None)
+    assert "log_g" in str(e.value) and "nanlabel.h5" in str(e.value)

@@ -83,6 +83,16 @@ def open_split(path, labels, *, split: str):
     return ds
 
 
+def checked_labels(ds, names, stop: int) -> np.ndarray:
+    """Labels ``names`` of rows ``0:stop`` as float64 (stop, L); a non-finite label is an error naming it."""
+    y = ds.labels(names)[:stop]
+    bad = ~np.isfinite(y)
+    if bad.any():
+        r, j = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(f"non-finite label in row {r}", file=_row_file(ds, r), field=names[j], value=float(y[r, j]))
+    return y
+
+
 def n_rows(ds, cap: int | None) -> int:
     return len(ds) if cap is None else min(len(ds), int(cap))
 
@@ -115,7 +125,7 @@ def iter_noisy_chunks(ds, *, stop: int, noise_level: float, seed: int, chunk_row
 
 def iter_training_chunks(ds, cfg: DataConfig, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(noisy_flux, labels)`` chunks over ``n_augment`` fixed noisy copies of rows ``0:stop``."""
-    y = ds.labels(cfg.labels)[:stop]
+    y = checked_labels(ds, cfg.labels, stop)
     for k in range(cfg.n_augment):
         for start, x in iter_noisy_chunks(ds, stop=stop, noise_level=cfg.noise_level, seed=cfg.train_noise_seed + k,
                                           chunk_rows=cfg.chunk_rows):
@@ -149,7 +159,7 @@ def prediction_table(ds, stop: int, labels, pred: np.ndarray, sigma: np.ndarray 
     })
     pred = np.asarray(pred, dtype=np.float64).reshape(stop, len(labels))
     for j, name in enumerate(labels):
-        df[f"{name}_true"] = params[name].to_numpy(dtype=np.float64)
+        df[f"{name}_true"] = checked_labels(ds, [name], stop)[:, 0]
         df[f"{name}_pred"] = pred[:, j]
         if sigma is not None:
             df[f"{name}_sigma"] = np.asarray(sigma, dtype=np.float64).reshape(stop, len(labels))[:, j]

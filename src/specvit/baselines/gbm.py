@@ -30,6 +30,7 @@ import numpy as np
 
 from specvit.baselines.common import (
     DataConfig,
+    checked_labels,
     finish_run,
     iter_noisy_chunks,
     iter_training_chunks,
@@ -130,7 +131,7 @@ def _sequence_class():
 def _training_set(train, cfg: LightGBMConfig, n_train: int):
     """(list of float32 blocks or [Sequence], labels (n_train * n_augment, L))."""
     d = cfg.data
-    y = np.tile(train.labels(d.labels)[:n_train], (d.n_augment, 1))
+    y = np.tile(checked_labels(train, d.labels, n_train), (d.n_augment, 1))
     if cfg.stream:
         seq = _sequence_class()(train, n_train, d.n_augment, d.noise_level, d.train_noise_seed, d.chunk_rows)
         return [seq], y
@@ -156,7 +157,7 @@ def run_lightgbm(cfg: LightGBMConfig, *, log=print) -> dict:
         blocks, y = _training_set(train, cfg, n_train)
         xv = np.concatenate([x for _, x in iter_noisy_chunks(val, stop=n_val, noise_level=d.noise_level,
                                                              seed=d.eval_noise_seed, chunk_rows=d.chunk_rows)])
-        yv = val.labels(d.labels)[:n_val]
+        yv = checked_labels(val, d.labels, n_val)
         # one binned Dataset shared by all labels (labels swapped per booster)
         dtrain = lgb.Dataset(blocks if len(blocks) > 1 or cfg.stream else blocks[0], label=y[:, 0], params=params,
                              free_raw_data=True)

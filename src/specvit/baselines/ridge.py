@@ -30,6 +30,7 @@ import numpy as np
 
 from specvit.baselines.common import (
     DataConfig,
+    checked_labels,
     finish_run,
     iter_noisy_chunks,
     iter_training_chunks,
@@ -255,7 +256,7 @@ def run_ridge(cfg: RidgeConfig, *, log=print) -> dict:
         log(f"ridge: statistics of {stats.n} rows x {stats.D} px in {t_stats:.1f} s; "
             f"{len(alphas)} alphas solved in {t_solve:.1f} s")
 
-        yv = val.labels(d.labels)[:n_val]
+        yv = checked_labels(val, d.labels, n_val)
         pv = np.concatenate([path.predict(x) for _, x in iter_noisy_chunks(
             val, stop=n_val, noise_level=d.noise_level, seed=d.eval_noise_seed, chunk_rows=d.chunk_rows)])
         val_r2 = _r2_cols(yv[:, None, :], pv)  # (A, L)
