@@ -455,7 +455,9 @@ def plot_ablation(table, *, param_col="param", value_col="value", metric_col="r2
         if np.isfinite(y).any():
             bars[int(np.nanargmax(y))].set_linewidth(2.0)
         ax.set_xticks(xs)
-        ax.set_xticklabels([str(v) for v in d[value_col]], rotation=30 if len(d) > 4 else 0)
+        texts = [str(v) for v in d[value_col]]
+        long = len(d) > 4 or max(len(t) for t in texts) * len(d) > 24
+        ax.set_xticklabels(texts, rotation=30 if long else 0, ha="right" if long else "center")
         ax.set_xlabel(str(prm))
         if count_col and count_col in d:
             for xi, ni in zip(xs, d[count_col]):
@@ -467,7 +469,7 @@ def plot_ablation(table, *, param_col="param", value_col="value", metric_col="r2
     return fig
 
 
-def plot_importance(importances: Mapping[str, float], *, title="hyper-parameter importance (fANOVA)") -> Figure:
+def plot_importance(importances: Mapping[str, float], *, title="hyper-parameter importance (PED-ANOVA)") -> Figure:
     """Horizontal bars of hyper-parameter importances (e.g. ``optuna.importance.get_param_importances``)."""
     if not importances:
         raise InputError("no importances to plot", field="importances")
@@ -479,7 +481,7 @@ def plot_importance(importances: Mapping[str, float], *, title="hyper-parameter 
     ax.barh(np.arange(len(names)), vals[order], color=OKABE_ITO["blue"])
     ax.set_yticks(np.arange(len(names)))
     ax.set_yticklabels([names[i] for i in order])
-    ax.set_xlabel("importance (fraction of objective variance)")
+    ax.set_xlabel("importance (normalised to sum 1)")
     ax.set_title(title)
     return fig
 
