@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "specvit.data.cli",
     "specvit.baselines.cli",
     "specvit.fisher.cli",
+    "specvit.evaluate.cli",
 ]
 
 
