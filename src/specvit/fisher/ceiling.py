@@ -1,0 +1,354 @@
+"""The ceiling per magnitude and per SNR bin: Fisher matrices of a point set, summarised.
+
+Pipeline (SPEC section 7):
+
+1. points θ_n — BOSZ-like grid nodes over the model box, a uniform design, or the
+   labels of a dataset/CSV file (:func:`make_points`);
+2. μ(θ_n) and J = ∂μ/∂θ once per point (the Jacobian does not depend on the
+   magnitude: the normalisation removes the flux scale);
+3. the error at every magnitude from the PFS observer under the calibration
+   setup (4 × 900 s, seeing 1.0″, zenith 22.5°, new moon), scaled analytically from
+   one :meth:`PFSObserver.observe` call: with the per-pixel response R (e⁻ per
+   unit flux) and background variance B (e⁻²) of the observer, and the
+   normalisation factor ν(m) = ν(m₀)·10^{0.4(m−m₀)}, the normalised error is
+   σ² = μ ν / R + B ν² / R²  (exactly the observer's Var = O + B);
+4. I(θ_n, m) = Jᵀ Σ⁻¹ J for every (point, magnitude) and the bounds of
+   :mod:`specvit.fisher.information`, summarised by median / p10 / p90.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from specvit.errors import InputError
+from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
+from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_matrix, prior_weights, resolve_free,
+                                        van_trees_bound)
+from specvit.fisher.jacobian import ForwardModel, jacobian
+from specvit.labels import canonical_label
+
+#: Grid spacing of the paper's BOSZ nodes (SPEC section 2), label units; also the default FD steps.
+BOSZ_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.25}
+
+
+# ---------------------------------------------------------------------------------------------
+# model and observer
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(spec: str = "default"):
+    """A SpectralModel from a spec string.
+
+    ``"default"`` → :func:`specvit.spectra.default_model` (the embedded emulator);
+    ``"pkg.module:factory"`` → ``factory()`` imported from a module;
+    a path to an ``.h5`` grid → :meth:`specvit.spectra.grid.RegularGrid.load`.
+    """
+    if spec == "default":
+        try:
+            from specvit.spectra import default_model
+        except ImportError as e:
+            raise InputError("this install has no default spectral model (specvit.spectra.default_model is "
+                             "missing); pass --model MODULE:FACTORY or a grid .h5 file", field="model",
+                             value=spec) from e
+        return default_model()
+    if ":" in spec and not Path(spec).exists():
+        mod, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"cannot import the model factory ({e})", field="model", value=spec) from None
+        return factory()
+    path = Path(spec)
+    if path.suffix in (".h5", ".hdf5"):
+        if not path.exists():
+            raise InputError("grid file not found", file=path, field="model")
+        from specvit.spectra.grid import RegularGrid
+
+        return RegularGrid.load(path)
+    raise InputError("model must be 'default', MODULE:FACTORY or a grid .h5 file", field="model", value=spec)
+
+
+def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default"):
+    """(ForwardModel, PFSObserver or None) for ``model`` (default: :func:`load_model` of ``model_spec``)."""
+    model = model if model is not None else load_model(model_spec)
+    observer = None
+    if use_observer:
+        from specvit.observe import PFSObserver
+
+        observer = PFSObserver.for_model(model)
+    return ForwardModel(model, observer), observer
+
+
+# ---------------------------------------------------------------------------------------------
+# points
+# ---------------------------------------------------------------------------------------------
+
+
+def grid_points(bounds: dict, label_names: Sequence[str], free: Sequence[str], *, steps=None,
+                fixed_values=None) -> np.ndarray:
+    """Nodes of a regular grid over the box for the ``free`` labels (others at ``fixed_values``, default 0).
+
+    With the BOSZ spacing and the default box this is the paper's node set
+    (3D: 10 × 9 × 14 = 1,260 nodes; 5D: 30,240).
+    """
+    steps = {**BOSZ_STEPS, **(steps or {})}
+    fixed_values = fixed_values or {}
+    axes = []
+    for name in label_names:
+        lo, hi = bounds[name]
+        if name in free:
+            k = int(np.floor((hi - lo) / steps[name] + 1e-9))
+            axes.append(lo + steps[name] * np.arange(k + 1))
+        else:
+            axes.append(np.array([float(np.clip(fixed_values.get(name, 0.0), lo, hi))]))
+    return np.array(list(itertools.product(*axes)), dtype=np.float64)
+
+
+def points_from_file(path, label_names: Sequence[str]) -> np.ndarray:
+    """Labels from a dataset (pfsspec HDF5: ``dataset/params``) or a CSV with the label columns."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("points file not found", file=path, field="points")
+    if path.suffix in (".csv", ".txt"):
+        import pandas as pd
+
+        df = pd.read_csv(path)
+    else:
+        from specvit.data.pfsspec import read_params
+
+        df = read_params(path)
+    missing = [n for n in label_names if n not in df.columns]
+    if missing:
+        raise InputError(f"label column missing (has {list(df.columns)})", file=path, field=missing[0])
+    arr = df[list(label_names)].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        i, j = np.argwhere(~np.isfinite(arr))[0]
+        raise InputError(f"non-finite label in row {i}", file=path, field=label_names[j], value=float(arr[i, j]))
+    return arr
+
+
+def make_points(forward: ForwardModel, kind: str, *, free: Sequence[str], n_points: int = 0,
+                rng: np.random.Generator | None = None, fixed_values=None) -> np.ndarray:
+    """Points for the ceiling: ``"grid"`` (BOSZ-spaced nodes), ``"uniform"`` (uniform in the box) or a file.
+
+    ``n_points`` > 0 subsamples the grid / file without replacement (needs ``rng``)
+    or sets the size of the uniform design. Labels not in ``free`` are fixed.
+    """
+    names = list(forward.label_names)
+    free = [canonical_label(f) for f in free]
+    fixed_values = fixed_values or {}
+    if kind == "grid":
+        pts = grid_points(forward.bounds, names, free, fixed_values=fixed_values)
+    elif kind == "uniform":
+        if n_points <= 0 or rng is None:
+            raise InputError("a uniform design needs n_points > 0 and a seeded rng", field="n_points", value=n_points)
+        pts = grid_points(forward.bounds, names, [], fixed_values=fixed_values).repeat(n_points, 0)
+        for f in free:
+            lo, hi = forward.bounds[f]
+            pts[:, names.index(f)] = rng.uniform(lo, hi, n_points)
+        return pts
+    else:
+        pts = points_from_file(kind, names)
+    if 0 < n_points < len(pts):
+        if rng is None:
+            raise InputError("subsampling points needs a seeded rng", field="seed")
+        pts = pts[np.sort(rng.choice(len(pts), n_points, replace=False))]
+    return pts
+
+
+# ---------------------------------------------------------------------------------------------
+# information at every (magnitude, point)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InformationSet:
+    """Fisher matrices of N points at M magnitudes (label order = ``label_names``)."""
+
+    mags: np.ndarray  #: (M,) HSC i AB magnitudes
+    points: np.ndarray  #: (N, L) labels
+    info: np.ndarray  #: (M, N, L, L) Fisher matrices, 1 / (label units)²
+    snr: np.ndarray  #: (M, N) median flux / error per spectrum
+    median_error: np.ndarray  #: (M, N) median normalised error per spectrum
+    label_names: tuple
+    bounds: dict
+    noise_level: float = 1.0
+
+
+def magnitude_errors(observer, model_flux: np.ndarray, mags: Sequence[float], setup: dict | None = None):
+    """Normalised noiseless flux (N, P) and its error (M, N, P) at each magnitude.
+
+    One call of ``observer.observe`` at ``mags[0]`` under the calibration setup (or
+    ``setup`` overrides of it), then the analytic scaling described in the module
+    docstring (the object term scales with ν, the background with ν²).
+    """
+    from specvit.observe import calibration_conditions
+
+    mags = np.asarray(mags, dtype=np.float64)
+    cond = calibration_conditions([mags[0]], len(model_flux))
+    for k, v in (setup or {}).items():
+        if k not in cond.columns:
+            raise InputError("unknown observing-condition column", field=k, value=v)
+        cond[k] = v
+    obs = observer.observe(model_flux, cond)
+    response, background, _ = observer.response_and_background(cond.iloc[:1])
+    r, b = response[0], background[0]
+    nu = obs.norm_factor[None, :, None] * 10 ** (0.4 * (mags - mags[0]))[:, None, None]  # (M, N, 1)
+    mu = np.clip(obs.flux, 0.0, None)[None]
+    err = np.sqrt(mu * nu / r + b * nu**2 / r**2)
+    return obs.flux, err
+
+
+def compute_information(forward: ForwardModel, points, mags: Sequence[float], *, method: str = "auto", steps=None,
+                        noise_level: float = 1.0, setup: dict | None = None, chunk_size: int = 256,
+                        error_fn=None) -> InformationSet:
+    """Fisher matrices for every point and magnitude, one Jacobian per point.
+
+    ``error_fn(model_flux (n, n_model), mu (n, P), mags) -> (M, n, P)`` replaces the
+    observer's error (e.g. a constant error for tests without an instrument).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    mags = np.atleast_1d(np.asarray(mags, dtype=np.float64))
+    if points.ndim != 2 or points.shape[1] != len(forward.label_names) or len(points) == 0:
+        raise InputError(f"points must have shape (N>0, {len(forward.label_names)})", field="points",
+                         value=points.shape)
+    if forward.observer is None and error_fn is None:
+        raise InputError("the ceiling needs an observer (or an explicit error_fn)", field="observer")
+    if method == "fd" and steps is None:
+        steps = [BOSZ_STEPS.get(n, 0.1) for n in forward.label_names]
+    m, n_lab = len(mags), points.shape[1]
+    info = np.empty((m, len(points), n_lab, n_lab))
+    snr = np.empty((m, len(points)))
+    med_err = np.empty((m, len(points)))
+    for s in range(0, len(points), chunk_size):
+        sl = slice(s, s + chunk_size)
+        pts = points[sl]
+        jac = jacobian(forward, pts, method=method, steps=steps, chunk_size=chunk_size)
+        flux = forward.model_flux(pts)
+        if error_fn is not None:
+            mu = forward.numpy(pts)
+            err = np.asarray(error_fn(flux, mu, mags), dtype=np.float64)
+        else:
+            mu, err = magnitude_errors(forward.observer, flux, mags, setup)
+        for k in range(m):
+            info[k, sl] = fisher_matrix(jac, err[k], noise_level=noise_level)
+            snr[k, sl] = np.median(mu / (noise_level * err[k]), axis=1)
+            med_err[k, sl] = np.median(noise_level * err[k], axis=1)
+    return InformationSet(mags=mags, points=points, info=info, snr=snr, median_error=med_err,
+                          label_names=tuple(forward.label_names), bounds=dict(forward.bounds), noise_level=noise_level)
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries
+# ---------------------------------------------------------------------------------------------
+
+
+def label_variance(source, points: np.ndarray, index: int, bounds: tuple[float, float]) -> tuple[float, str]:
+    """Var(label) for R²: ``"points"`` (variance over the point set), ``"box"`` ((b − a)² / 12) or a number."""
+    if isinstance(source, (int, float)) and not isinstance(source, bool):
+        return float(source), "given"
+    if source == "points":
+        v = float(np.var(points[:, index]))
+        if not v > 0:
+            raise InputError("the label does not vary over the points; give --label-var", field="label_var", value=v)
+        return v, "variance of the label over the points"
+    if source == "box":
+        lo, hi = bounds
+        return (hi - lo) ** 2 / 12.0, f"uniform prior over [{lo}, {hi}]: (b-a)^2/12"
+    try:
+        return float(source), "given"
+    except (TypeError, ValueError):
+        raise InputError("label_var must be 'points', 'box' or a number", field="label_var", value=source) from None
+
+
+def summarise(info: np.ndarray, points: np.ndarray, snr: np.ndarray, *, label_names, bounds, label: str = "log_g",
+              nuisance="3d", label_var="points", bound: str = "both", prior_taper: float = 0.5,
+              where: str = "") -> dict:
+    """Median / p10 / p90 of the bounds over points (info (N, L, L), snr (N,)).
+
+    ``bound``: "crlb", "bayes" or "both". Raises InputError on an empty point set.
+    """
+    if bound not in ("crlb", "bayes", "both"):
+        raise InputError("bound must be crlb, bayes or both", field="bound", value=bound)
+    if len(info) == 0:
+        raise InputError(f"no points{(' in ' + where) if where else ''}: nothing to summarise", field="points",
+                         value=0)
+    label = canonical_label(label)
+    tgt, free = resolve_free(label_names, label, nuisance)
+    var, var_src = label_variance(label_var, points, tgt, bounds[label])
+    out = {"snr": float(np.median(snr)), "n_points": int(len(info)), "label": label,
+           "nuisance": nuisance if isinstance(nuisance, str) else list(nuisance), "label_var": var,
+           "label_var_source": var_src}
+    if bound in ("crlb", "both"):
+        b = crlb_bound(info, target=tgt, free=free, label_var=var, label=label)
+        finite = b.sigma_min
+        out.update({
+            "r2max_median": float(np.median(b.r2max)),
+            "r2max_p10": float(np.percentile(b.r2max, 10)),
+            "r2max_p90": float(np.percentile(b.r2max, 90)),
+            "sigma_min_median": float(np.median(finite)),
+            "sigma_min_p10": float(np.percentile(finite, 10)),
+            "sigma_min_p90": float(np.percentile(finite, 90)),
+            "schur_decay_median": float(np.median(b.schur_decay)),
+            "n_unconstrained": int(b.unconstrained.sum()),
+        })
+    if bound in ("bayes", "both"):
+        names = list(label_names)
+        priors = {i: SmoothBoxPrior(*bounds[names[i]], taper_fraction=prior_taper) for i in free}
+        w = prior_weights(points, priors)
+        if not w.sum() > 0:
+            w = np.ones(len(points))
+        vt = van_trees_bound(info, target=tgt, free=free, priors=priors, weights=w, label=label)
+        out.update({
+            "r2max_bayes": vt.r2max, "sigma_bayes": vt.sigma_bound, "mse_bayes": vt.mse_bound,
+            "prior_var": vt.prior_var, "prior_information": vt.prior_information,
+            "prior": f"smoothed box (cos^2 tapers, taper_fraction={prior_taper}) on every free label",
+        })
+    return out
+
+
+def ceiling_by_magnitude(iset: InformationSet, **kw) -> dict:
+    """{"18": summary, "20": summary, ...}: one summary per magnitude (keys like ``f"{mag:g}"``)."""
+    return {f"{m:g}": summarise(iset.info[k], iset.points, iset.snr[k], label_names=iset.label_names,
+                                bounds=iset.bounds, where=f"mag {m:g}", **kw)
+            for k, m in enumerate(iset.mags)}
+
+
+def ceiling_by_snr_bin(iset: InformationSet, *, edges=SNR_BIN_EDGES, require_all: bool = False, **kw) -> dict:
+    """One summary per SNR bin, pooling all (point, magnitude) pairs whose SNR falls in the bin.
+
+    Empty bins are listed under ``"empty_bins"``; with ``require_all=True`` an
+    empty bin is an InputError naming it. The Bayesian value per bin uses the
+    points of the bin as the prior sample (an approximation: the prior restricted
+    to the bin).
+    """
+    label = canonical_label(kw.pop("label", "log_g"))
+    if kw.get("label_var", "points") == "points":  # R² against the variance over ALL points, not within a bin
+        j = list(iset.label_names).index(label) if label in iset.label_names else None
+        if j is None:
+            raise InputError(f"label not in this model (has {list(iset.label_names)})", field="label", value=label)
+        kw["label_var"] = label_variance("points", iset.points, j, iset.bounds[label])[0]
+    kw["label"] = label
+    idx = snr_bin_index(iset.snr.ravel(), edges)
+    info = iset.info.reshape(-1, *iset.info.shape[2:])
+    pts = np.tile(iset.points, (len(iset.mags), 1))
+    snr = iset.snr.ravel()
+    out, empty = {}, []
+    for b, name in enumerate(snr_bin_labels(edges)):
+        sel = idx == b
+        if not sel.any():
+            if require_all:
+                raise InputError("empty SNR bin: no (point, magnitude) has an SNR in it; add magnitudes or points",
+                                 field="snr_bin", value=name)
+            empty.append(name)
+            continue
+        out[name] = summarise(info[sel], pts[sel], snr[sel], label_names=iset.label_names, bounds=iset.bounds,
+                              where=f"SNR bin {name}", **kw)
+    if empty:
+        out["empty_bins"] = empty
+    return out

@@ -1,0 +1,196 @@
+"""Jacobians J = ∂μ/∂θ of the noiseless observed spectrum with respect to the labels.
+
+Two routes:
+
+- :func:`jacobian_autograd` — exact, for differentiable models (the emulator, the
+  test ToyModel): forward-mode automatic differentiation, one JVP per label
+  (5 labels → 5 JVPs, independent of the number of pixels), batched over points.
+- :func:`jacobian_fd` — central finite differences with user-set steps, for
+  models that are not differentiable (grids); the paper's method used the grid
+  spacing (250 K, 0.5 dex, 0.25 dex) as the step.
+
+:class:`ForwardModel` composes a :class:`~specvit.spectra.base.SpectralModel` with
+the PFS observer (LSF, resampling, median normalisation) so that μ(θ) is the
+same normalised flux the datasets store.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from specvit.errors import InputError
+
+#: Median normalisation target of the stored flux (SPEC section 3).
+NORMALISED_MEDIAN = 0.5
+
+
+def _median_normalise_torch(flux: torch.Tensor) -> torch.Tensor:
+    med = torch.quantile(flux, 0.5, dim=-1, keepdim=True)
+    return flux * (NORMALISED_MEDIAN / med)
+
+
+class ForwardModel:
+    """μ(θ): labels → noiseless normalised flux on the observed grid.
+
+    Parameters
+    ----------
+    model : SpectralModel
+    observer : PFSObserver or None
+        If given, μ is ``observer.normalised_torch(model.flux(θ))`` (differentiable
+        LSF + resampling + median normalisation; the error comes from the same
+        observer). If None, μ is the model's own flux scaled to median 0.5 (no
+        instrument; useful for tests and for spectra already on the model grid).
+    """
+
+    def __init__(self, model, observer=None):
+        self.model = model
+        self.observer = observer
+        self.label_names = tuple(model.label_names)
+        self.bounds = dict(model.bounds)
+        self.differentiable = bool(getattr(model, "differentiable", False))
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.array([self.bounds[n][0] for n in self.label_names])
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.array([self.bounds[n][1] for n in self.label_names])
+
+    def torch(self, labels: torch.Tensor) -> torch.Tensor:
+        """Differentiable μ(θ), (N, L) tensor → (N, P) tensor."""
+        if not self.differentiable:
+            raise InputError("model is not differentiable; use finite differences", field="model",
+                             value=type(self.model).__name__)
+        flux = self.model.flux(labels)
+        if self.observer is not None:
+            return self.observer.normalised_torch(flux)
+        return _median_normalise_torch(flux)
+
+    def model_flux(self, labels) -> np.ndarray:
+        """The model's own F_lambda (N, n_model) as float64 numpy (no instrument)."""
+        labels = np.asarray(labels, dtype=np.float64)
+        if self.differentiable:
+            with torch.no_grad():
+                return self.model.flux(torch.as_tensor(labels)).detach().numpy().astype(np.float64)
+        return np.asarray(self.model.flux(labels, extrapolate=True), dtype=np.float64)
+
+    def numpy(self, labels) -> np.ndarray:
+        """μ(θ) as float64 numpy, (N, L) → (N, P), for any model."""
+        labels = np.asarray(labels, dtype=np.float64)
+        if self.differentiable:
+            with torch.no_grad():
+                return self.torch(torch.as_tensor(labels, dtype=torch.float64)).numpy()
+        flux = np.asarray(self.model.flux(labels, extrapolate=True), dtype=np.float64)
+        if self.observer is not None:
+            with torch.no_grad():
+                return self.observer.normalised_torch(torch.as_tensor(flux)).numpy()
+        return flux * (NORMALISED_MEDIAN / np.median(flux, axis=-1, keepdims=True))
+
+
+def jvp_stacked(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ = fn(x) (N, P) and its Jacobian (N, P, L) for a row-wise ``fn``, in one forward-mode pass.
+
+    The L tangent directions are stacked along the batch (row copy j carries
+    tangent e_j), so one dual-number forward pass of L·N rows gives all columns.
+    Falls back to the double-backward trick for ops without forward-mode AD.
+    """
+    n, n_lab = x.shape
+    xs = x.detach().repeat(n_lab, 1)
+    ts = torch.eye(n_lab, dtype=x.dtype).repeat_interleave(n, 0)
+    try:
+        with fwAD.dual_level():
+            out = fn(fwAD.make_dual(xs, ts))
+            primal, tangent = fwAD.unpack_dual(out)
+        if tangent is None:  # output does not depend on the labels
+            tangent = torch.zeros_like(primal)
+    except (NotImplementedError, RuntimeError):
+        primal, tangent = _double_vjp(fn, xs, ts)
+    p = primal.shape[-1]
+    jac = tangent.detach().reshape(n_lab, n, p).permute(1, 2, 0)
+    return primal[:n].detach(), jac
+
+
+def _jvp_columns(fn, x: torch.Tensor) -> torch.Tensor:
+    return jvp_stacked(fn, x)[1]
+
+
+def _double_vjp(fn, x: torch.Tensor, t: torch.Tensor):
+    """(fn(x), J·t) by the double-backward trick (for ops without forward-mode AD)."""
+    x = x.detach().requires_grad_(True)
+    y = fn(x)
+    u = torch.zeros_like(y, requires_grad=True)
+    (g,) = torch.autograd.grad(y, x, u, create_graph=True)
+    (jt,) = torch.autograd.grad(g, u, t)
+    return y.detach(), jt.detach()
+
+
+def jacobian_autograd(fn: Callable[[torch.Tensor], torch.Tensor], labels, *, chunk_size: int = 256,
+                      dtype=torch.float64) -> np.ndarray:
+    """Exact Jacobian ∂fn/∂θ for a row-wise differentiable ``fn`` ((N, L) → (N, P)).
+
+    Computed in chunks of ``chunk_size`` points with one forward-mode JVP per
+    label. Returns float64 numpy (N, P, L), flux units per label unit.
+    """
+    lab = np.asarray(labels, dtype=np.float64)
+    if lab.ndim != 2:
+        raise InputError("labels must have shape (N, L)", field="labels", value=lab.shape)
+    out = []
+    for s in range(0, len(lab), chunk_size):
+        x = torch.as_tensor(lab[s : s + chunk_size], dtype=dtype)
+        out.append(_jvp_columns(fn, x).detach().to(torch.float64).numpy())
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 0, lab.shape[1]))
+
+
+def jacobian_fd(fn: Callable[[np.ndarray], np.ndarray], labels, steps: Sequence[float], *,
+                bounds: tuple[np.ndarray, np.ndarray] | None = None, chunk_size: int = 256) -> np.ndarray:
+    """Central finite-difference Jacobian with per-label steps (label units).
+
+    (μ(θ + h e_l) − μ(θ − h e_l)) / 2h. With ``bounds`` = (lower, upper), a point
+    within h of an edge uses a one-sided difference inside the box instead.
+    """
+    lab = np.asarray(labels, dtype=np.float64)
+    steps = np.asarray(steps, dtype=np.float64)
+    if lab.ndim != 2 or steps.shape != (lab.shape[1],):
+        raise InputError(f"need labels (N, L) and {lab.shape[-1]} steps", field="steps", value=steps.shape)
+    if not np.all(steps > 0):
+        raise InputError("finite-difference steps must be > 0", field="steps", value=steps.tolist())
+    out = []
+    for s in range(0, len(lab), chunk_size):
+        x = lab[s : s + chunk_size]
+        n, n_lab = x.shape
+        plus = np.repeat(x[None], n_lab, 0)  # (L, n, L)
+        minus = plus.copy()
+        hp = np.broadcast_to(steps, x.shape).copy()
+        hm = hp.copy()
+        if bounds is not None:
+            lo, hi = (np.asarray(b, dtype=np.float64) for b in bounds)
+            hp = np.minimum(hp, hi - x)
+            hm = np.minimum(hm, x - lo)
+            both0 = (hp <= 0) & (hm <= 0)
+            if both0.any():
+                raise InputError("finite-difference step does not fit in the box", field="steps", value=steps.tolist())
+        for j in range(n_lab):
+            plus[j, :, j] += hp[:, j]
+            minus[j, :, j] -= hm[:, j]
+        f = fn(np.concatenate([plus.reshape(-1, n_lab), minus.reshape(-1, n_lab)]))
+        fp, fm = f[: n_lab * n].reshape(n_lab, n, -1), f[n_lab * n :].reshape(n_lab, n, -1)
+        den = (hp + hm).T[:, :, None]  # (L, n, 1)
+        out.append(np.moveaxis((fp - fm) / den, 0, -1))
+    return np.concatenate(out, axis=0)
+
+
+def jacobian(forward: ForwardModel, labels, *, method: str = "auto", steps=None, chunk_size: int = 256) -> np.ndarray:
+    """J of ``forward`` at ``labels``: ``method`` = "autograd", "fd" or "auto" (autograd if possible)."""
+    if method == "auto":
+        method = "autograd" if forward.differentiable else "fd"
+    if method == "autograd":
+        return jacobian_autograd(forward.torch, labels, chunk_size=chunk_size)
+    if method == "fd":
+        if steps is None:
+            raise InputError("finite differences need steps (one per label)", field="steps")
+        return jacobian_fd(forward.numpy, labels, steps, bounds=(forward.lower, forward.upper), chunk_size=chunk_size)
+    raise InputError("unknown Jacobian method (autograd, fd, auto)", field="method", value=method)
