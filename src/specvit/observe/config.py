@@ -31,19 +31,23 @@ class InstrumentConfig:
     telescope_diameter_m: float = 8.3
     #: Central obscuration as a fraction of the diameter (area lost = obscuration**2).
     central_obscuration: float = 0.22
-    #: Fibre core diameter on the sky, arcsec (PFS: 1.13").
-    fibre_diameter_arcsec: float = 1.13
+    #: Fibre core diameter on the sky at the field centre, arcsec (PFS: 1.12", pfs.ipmu.jp instrument parameters).
+    fibre_diameter_arcsec: float = 1.12
+    #: Fibre core diameter on the sky at the field edge (``field_radius_deg``), arcsec (PFS: 1.02"; the plate
+    #: scale changes across the field). In between it varies as (angle / radius)^2.
+    fibre_diameter_edge_arcsec: float = 1.02
     #: Moffat beta of the seeing PSF (4.765 = Kolmogorov turbulence, Trujillo et al. 2001).
     psf_moffat_beta: float = 4.765
     #: Throughput of everything that is not the primary mirror or the CCD (corrector,
     #: fibre, spectrograph optics), wavelength independent. Calibrated (see docs).
-    optics_throughput: float = 0.43
+    optics_throughput: float = 0.68
     #: Vignetting: fraction of light lost at ``field_radius_deg``; the loss grows as (angle / radius)^2.
-    vignetting_at_edge: float = 0.10
+    #: 0 by default (we have no citable number for the PFS corrector); set it if you know it.
+    vignetting_at_edge: float = 0.0
     #: Radius of the PFS field of view, deg (1.38 deg diameter hexagon).
     field_radius_deg: float = 0.69
     #: Dark-sky brightness at zenith, AB mag / arcsec^2 in HSC i (photon weighted). Calibrated (see docs).
-    sky_mag_i_arcsec2: float = 20.3
+    sky_mag_i_arcsec2: float = 19.84
     #: Scale airglow with airmass (van Rhijn-like, proportional to X) if True.
     sky_scales_with_airmass: bool = True
     #: Extinction coefficient in V for the moonlight model (Krisciunas & Schaefer 1991, Mauna Kea).
@@ -69,6 +73,7 @@ class InstrumentConfig:
 
     def __post_init__(self):
         positive = ("resolution", "lsf_truncate_sigma", "telescope_diameter_m", "fibre_diameter_arcsec",
+                    "fibre_diameter_edge_arcsec",
                     "psf_moffat_beta", "optics_throughput", "field_radius_deg", "extraction_pixels")
         for name in positive:
             v = getattr(self, name)

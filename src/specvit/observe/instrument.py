@@ -10,7 +10,10 @@ interpolated linearly); a user can replace the whole product with
 Fibre aperture loss: fraction of a circular Moffat PSF (FWHM = seeing x X^0.6 x
 (lambda / 5000 A)^-0.2, Kolmogorov scaling with airmass and wavelength) that
 falls into the fibre of diameter d: 1 - (1 + (d/2 / a)^2)^(1 - beta),
-a = FWHM / (2 sqrt(2^(1/beta) - 1)).
+a = FWHM / (2 sqrt(2^(1/beta) - 1)). The fibre diameter on the sky shrinks from
+1.12" at the field centre to 1.02" at the edge (PFS instrument parameters,
+https://pfs.ipmu.jp/research/parameters.html); this is the field-angle
+dependence of both the object light and the sky area.
 """
 from __future__ import annotations
 
@@ -41,8 +44,15 @@ def collecting_area_cm2(cfg: InstrumentConfig) -> float:
     return float(np.pi / 4 * (cfg.telescope_diameter_m * 100) ** 2 * (1 - cfg.central_obscuration**2))
 
 
-def fibre_area_arcsec2(cfg: InstrumentConfig) -> float:
-    return float(np.pi / 4 * cfg.fibre_diameter_arcsec**2)
+def fibre_diameter_arcsec(field_angle_deg, cfg: InstrumentConfig) -> np.ndarray:
+    """Fibre diameter on the sky vs distance from the field centre (plate scale): d0 + (d_edge - d0) (theta/R)^2."""
+    t = np.asarray(field_angle_deg, dtype=float) / cfg.field_radius_deg
+    return cfg.fibre_diameter_arcsec + (cfg.fibre_diameter_edge_arcsec - cfg.fibre_diameter_arcsec) * t**2
+
+
+def fibre_area_arcsec2(field_angle_deg, cfg: InstrumentConfig) -> np.ndarray:
+    """Solid angle of the fibre on the sky, arcsec^2."""
+    return np.pi / 4 * fibre_diameter_arcsec(field_angle_deg, cfg) ** 2
 
 
 def delivered_fwhm_arcsec(seeing_arcsec, airmass, wave_A):
@@ -50,11 +60,11 @@ def delivered_fwhm_arcsec(seeing_arcsec, airmass, wave_A):
     return np.asarray(seeing_arcsec) * np.asarray(airmass) ** 0.6 * (np.asarray(wave_A) / 5000.0) ** -0.2
 
 
-def fibre_fraction(fwhm_arcsec, cfg: InstrumentConfig) -> np.ndarray:
-    """Fraction of a Moffat(beta) PSF of FWHM ``fwhm_arcsec`` inside the fibre (centred)."""
+def fibre_fraction(fwhm_arcsec, diameter_arcsec, cfg: InstrumentConfig) -> np.ndarray:
+    """Fraction of a Moffat(beta) PSF of FWHM ``fwhm_arcsec`` inside a centred fibre of ``diameter_arcsec``."""
     beta = cfg.psf_moffat_beta
     a = np.asarray(fwhm_arcsec, dtype=float) / (2 * np.sqrt(2 ** (1 / beta) - 1))
-    r = cfg.fibre_diameter_arcsec / 2
+    r = np.asarray(diameter_arcsec, dtype=float) / 2
     return 1 - (1 + (r / a) ** 2) ** (1 - beta)
 
 

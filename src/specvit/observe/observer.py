@@ -128,16 +128,15 @@ class PFSObserver:
                                 truncate=cfg.lsf_truncate_sigma)
         #: sky F_lambda per arcsec^2 at zenith on the PFS pixels, erg/s/cm^2/A/arcsec^2
         self.sky_flambda = sky_M @ (sf * sky_scale)
-        fib_area = ins.fibre_area_arcsec2(cfg)
-        #: sky electrons per second per pixel at zenith (dark sky)
-        self.sky_rate = self.sky_flambda * fib_area * self.base_response
+        #: sky electrons per second per pixel per arcsec^2 at zenith (dark sky)
+        self.sky_rate = self.sky_flambda * self.base_response
         self._sky_max3 = np.maximum(np.maximum(self.sky_rate, np.r_[self.sky_rate[1:], self.sky_rate[-1]]),
                                     np.r_[self.sky_rate[0], self.sky_rate[:-1]])
         self._sky_mean = float(self.sky_rate.mean())
         # moonlight per unit 10^(-0.4 V): solar shape normalised at 5500 A
         f_v = AB_ZERO_FNU * C_A_PER_S / _V_WAVE_A**2
         shape = _planck_shape(w, _SUN_TEFF_K) / _planck_shape(_V_WAVE_A, _SUN_TEFF_K)
-        self.moon_rate_v0 = f_v * shape * fib_area * self.base_response
+        self.moon_rate_v0 = f_v * shape * self.base_response  # per arcsec^2
         # fibre aperture loss is smooth in wavelength: evaluate at the arm ends, interpolate linearly
         self._fib_wave = np.array([w[0], w[-1]])
         self._fib_u = (w - w[0]) / (w[-1] - w[0])
@@ -191,20 +190,23 @@ class PFSObserver:
         X = atm.airmass(c["target_zenith_angle"].to_numpy(float))
         n_exp = c["exp_count"].to_numpy(float)
         t_tot = n_exp * c["exp_time"].to_numpy(float)
-        vig = ins.vignetting(c["target_field_angle"].to_numpy(float), cfg)
+        field = c["target_field_angle"].to_numpy(float)
+        vig = ins.vignetting(field, cfg)
+        diam = ins.fibre_diameter_arcsec(field, cfg)
         fwhm = ins.delivered_fwhm_arcsec(c["seeing"].to_numpy(float)[:, None], X[:, None], self._fib_wave[None, :])
-        fib = ins.fibre_fraction(fwhm, cfg)  # (N, 2)
+        fib = ins.fibre_fraction(fwhm, diam[:, None], cfg)  # (N, 2)
         fib_pix = fib[:, :1] + (fib[:, 1:] - fib[:, :1]) * self._fib_u[None, :]
         tv = (t_tot * vig)[:, None]
         trans = np.exp(-0.4 * np.log(10.0) * X[:, None] * self.extinction_k[None, :])
         response = self.base_response[None, :] * tv * trans * fib_pix
-        sky_fac = (X if cfg.sky_scales_with_airmass else np.ones_like(X))[:, None] * tv
+        area = (np.pi / 4 * diam**2)[:, None]  # arcsec^2
+        sky_fac = (X if cfg.sky_scales_with_airmass else np.ones_like(X))[:, None] * tv * area
         sky = self.sky_rate[None, :] * sky_fac
         v_moon = atm.moon_v_surface_brightness(c["moon_phase"].to_numpy(float), c["moon_zenith_angle"].to_numpy(float),
                                                c["target_zenith_angle"].to_numpy(float),
                                                c["moon_target_angle"].to_numpy(float), cfg.moon_k_v)
         moon_fac = 10 ** (-0.4 * v_moon)  # 0 where the Moon is down
-        moon = self.moon_rate_v0[None, :] * (moon_fac[:, None] * tv) if np.any(moon_fac > 0) else 0.0
+        moon = self.moon_rate_v0[None, :] * (moon_fac[:, None] * tv * area) if np.any(moon_fac > 0) else 0.0
         const = (cfg.stray_light_fraction * self._sky_mean * sky_fac[:, 0]
                  + n_exp * cfg.extraction_pixels * cfg.read_noise_e**2
                  + cfg.extraction_pixels * cfg.dark_e_per_pix_s * t_tot)
@@ -277,7 +279,7 @@ class PFSObserver:
             M = self.resample_matrix.tocoo()
             idx = torch.as_tensor(np.vstack([M.row, M.col]), dtype=torch.long)
             self._torch_cache[key] = torch.sparse_coo_tensor(
-                idx, torch.as_tensor(M.data, dtype=dtype), M.shape, device=device).coalesce()
+                idx, torch.as_tensor(M.data, dtype=dtype), M.shape, device=device, check_invariants=True).coalesce()
         return self._torch_cache[key]
 
     def convolve_resample_torch(self, model_flux):
