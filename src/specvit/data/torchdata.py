@@ -245,8 +245,14 @@ class SpectraStream(torch.utils.data.IterableDataset):
 
     # ----------------------------------------------------------------- reading
     def _read(self, buf: _Buffer):
-        flux = np.concatenate([np.asarray(self.src.flux[a:b], dtype=np.float32) for a, b in buf.chunks])
-        error = np.concatenate([np.asarray(self.src.error[a:b], dtype=np.float32) for a, b in buf.chunks])
+        n = len(buf)
+        flux = np.empty((n, self.n_pixels), dtype=np.float32)
+        error = np.empty((n, self.n_pixels), dtype=np.float32)
+        i = 0
+        for a, b in buf.chunks:  # one contiguous slice per chunk, straight into the buffer
+            flux[i:i + b - a] = self.src.flux[a:b]
+            error[i:i + b - a] = self.src.error[a:b]
+            i += b - a
         rows = np.concatenate([np.arange(a, b) for a, b in buf.chunks])
         if buf.perm is not None:
             flux, error, rows = flux[buf.perm], error[buf.perm], rows[buf.perm]
