@@ -1,0 +1,94 @@
+"""``specvit scaling``, ``specvit sweep`` and ``specvit report``: thin wrappers over evaluate/."""
+from __future__ import annotations
+
+import argparse
+
+from specvit.errors import InputError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML config (examples: configs/scaling_small.yaml, configs/sweep_small.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted, e.g. sizes=[100,200] or out_dir=runs/x); repeatable")
+
+
+def _scaling(args) -> int:
+    from specvit.evaluate.scaling import load_scaling_config, run_scaling
+
+    table = run_scaling(load_scaling_config(args.config, args.overrides))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _sweep(args) -> int:
+    from specvit.evaluate.sweep import load_sweep_config, run_sweep
+
+    run_sweep(load_sweep_config(args.config, args.overrides))
+    return 0
+
+
+def _report(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from specvit.config import provenance
+    from specvit.evaluate.figures import plot_parity, plot_r2_vs_snr
+    from specvit.evaluate.metrics import evaluate_predictions, summary_table
+    from specvit.evaluate.report import write_report
+    from specvit.labels import canonical_label
+
+    label = canonical_label(args.label)
+    metrics, figures, rows = {}, {}, []
+    for item in args.pred:
+        if "=" not in item:
+            raise InputError("--pred must look like NAME=predictions.csv", field="--pred", value=item)
+        name, path = item.split("=", 1)
+        try:
+            df = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError) as e:
+            raise InputError(f"cannot read the prediction table ({e})", file=path, field="--pred") from None
+        m = evaluate_predictions(df, [label], "snr", np.random.default_rng(args.seed))
+        metrics[name] = m
+        figures[f"parity {name}"] = plot_parity(df[f"{label}_true"], df[f"{label}_pred"], snr=df["snr"],
+                                                label=label, model_name=name)
+        t = summary_table(m)
+        t.insert(0, "model", name)
+        rows.append(t)
+    figures = {"R2 vs SNR": plot_r2_vs_snr(metrics, label=label), **figures}
+    table = pd.concat(rows, ignore_index=True)
+    keep = [c for c in ("model", "bin", "n", "r2", "r2_lo", "r2_hi", "mae", "rmse", "bias") if c in table]
+    path = write_report(args.out, title=args.title, metrics={"bootstrap_seed": args.seed, "models": metrics},
+                        figures=figures, tables={"metrics per SNR bin": table[keep]},
+                        config={"pred": args.pred, "label": label, "seed": args.seed}, provenance=provenance())
+    print(path)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "scaling", help="test R2 vs training-set size (prefixes of one training set) for every model",
+        description="Train every configured model (neural via the training engine, LightGBM, Ridge) on prefixes "
+                    "of one training set, test all on the same rows with the same fixed noise, and write "
+                    "scaling.csv plus the scaling figure. Finished (model, size) runs are skipped on restart.")
+    _config_args(p)
+    p.set_defaults(func=_scaling)
+
+    p = subparsers.add_parser(
+        "sweep", help="Optuna architecture / hyper-parameter sweep (study in SQLite, resumable)",
+        description="Optuna search over a space of dotted training-config keys (patch size, hidden size, depth, "
+                    "heads, lr, tokenizer, position encoding, ...), scored on the validation set. The study is kept "
+                    "in OUT_DIR/study.db, so an interrupted sweep resumes. Writes trials.csv, best.json, "
+                    "ablation.png and importance.png.")
+    _config_args(p)
+    p.set_defaults(func=_sweep)
+
+    p = subparsers.add_parser(
+        "report", help="HTML report comparing prediction tables (R2 vs SNR, parity, metrics)",
+        description="Evaluate prediction CSVs (columns id, snr, <label>_true, <label>_pred, as written by "
+                    "`specvit baseline` and `specvit scaling`) and write OUT/report.html and OUT/metrics.json.")
+    p.add_argument("--pred", action="append", required=True, metavar="NAME=CSV", help="a model's predictions; repeatable")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--label", default="log_g", help="label to evaluate (default log_g)")
+    p.add_argument("--title", default="specvit report")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (recorded in metrics.json)")
+    p.set_defaults(func=_report)
