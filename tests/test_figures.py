@@ -158,3 +158,20 @@ def test_attention_marks_lines_in_range(tmp_path, rng):
     assert not [l for l in fig.axes[0].lines if l.get_linestyle() == "--"]
     with pytest.raises(InputError, match="attention"):
         F.plot_attention(pw, np.ones(10))
+
+
+def test_ceilings_from_fisher_output():
+    from specvit.evaluate.snr_bins import snr_bin_labels
+
+    names = snr_bin_labels()
+    fisher = {n: {"r2max_median": 0.1 * i, "r2max_p10": 0.1 * i - 0.05, "r2max_p90": 0.1 * i + 0.05,
+                  "r2max_bayes": 0.1 * i + 0.1} for i, n in enumerate(names) if i != 2}
+    fisher["empty_bins"] = [names[2]]
+    c = F.ceilings_from_fisher(fisher)
+    assert set(c) == {"CRLB (unbiased)", "Bayesian (van Trees)"}
+    assert np.isnan(c["CRLB (unbiased)"]["median"][2])
+    assert c["Bayesian (van Trees)"]["median"][3] == pytest.approx(0.4)
+    fig = F.plot_r2_vs_snr({}, ceilings=c)
+    assert len(fig.axes[0].collections) == 1  # one band (CRLB); van Trees is one value per bin: a line
+    with pytest.raises(InputError, match="bin"):
+        F.ceilings_from_fisher({"1-2": {}})

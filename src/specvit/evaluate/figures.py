@@ -177,6 +177,34 @@ def r2_bins_from_metrics(metrics: Mapping, label: str = "log_g") -> dict[str, np
     return {"r2": col("r2"), "lo": col("r2_lo"), "hi": col("r2_hi"), "n": col("n"), "edges": edges}
 
 
+def ceilings_from_fisher(by_snr_bin: Mapping, edges=SNR_BIN_EDGES) -> dict[str, dict]:
+    """Ceiling bands for :func:`plot_r2_vs_snr` from :func:`specvit.fisher.ceiling.ceiling_by_snr_bin`.
+
+    CRLB: per-bin median and p10-p90 of R²_max over the points; Bayesian (van Trees): the
+    per-bin value ``r2max_bayes`` (one number per bin, drawn as a line). Empty bins -> NaN.
+    """
+    from specvit.evaluate.snr_bins import snr_bin_labels
+
+    names = snr_bin_labels(edges)
+    known = [n for n in names if n in by_snr_bin]
+    if not known:
+        raise InputError("no SNR bin of the ceiling matches the bin edges", field="by_snr_bin",
+                         value=sorted(k for k in by_snr_bin if k != "empty_bins"))
+
+    def col(key):
+        return np.array([float(by_snr_bin[n][key]) if n in by_snr_bin and by_snr_bin[n].get(key) is not None
+                         else np.nan for n in names])
+
+    out = {}
+    first = by_snr_bin[known[0]]
+    if "r2max_median" in first:
+        out["CRLB (unbiased)"] = {"median": col("r2max_median"), "p10": col("r2max_p10"), "p90": col("r2max_p90"),
+                                  "kind": "crlb"}
+    if "r2max_bayes" in first:
+        out["Bayesian (van Trees)"] = {"median": col("r2max_bayes"), "kind": "bayes"}
+    return out
+
+
 def plot_r2_vs_snr(
     models: Mapping[str, Mapping[str, object]],
     *,
