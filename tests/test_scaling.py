@@ -136,3 +136,21 @@ def test_scaling_config_errors(splits, tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(_cfg(splits, tmp_path / "g", sizes=[100, 5000])))
     assert main(["scaling", "--config", str(p)]) == 2
+
+
+def test_shipped_small_config_builds_every_run(tmp_path):
+    """configs/scaling_small.yaml parses and each model's options make a valid run config."""
+    from pathlib import Path
+
+    from specvit.evaluate.scaling import _baseline_config, _neural_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "scaling_small.yaml"
+    cfg = load_scaling_config(path, [f"out_dir={tmp_path}"])
+    assert cfg.sizes == sorted(cfg.sizes) and {m.kind for m in cfg.models} == {"neural", "lightgbm", "ridge"}
+    for m in cfg.models:
+        build = _neural_config if m.kind == "neural" else _baseline_config
+        rc = build(cfg, m, cfg.sizes[0], tmp_path / m.name)
+        if m.kind == "neural":
+            assert rc.data.max_train_rows == cfg.sizes[0] and rc.data.noise_seed == cfg.data.eval_noise_seed
+        else:
+            assert rc.data.max_train_rows == cfg.sizes[0] and rc.data.eval_noise_seed == cfg.data.eval_noise_seed

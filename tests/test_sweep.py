@@ -107,3 +107,14 @@ def test_ablation_table_groups_and_bins():
     lr = ab[ab["param"] == "lr"]
     assert len(lr) == 2 and lr["n"].tolist() == [3, 3]
     assert lr["val_r2"].tolist() == pytest.approx([0.3, 0.4])
+
+
+def test_shipped_small_sweep_config_is_valid(tmp_path):
+    from pathlib import Path
+
+    from specvit.evaluate.sweep import _check_space
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "sweep_small.yaml"
+    cfg = load_sweep_config(path, [f"out_dir={tmp_path}"])
+    _check_space(cfg)  # every swept key is a real training-config key
+    assert "model.overrides.patch_size" in cfg.space and cfg.space["optim.lr"].log
