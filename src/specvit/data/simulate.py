@@ -306,8 +306,10 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                     if pool is None:
                         import multiprocessing as mp
 
+                        # workers build their own model from the config (a grid file is read, not pickled);
+                        # only a model object passed in by the caller is shipped to them
                         pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init,
-                                                            initargs=(cfg, sim.model))
+                                                            initargs=(cfg, model))
                     results = pool.imap_unordered(_worker_run, jobs)
                 else:
                     results = (sim.run(*j) for j in jobs)
