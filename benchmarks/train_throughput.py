@@ -1,0 +1,150 @@
+"""Training and inference throughput of SpecViT vs the same network built with HuggingFace ViTModel.
+
+The reference is what the paper used: ``transformers.ViTModel`` configured for
+1D spectra as an image of height 1 (``image_size=(1, n_pixels)``,
+``patch_size=(1, 16)``, one channel), hidden 256, 6 layers, 8 heads, FFN 1024,
+GELU, hidden dropout 0.1, no pooler, with ``Linear(256, 1)`` on the CLS token.
+It has exactly the parameter count of ``specvit_p16_h256_l6`` (printed). HF
+runs with its default attention implementation (``sdpa``, the fused kernel);
+``--hf-attn eager`` measures the slower eager path instead.
+
+A training step is forward + MSE backward + AdamW step (same optimizer
+settings for both), on random inputs of the same batch, in the same process,
+with the same number of torch threads; the two models are timed in
+alternating rounds so background load affects both alike. Reported: median
+samples/s over the timed steps. Inference: spectra/s of ``specvit_p16_h256_l6``
+in eval mode under ``torch.inference_mode``.
+
+    python benchmarks/train_throughput.py [--json] [--batch 64] [--steps 8]
+        [--threads N] [--compile] [--bf16] [--hf-attn sdpa|eager]
+
+Note: a background spectral-synthesis job may run at nice 19 on this machine;
+it steals CPU from both models alike, but absolute figures are lower while
+it runs. Pause it for clean absolute numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+class HFViTRegressor(nn.Module):
+    """HuggingFace ViTModel over a (B, 1, 1, n_pixels) 'image' + Linear head on the CLS token."""
+
+    def __init__(self, *, n_pixels=4096, patch_size=16, hidden=256, depth=6, heads=8, mlp_dim=1024, dropout=0.1, attn="sdpa"):
+        super().__init__()
+        from transformers import ViTConfig, ViTModel
+
+        cfg = ViTConfig(
+            hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=mlp_dim,
+            hidden_act="gelu", hidden_dropout_prob=dropout, attention_probs_dropout_prob=0.0,
+            image_size=(1, n_pixels), patch_size=(1, patch_size), num_channels=1, qkv_bias=True,
+            attn_implementation=attn,
+        )
+        self.vit = ViTModel(cfg, add_pooling_layer=False)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, flux):
+        h = self.vit(pixel_values=flux[:, None, None, :]).last_hidden_state
+        return self.head(h[:, 0])
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def make_step(model, *, bf16: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def step(x, y):
+        with autocast():
+            loss = nn.functional.mse_loss(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--batch", type=int, default=64, help="spectra per step (default 64)")
+    ap.add_argument("--steps", type=int, default=8, help="timed training steps per model (default 8)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the SpecViT model (reference stays eager)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for SpecViT training")
+    ap.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"], help="HF attention implementation")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from specvit.models import create_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # parameter init of both models
+    ours = create_model("specvit_p16_h256_l6").train()
+    ref = HFViTRegressor(attn=args.hf_attn).train()
+    print(f"params: specvit_p16_h256_l6 {n_params(ours):,}  HF ViTModel+head {n_params(ref):,} "
+          f"(ratio {n_params(ours) / n_params(ref):.4f})")
+    print(f"torch {torch.__version__}, threads {threads}, batch {args.batch}, cpu {platform.processor() or platform.machine()}, "
+          f"os.cpu_count {os.cpu_count()}")
+    print("note: a background job at nice 19 may share the CPU; both models are timed in alternating rounds.")
+    x = 1.0 + 0.1 * torch.randn(args.batch, 4096, generator=gen)
+    y = torch.randn(args.batch, 1, generator=gen)
+
+    ours_fwd = torch.compile(ours) if args.compile else ours
+    step_ours = make_step(ours_fwd, bf16=args.bf16)
+    step_ref = make_step(ref, bf16=False)
+    for _ in range(args.warmup):
+        step_ours(x, y)
+        step_ref(x, y)
+    t_ours, t_ref = [], []
+    for _ in range(args.steps):  # alternate so background load hits both alike
+        t_ours.append(timed(step_ours, x, y))
+        t_ref.append(timed(step_ref, x, y))
+    sps_ours = args.batch / statistics.median(t_ours)
+    sps_ref = args.batch / statistics.median(t_ref)
+
+    ours.eval()
+    with torch.inference_mode():
+        ours_fwd(x)
+        t_inf = [timed(ours_fwd, x) for _ in range(max(3, args.steps // 2))]
+    inf = args.batch / statistics.median(t_inf)
+
+    print(f"train  specvit_p16_h256_l6 : {sps_ours:8.1f} samples/s  (median of {args.steps} steps)")
+    print(f"train  HF ViTModel ({args.hf_attn:5s}): {sps_ref:8.1f} samples/s")
+    print(f"ratio  specvit / HF        : {sps_ours / sps_ref:8.3f}  (goal >= 1.3)")
+    print(f"infer  specvit_p16_h256_l6 : {inf:8.1f} spectra/s")
+    if args.json:
+        print(json.dumps({
+            "specvit_samples_per_s": round(sps_ours, 2), "hf_samples_per_s": round(sps_ref, 2),
+            "ratio_vs_hf": round(sps_ours / sps_ref, 4), "inference_spectra_per_s": round(inf, 2),
+            "torch_threads": threads, "batch": args.batch, "steps": args.steps, "compile": args.compile,
+            "bf16": args.bf16, "hf_attn": args.hf_attn, "params_specvit": n_params(ours), "params_hf": n_params(ref),
+            "torch_version": torch.__version__, "seed": args.seed,
+        }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
