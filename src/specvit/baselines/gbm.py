@@ -112,8 +112,12 @@ def _sequence_class():
 
         def __getitem__(self, idx):
             if isinstance(idx, (int, np.integer)):
+                # LightGBM samples single rows in increasing order: read a block ahead and serve from it
                 k, r = divmod(int(idx), self.n)
-                return self._block(k, r, r + 1)[0].astype(np.float64)  # LightGBM samples rows as float64
+                c = getattr(self, "_cache", None)
+                if c is None or c[0] != k or not (c[1] <= r < c[1] + len(c[2])):
+                    c = self._cache = (k, r, self._block(k, r, min(self.n, r + self.batch_size)))
+                return c[2][r - c[1]].astype(np.float64)  # LightGBM wants sampled rows as float64
             start, stop, step = idx.indices(len(self))
             if step != 1:
                 raise IndexError("only contiguous slices are supported")
