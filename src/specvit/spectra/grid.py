@@ -69,9 +69,14 @@ class Interpolated:
     continuum: np.ndarray | None = None
 
 
-def node_is_valid(flux: np.ndarray) -> np.ndarray:
-    """Valid node: no NaN and not all zero (over the last axis)."""
-    return ~np.isnan(flux).any(axis=-1) & (np.nan_to_num(flux) != 0).any(axis=-1)
+def node_is_valid(flux: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Valid node: no NaN and not all zero (over the last axis). Works in blocks of nodes (low memory)."""
+    flat = flux.reshape(-1, flux.shape[-1])
+    out = np.empty(flat.shape[0], dtype=bool)
+    for i in range(0, flat.shape[0], block):  # blocks of nodes, vectorised within
+        blk = flat[i:i + block]
+        out[i:i + block] = ~np.isnan(blk).any(axis=1) & (blk != 0).any(axis=1)
+    return out.reshape(flux.shape[:-1])
 
 
 class RegularGrid(SpectralModel):
@@ -411,10 +416,10 @@ class RegularGrid(SpectralModel):
                     sel.append(slice(None))
             axes = {k: v[s] for (k, v), s in zip(axes.items(), sel)}
             try:
-                flux = ds[tuple(sel) + (wsl,)].astype(dtype, copy=False)
+                flux = _read_block(ds, tuple(sel) + (wsl,), dtype)
                 cont = None
                 if "grid/arrays/cont/value" in f:
-                    cont = f["grid/arrays/cont/value"][tuple(sel) + (wsl,)].astype(dtype, copy=False)
+                    cont = _read_block(f["grid/arrays/cont/value"], tuple(sel) + (wsl,), dtype)
                 valid = f["grid/arrays/flux/index"][tuple(sel)] if "grid/arrays/flux/index" in f else None
             except (OSError, RuntimeError) as e:
                 raise InputError(f"cannot read grid arrays (truncated or corrupt?): {e}", file=path,
@@ -433,6 +438,15 @@ class RegularGrid(SpectralModel):
                 resolution = float(f.attrs.get("resolution", np.inf))
         return cls(axes=axes, wave=wave[wsl], flux=flux, continuum=cont, valid=valid, medium=medium,
                    resolution=resolution, interpolation=interpolation, wave_edges=edges, source=str(path))
+
+
+def _read_block(ds: h5py.Dataset, sel: tuple, dtype) -> np.ndarray:
+    """Read a hyperslab straight into a preallocated array (a plain slab read needs ~2x the memory)."""
+    shape = tuple(len(range(*s.indices(n))) for s, n in zip(sel, ds.shape))
+    out = np.empty(shape, dtype=dtype)
+    if out.size:
+        ds.read_direct(out, source_sel=sel)
+    return out
 
 
 def _read_axes(f: h5py.File, path) -> dict:
