@@ -306,3 +306,19 @@ def test_nan_label_is_an_error_naming_row_and_field(splits, tmp_path):
     with pytest.raises(InputError, match="row 11") as e:
         run_ridge(cfg, log=lambda *_: None)
     assert "log_g" in str(e.value) and "nanlabel.h5" in str(e.value)
+
+
+def test_training_copies_have_independent_fixed_noise(splits):
+    from specvit.baselines.common import iter_training_chunks
+
+    ds = open_dataset(splits["nl"]["train"])
+    cfg = DataConfig(**_data(splits["nl"], n_augment=2, chunk_rows=64, train_noise_seed=5))
+    chunks = list(iter_training_chunks(ds, cfg, 100))
+    x = np.concatenate([c[0] for c in chunks])
+    y = np.concatenate([c[1] for c in chunks])
+    assert x.shape == (200, N_PIX) and np.array_equal(y[:100], y[100:])
+    np.testing.assert_array_equal(x[:100], noisy_chunk(ds, 0, 100, noise_level=1.0, seed=5))
+    np.testing.assert_array_equal(x[100:], noisy_chunk(ds, 0, 100, noise_level=1.0, seed=6))
+    z0, z1 = (x[:100] - ds.flux[:100]) / ds.error[:100], (x[100:] - ds.flux[:100]) / ds.error[:100]
+    assert abs(np.corrcoef(z0.ravel(), z1.ravel())[0, 1]) < 0.05
+    ds.close()
