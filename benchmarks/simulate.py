@@ -117,10 +117,13 @@ def main(argv=None) -> int:
         return 0
 
     try:
-        from specvit.spectra import default_model  # noqa: F401
+        from specvit.spectra import default_model
 
-        model, model_name = "default", "specvit.spectra.default_model()"
-    except ImportError:
+        dm = default_model()
+        model, model_name = "default", f"specvit.spectra.default_model() = {type(dm).__name__}"
+        del dm
+    except Exception as e:  # not available yet in this checkout
+        print(f"default model unavailable: {type(e).__name__}: {e}")
         model = None
     with tempfile.TemporaryDirectory() as d:
         if model is None:

@@ -108,10 +108,11 @@ def build_model(cfg: SimulateConfig):
     if cfg.model == "default":
         try:
             from specvit.spectra import default_model
-        except ImportError:
-            raise InputError("the embedded default spectral model is not available in this install; "
-                             "set model=<grid.h5>", field="model", value="default") from None
-        return default_model()
+
+            return default_model()
+        except (ImportError, OSError) as e:  # not built / weights not shipped in this install
+            raise InputError(f"the embedded default spectral model is not available ({e}); set model=<grid.h5>",
+                             field="model", value="default") from None
     from specvit.spectra.grid import RegularGrid
 
     bounds = {k: (getattr(cfg.labels, k).low, getattr(cfg.labels, k).high) for k in LABEL_NAMES}
