@@ -311,7 +311,7 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                         # only a model object passed in by the caller is shipped to them
                         pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init,
                                                             initargs=(cfg, model))
-                    results = pool.imap_unordered(_worker_run, jobs)
+                    results = _windowed(pool, jobs, 2 * workers)
                 else:
                     results = (sim.run(*j) for j in jobs)
                 for r in results:
@@ -330,6 +330,12 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
             pool.terminate()
             pool.join()
     return paths
+
+
+def _windowed(pool, jobs, window: int):
+    """Results of ``jobs`` (any order) with at most ``window`` chunks in flight: memory flat in N."""
+    for i in range(0, len(jobs), window):
+        yield from pool.imap_unordered(_worker_run, jobs[i:i + window])
 
 
 def _finished_key(path: Path) -> str | None:
