@@ -75,6 +75,8 @@ def test_import_folder_mixed_formats_with_missing_node(tmp_path):
     for k, lab in enumerate(labs):
         (write_fits if k % 3 == 0 else write_asc)(tmp_path, lab)
     g = import_bosz(tmp_path, wave_range_A=(8000.0, 8002.5), dtype=np.float64)
+    g2 = import_bosz(tmp_path, wave_range_A=(8000.0, 8002.5), dtype=np.float64, workers=2)
+    np.testing.assert_array_equal(g2.flux_cube, g.flux_cube)
     assert g.label_names == ("M_H", "T_eff", "log_g", "C_M", "a_M")
     assert g.shape == (2, 2, 2, 1, 1) and g.n_valid == 7 and g.resolution == R and g.medium == "vacuum"
     tw = _true_wave()

@@ -370,7 +370,7 @@ def _read_attrs(f: h5py.File) -> dict:
     for k, v in f.attrs.items():
         if isinstance(v, bytes):
             v = v.decode()
-        if isinstance(v, str) and k in ("config", "provenance"):
+        if isinstance(v, str) and k in ("config", "provenance", "model"):
             try:
                 v = json.loads(v)
             except json.JSONDecodeError:
@@ -477,6 +477,8 @@ class DatasetWriter:
         f.attrs["array_dtype"] = self.dtype.name
         f.attrs["format"] = "pfsspec dataset.h5 layout (specvit writer)"
         for k, v in self.attrs.items():
+            if isinstance(v, (bool, np.bool_)):
+                v = int(v)  # PyTables cannot read HDF5 enum (bool) attributes
             f.attrs[k] = v if isinstance(v, (str, int, float, np.number, np.ndarray)) else json.dumps(v, default=str)
         f.flush()
 
