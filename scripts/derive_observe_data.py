@@ -69,6 +69,30 @@ def measure_fwhm(wave, flux, centre, half=1.5):
     return float(2.3548 * np.sqrt(var))
 
 
+def fill_linear_gaps(wave, flux, min_len_A=10.0, pad_A=30.0):
+    """Find stretches where the source is an exact straight line (interpolated gaps) and fill them
+    with the local continuum: the 30th percentile of the flux within ``pad_A`` on both sides."""
+    d2 = np.abs(np.diff(flux, 2))
+    flat = np.r_[False, d2 < 1e-4 * np.median(np.abs(flux)), False]
+    gaps = []
+    i = 0
+    while i < len(flat):
+        if flat[i]:
+            j = i
+            while j < len(flat) and flat[j]:
+                j += 1
+            if wave[min(j, len(wave) - 1)] - wave[i] >= min_len_A:
+                gaps.append((i, j))
+            i = j
+        else:
+            i += 1
+    out = flux.copy()
+    for i, j in gaps:
+        side = ((wave > wave[i] - pad_A) & (wave < wave[i])) | ((wave > wave[j - 1]) & (wave < wave[j - 1] + pad_A))
+        out[i:j] = np.percentile(flux[side], 30)
+    return out, [(float(wave[i]), float(wave[j - 1])) for i, j in gaps]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", type=Path, help="a downloaded pypeit-*.whl (default: pip download it)")
@@ -86,6 +110,8 @@ def main(argv=None) -> int:
     assert abs(step - 0.05) < 1e-6, step
     m = (sky_wave >= SKY_RANGE_A[0]) & (sky_wave < SKY_RANGE_A[1])
     w, f = sky_wave[m], sky_flux[m]
+    f, gaps = fill_linear_gaps(w, f)
+    gap_text = ", ".join(f"{a:.1f}-{b:.1f} A" for a, b in gaps) or "none"
     n = len(w) // 2 * 2
     wb = w[:n].reshape(-1, 2).mean(1)
     fb = f[:n].reshape(-1, 2).mean(1)
@@ -106,13 +132,14 @@ Licence of the source files: BSD-3-Clause, Copyright (c) 2018-2023, PypeIt Devel
 
 | file | from | content |
 |---|---|---|
-| `sky_paranal_6400_9100.npz` | `pypeit/data/sky_spec/paranal_sky.fits` | night-sky emission (continuum + OH/O2 lines), relative units, VACUUM wavelengths (the [O I] 5577/6300 lines sit at 5578.90/6302.05 A), 6400-9100 A binned from 0.05 A to 0.1 A. Measured FWHM of the 8829.5 A OH line: {fwhm_src:.3f} A in the source, {fwhm_bin:.3f} A after binning (stored as `fwhm_A`, used as the sky's own resolution). Absolute level is set at run time from `InstrumentConfig.sky_mag_i_arcsec2`. |
+| `sky_paranal_6400_9100.npz` | `pypeit/data/sky_spec/paranal_sky.fits` | night-sky emission (continuum + OH/O2 lines), relative units, VACUUM wavelengths (the [O I] 5577/6300 lines sit at 5578.90/6302.05 A), 6400-9100 A binned from 0.05 A to 0.1 A. Measured FWHM of the 8829.5 A OH line: {fwhm_src:.3f} A in the source, {fwhm_bin:.3f} A after binning (stored as `fwhm_A`, used as the sky's own resolution). Absolute level is set at run time from `InstrumentConfig.sky_mag_i_arcsec2`. Stretches where the source is an exact straight line (interpolated gaps: {gap_text}) are replaced by the local continuum (30th percentile within 30 A on both sides); OH lines inside them are missing. |
 | `extinction_mko.txt` | `pypeit/data/extinction/mkoextinct.dat` | Mauna Kea extinction k(lambda) in mag/airmass, 6000-9500 A (Buton et al. 2013, A&A 549, A8; telluric bands at R~1000). |
 
 `pypeit/data/extinction/atm_trans_am1.0.dat` covers 0.9-5.6 micron only, i.e. not the
 PFS MR arm (7100-8850 A), so it is not used.
 """
     (args.out / "README.md").write_text(readme)
+    print(f"filled interpolated gaps: {gap_text}")
     print(f"wrote {args.out}: sky {len(wb)} px (FWHM {fwhm_src:.3f} -> {fwhm_bin:.3f} A), extinction {int(me.sum())} rows")
     return 0
 

@@ -200,6 +200,10 @@ def test_error_from_noisy_is_unbiased(obs_toy, toy_model):
     assert np.percentile(ratio, 5) > 0.9 and np.percentile(ratio, 95) < 1.1
     # it really uses the noisy flux: a different draw gives a different error
     assert not np.allclose(est[0], est[1])
+    # an observer built on the PFS grid itself (no model) gives the same estimate
+    bare = PFSObserver(model_wave=obs_toy.wave, model_resolution=1e6)
+    est2 = bare.error_from_noisy(noisy[:5], c.iloc[[0] * 5].reset_index(drop=True), np.repeat(o.norm_factor, 5))
+    np.testing.assert_allclose(est2, est[:5], rtol=1e-12)
 
 
 def test_redshift_shifts_a_line(obs_fine):
@@ -278,8 +282,9 @@ def test_bad_input_errors(obs_toy, toy_model):
         load_config(ObservingConfig, data={"seeing_arcsec": [1.5, 0.5]})
     with pytest.raises(ConfigError, match="optics_throughput"):
         InstrumentConfig(optics_throughput=-1)
+    short = PFSObserver(model_wave=np.arange(7200.0, 8900.0, 0.2))  # can still estimate errors
     with pytest.raises(InputError, match="does not cover"):
-        PFSObserver(model_wave=np.arange(7200.0, 8900.0, 0.2))
+        short.observe(np.ones((1, short.n_model)), c)
     with pytest.raises(InputError, match="sky_file"):
         PFSObserver(model_wave=WAVE, instrument=InstrumentConfig(sky_file="/nonexistent/sky.txt"))
 

@@ -24,12 +24,36 @@ def load_model(name: str):
     return default_model(), "default"
 
 
+#: The star of the noise-vs-wavelength figure: a metal-poor K giant.
+FIGURE_LABELS = {"T_eff": 4500.0, "log_g": 2.5, "M_H": -1.0, "a_M": 0.0, "C_M": 0.0}
+
+
+def write_noise_figure(model, instrument, path) -> None:
+    """Noise vs wavelength at the six calibration magnitudes for one star, saved to ``path`` (PNG/PDF)."""
+    import numpy as np
+
+    from specvit.atomic import atomic_path
+    from specvit.observe.calibrate import noise_vs_wavelength, plot_noise_vs_wavelength
+    from specvit.observe.observer import PFSObserver
+
+    labels = np.array([[FIGURE_LABELS.get(n, 0.0) for n in model.label_names]])
+    res = noise_vs_wavelength(PFSObserver.for_model(model, instrument), model.flux(labels))
+    fig = plot_noise_vs_wavelength(res)
+    fig.suptitle(f"{type(model).__name__}: Teff 4500 K, log g 2.5, [M/H] -1; 4 x 900 s, seeing 1.0\", "
+                 "zenith 22.5 deg, new moon", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format=str(path).rsplit(".", 1)[-1])
+
+
 def cmd_calibrate_snr(args) -> int:
     from specvit.observe.calibrate import PAPER_SNR, calibrate_snr
 
     instrument = load_config(InstrumentConfig, args.config, args.set or ())
     model, model_name = load_model(args.model)
     res = calibrate_snr(model, n=args.n, seed=args.seed, instrument=instrument)
+    if args.figure:
+        write_noise_figure(model, instrument, args.figure)
     if args.json:
         print(json.dumps(res["snr"]))
         return 0
@@ -57,6 +81,7 @@ def register(subparsers) -> None:
                    help="spectral model: the package default (falls back to planck if unavailable) or a Planck continuum")
     p.add_argument("--n", type=int, default=200, help="number of spectra (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the label draw (default 0)")
+    p.add_argument("--figure", metavar="PATH", help="also save a noise-vs-wavelength figure (PNG) for a K giant")
     p.add_argument("--config", help="YAML file with InstrumentConfig keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an InstrumentConfig key (repeatable)")
     p.set_defaults(func=cmd_calibrate_snr)

@@ -37,6 +37,7 @@ from specvit.observe.photometry import AB_ZERO_FNU, C_A_PER_S, SyntheticPhotomet
 NORMALISED_MEDIAN = 0.5
 _SUN_TEFF_K = 5778.0
 _V_WAVE_A = 5500.0
+_X_STEP = 0.02
 
 
 @dataclass
@@ -95,12 +96,23 @@ class PFSObserver:
         self.wave_edges = pfs_mr_wave_edges()
         self.dlam = np.diff(self.wave_edges)
         self.lsf_sigma_A = lsf_sigma_A(self.wave, cfg.resolution, self.model_resolution)
-        #: scipy.sparse CSR (4096, n_model): LSF + flux-conserving resampling
-        self.resample_matrix = resample_matrix(self.model_wave, self.wave_edges, self.lsf_sigma_A,
-                                               truncate=cfg.lsf_truncate_sigma)
+        self._matrix = None
+        self._matrix_error = None
+        try:  # a model grid that does not cover the arm can still serve error_from_noisy; observe() raises
+            self._matrix = resample_matrix(self.model_wave, self.wave_edges, self.lsf_sigma_A,
+                                           truncate=cfg.lsf_truncate_sigma)
+        except InputError as e:
+            self._matrix_error = e
         self.photometry = SyntheticPhotometry(self.model_wave)
         self._setup_response()
         self._torch_cache = {}
+
+    @property
+    def resample_matrix(self):
+        """scipy.sparse CSR (4096, n_model): LSF + flux-conserving resampling (``model_flux @ M.T``)."""
+        if self._matrix is None:
+            raise self._matrix_error
+        return self._matrix
 
     @classmethod
     def for_model(cls, model, instrument: InstrumentConfig | None = None) -> "PFSObserver":
@@ -117,6 +129,10 @@ class PFSObserver:
         self.base_response = w / atm.H_C_ERG_A * self.dlam * self.area_cm2 * self.throughput
         kw, kk = atm.load_extinction(cfg.extinction_file)
         self.extinction_k = np.interp(w, kw, kk)
+        # transmission 10^(-0.4 k X) tabulated on an airmass grid, interpolated linearly in X
+        # (error < 1e-5 for k < 0.5 mag/airmass), so no exp over (N, 4096) on the hot path
+        self._x_grid = np.arange(1.0, 5.0 + _X_STEP, _X_STEP)
+        self._trans_table = 10 ** (-0.4 * self._x_grid[:, None] * self.extinction_k[None, :])
         # night sky: resample through the LSF, scale to the dark-sky i-band brightness
         sw, sf, s_res = atm.load_sky(cfg.sky_file, cfg.sky_file_resolution)
         if sw[0] > self.wave_edges[0] - 20 or sw[-1] < self.wave_edges[-1] + 20:
@@ -143,21 +159,21 @@ class PFSObserver:
 
     # --------------------------------------------------------------- helpers
     def _check_flux(self, model_flux, name="model_flux") -> np.ndarray:
-        f = np.asarray(model_flux, dtype=float)
+        f = np.asarray(model_flux)
+        f = f.astype(np.float32 if f.dtype == np.float32 else np.float64, copy=False)
         if f.ndim == 1:
             f = f[None]
         if f.ndim != 2 or f.shape[1] != self.n_model:
             raise InputError(f"must have shape (N, {self.n_model}) (the model wavelength grid)", field=name,
                              value=tuple(np.shape(model_flux)))
-        if not np.all(np.isfinite(f)):
+        if not np.all(np.isfinite(f.sum(axis=1, dtype=np.float64))):  # one cheap pass; NaN/inf propagate
             i = int(np.flatnonzero(~np.isfinite(f).all(1))[0])
             raise InputError(f"non-finite values (first bad row {i})", field=name, value="NaN/inf")
         return f
 
     def convolve_resample(self, model_flux) -> np.ndarray:
         """LSF + flux-conserving resampling to the 4096 PFS pixels: (N, n_model) -> (N, 4096)."""
-        f = self._check_flux(model_flux)
-        return np.asarray((self.resample_matrix @ f.T).T)
+        return self._resample(self._check_flux(model_flux))
 
     def _doppler(self, f: np.ndarray, z: np.ndarray) -> np.ndarray:
         """F_obs(lambda) = F(lambda / (1 + z)) by linear interpolation on the model grid, rows with z != 0."""
@@ -182,7 +198,15 @@ class PFSObserver:
         f[rows] *= 10 ** (-0.4 * ebv[rows, None] * a[None, :])
         return f
 
-    def response_and_background(self, conditions) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _transmission(self, X: np.ndarray, dtype) -> np.ndarray:
+        u = (np.clip(X, 1.0, self._x_grid[-1]) - 1.0) / _X_STEP
+        i = np.minimum(u.astype(np.int64), len(self._x_grid) - 2)
+        t = (u - i).astype(dtype)[:, None]
+        table = self._trans_table.astype(dtype, copy=False)
+        lo = table[i]
+        return lo + t * (table[i + 1] - lo)
+
+    def response_and_background(self, conditions, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, dict]:
         """Per spectrum and pixel: electrons per unit F_lambda (erg/s/cm^2/A), and the variance
         (electrons^2) of everything that is not the object. Depends on the conditions only."""
         cfg = self.instrument
@@ -194,30 +218,41 @@ class PFSObserver:
         vig = ins.vignetting(field, cfg)
         diam = ins.fibre_diameter_arcsec(field, cfg)
         fwhm = ins.delivered_fwhm_arcsec(c["seeing"].to_numpy(float)[:, None], X[:, None], self._fib_wave[None, :])
-        fib = ins.fibre_fraction(fwhm, diam[:, None], cfg)  # (N, 2)
-        fib_pix = fib[:, :1] + (fib[:, 1:] - fib[:, :1]) * self._fib_u[None, :]
-        tv = (t_tot * vig)[:, None]
-        trans = np.exp(-0.4 * np.log(10.0) * X[:, None] * self.extinction_k[None, :])
-        response = self.base_response[None, :] * tv * trans * fib_pix
-        area = (np.pi / 4 * diam**2)[:, None]  # arcsec^2
-        sky_fac = (X if cfg.sky_scales_with_airmass else np.ones_like(X))[:, None] * tv * area
-        sky = self.sky_rate[None, :] * sky_fac
+        fib = ins.fibre_fraction(fwhm, diam[:, None], cfg)  # (N, 2) at the two ends of the arm
+        tv = t_tot * vig
+        # response = base * t * v * transmission(X) * (fibre_blue + (fibre_red - fibre_blue) * u)
+        a = (tv * fib[:, 0]).astype(dtype)[:, None]
+        b = (tv * (fib[:, 1] - fib[:, 0])).astype(dtype)[:, None]
+        base = self.base_response.astype(dtype)
+        response = self._transmission(X, dtype)
+        response *= base * a + (base * self._fib_u.astype(dtype)) * b
+        area = np.pi / 4 * diam**2  # arcsec^2
+        sky_fac = (X if cfg.sky_scales_with_airmass else np.ones_like(X)) * tv * area
         v_moon = atm.moon_v_surface_brightness(c["moon_phase"].to_numpy(float), c["moon_zenith_angle"].to_numpy(float),
                                                c["target_zenith_angle"].to_numpy(float),
                                                c["moon_target_angle"].to_numpy(float), cfg.moon_k_v)
-        moon_fac = 10 ** (-0.4 * v_moon)  # 0 where the Moon is down
-        moon = self.moon_rate_v0[None, :] * (moon_fac[:, None] * tv * area) if np.any(moon_fac > 0) else 0.0
-        const = (cfg.stray_light_fraction * self._sky_mean * sky_fac[:, 0]
+        moon_fac = 10 ** (-0.4 * v_moon) * tv * area  # 0 where the Moon is down
+        const = (cfg.stray_light_fraction * self._sky_mean * sky_fac
                  + n_exp * cfg.extraction_pixels * cfg.read_noise_e**2
                  + cfg.extraction_pixels * cfg.dark_e_per_pix_s * t_tot)
-        floor = (cfg.sky_subtraction_floor * self._sky_max3[None, :] * sky_fac) ** 2
-        background = sky + moon + const[:, None] + floor
-        return response, background, {"sky_e": sky, "moon_e": moon, "airmass": X, "fibre_fraction": fib_pix}
+        # sky + (floor * max3(sky))^2 + const, with sky = sky_fac * sky_rate
+        sf = sky_fac.astype(dtype)[:, None]
+        fl2 = ((cfg.sky_subtraction_floor * self._sky_max3) ** 2).astype(dtype)
+        background = sf * (self.sky_rate.astype(dtype) + sf * fl2)
+        background += const.astype(dtype)[:, None]
+        extra = {"airmass": X, "sky_fac": sky_fac, "moon_fac": moon_fac}
+        if np.any(moon_fac > 0):
+            background += moon_fac.astype(dtype)[:, None] * self.moon_rate_v0.astype(dtype)
+        return response, background, extra
 
     # ------------------------------------------------------------------ main
     def observe(self, model_flux, conditions, *, return_components: bool = False) -> Observation:
-        """Observe N noiseless model spectra (N, n_model) F_lambda under ``conditions`` (N rows)."""
+        """Observe N noiseless model spectra (N, n_model) F_lambda under ``conditions`` (N rows).
+
+        Computes in float32 if ``model_flux`` is float32 (outputs float32), else in float64.
+        """
         f = self._check_flux(model_flux)
+        dtype = f.dtype
         c = check_conditions(conditions, len(f), source="conditions")
         f = self._doppler(f, c["redshift"].to_numpy(float))
         f = self._redden(f, c["ext"].to_numpy(float))
@@ -226,25 +261,41 @@ class PFSObserver:
             i = int(np.flatnonzero(~(phot > 0))[0])
             raise InputError(f"model flux has no positive flux in the HSC i band (row {i})", field="model_flux")
         mag_model = -2.5 * np.log10(phot / self.photometry.ab_norm)
-        scale = 10 ** (-0.4 * (c["mag"].to_numpy(float) - mag_model))
-        fc = np.asarray(self.resample_matrix @ f.T).T * scale[:, None]  # erg/s/cm^2/A
-        response, background, comp = self.response_and_background(c)
-        obj = fc * response
-        var = np.clip(obj, 0.0, None) + background
-        err = np.sqrt(var) / response
+        scale = 10 ** (-0.4 * (c["mag"].to_numpy(float) - mag_model))  # model units -> erg/s/cm^2/A
+        fc = self._resample(f)  # (N, 4096), model units
         med = np.median(fc, axis=1)
         if not np.all(med > 0):
             i = int(np.flatnonzero(~(med > 0))[0])
             raise InputError(f"median model flux over the PFS arm is not positive (row {i})", field="model_flux")
-        norm = NORMALISED_MEDIAN / med
-        flux = fc * norm[:, None]
-        error = err * norm[:, None]
-        snr = np.median(flux / error, axis=1)
+        norm = NORMALISED_MEDIAN / med  # model units -> normalised
+        response, var, extra = self.response_and_background(c, dtype)
+        response *= scale.astype(dtype)[:, None]  # electrons per model unit
+        obj = fc * response
+        var += np.maximum(obj, 0)
         components = {}
         if return_components:
-            components = {"object_e": obj, "var_e": var, **comp}
-        return Observation(wave=self.wave, flux=flux, error=error, snr=snr, norm_factor=norm, mag_model=mag_model,
-                           conditions=c, components=components)
+            comp_sky = (extra["sky_fac"][:, None] * self.sky_rate).astype(dtype)
+            components = {"object_e": obj.copy(), "var_e": var.copy(), "sky_e": comp_sky,
+                          "moon_e": (extra["moon_fac"][:, None] * self.moon_rate_v0).astype(dtype),
+                          "airmass": extra["airmass"]}
+        err = np.sqrt(var, out=var)
+        snr = np.median(np.divide(obj, err, out=obj), axis=1)
+        nf = norm.astype(dtype)[:, None]
+        error = np.divide(err, response, out=err)
+        error *= nf
+        flux = np.multiply(fc, nf, out=fc)
+        return Observation(wave=self.wave, flux=flux, error=error, snr=snr, norm_factor=norm * scale ** -1,
+                           mag_model=mag_model, conditions=c, components=components)
+
+    def _resample(self, f: np.ndarray) -> np.ndarray:
+        M = self.resample_matrix if f.dtype == np.float64 else self._matrix_as(f.dtype)
+        return np.ascontiguousarray((M @ f.T).T)
+
+    def _matrix_as(self, dtype):
+        key = ("np", np.dtype(dtype).str)
+        if key not in self._torch_cache:
+            self._torch_cache[key] = self.resample_matrix.astype(dtype)
+        return self._torch_cache[key]
 
     def error_from_noisy(self, noisy_flux, conditions, norm_factor) -> np.ndarray:
         """Leakage-safe 1-sigma error estimated from NOISY normalised flux (SPEC section 3, "Leakage trap").
