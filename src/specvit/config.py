@@ -132,6 +132,11 @@ def _set_dotted(data: dict, dotted: str, value, *, cls, source) -> None:
     parts = dotted.split(".")
     cur_cls, cur = cls, data
     for i, part in enumerate(parts):
+        if typing.get_origin(cur_cls) is dict:  # free-form mapping (e.g. model.overrides.depth=2)
+            for p in parts[i:-1]:
+                cur = cur.setdefault(p, {})
+            cur[parts[-1]] = value
+            return
         if not _is_dataclass_type(cur_cls):
             raise ConfigError("cannot descend into a non-section key", file=source, field=".".join(parts[:i]))
         fields = {f.name: f for f in dataclasses.fields(cur_cls)}
