@@ -20,6 +20,17 @@ def _label_var(text: str):
         raise InputError("--label-var must be 'points', 'box' or a number", field="--label-var", value=text) from None
 
 
+def _json_safe(obj):
+    """Non-finite floats (an unconstrained label: sigma = inf) become null in the JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def cmd_fisher(args) -> int:
     from specvit.fisher.ceiling import (ceiling_by_magnitude, ceiling_by_snr_bin, compute_information,
                                         default_forward, make_points)
@@ -56,7 +67,7 @@ def cmd_fisher(args) -> int:
             v["points"] = kind
     seconds = time.perf_counter() - t0
     if args.json:
-        print(json.dumps(table))
+        print(json.dumps(_json_safe(table), allow_nan=False))
         return 0
     print(f"specvit fisher: model={type(forward.model).__name__}, label={args.label}, nuisance={args.nuisance}, "
           f"points={kind} (N={len(points)}), seed={args.seed}, {seconds:.1f} s")
