@@ -346,7 +346,8 @@ def observer_error_fn(src, noise_level: float) -> Callable[[np.ndarray, np.ndarr
 
     params = src.params
     if "norm_factor" not in params.columns:
-        raise InputError("the error channel needs the 'norm_factor' column", field="dataset/params/norm_factor")
+        raise InputError("the error channel needs the 'norm_factor' column", file=str(getattr(src, "path", "")),
+                         field="dataset/params/norm_factor")
     wave = np.asarray(src.wave, dtype=np.float64)
     obs = PFSObserver(model_wave=wave, model_resolution=1e6, model_medium="vacuum")
     norm = params["norm_factor"].to_numpy(dtype=np.float64)
