@@ -183,3 +183,22 @@ def test_error_channel_function_gets_noisy_flux(path):
     b = next(s.iter_epoch(0))
     assert np.array_equal(seen["noisy"], b["flux"].numpy())  # estimated from the noisy flux, not the stored error
     assert b["error"].shape == b["flux"].shape
+
+
+def test_prefetch_same_batches_and_errors(path, tmp_path):
+    from specvit.data.torchdata import prefetch
+
+    s = stream(path)
+    plain = list(s.iter_epoch(3))
+    ahead = list(prefetch(s.iter_epoch(3), 3))
+    assert len(plain) == len(ahead)
+    assert all(torch.equal(a["flux"], b["flux"]) and torch.equal(a["rows"], b["rows"]) for a, b in zip(plain, ahead))
+    p = tmp_path / "nan.h5"
+    write_dataset(p, n_rows=40, n_pixels=N_PIX, nan_row=21)
+    it = prefetch(stream(p, train=False).iter_epoch(0), 2)
+    with pytest.raises(InputError, match="row 21"):
+        list(it)
+    early = prefetch(s.iter_epoch(0), 1)
+    next(early)
+    early.close()  # stops the reader thread although the epoch is not finished
+    assert not early._thread.is_alive()

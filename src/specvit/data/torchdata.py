@@ -357,3 +357,68 @@ def observer_error_fn(src, noise_level: float) -> Callable[[np.ndarray, np.ndarr
         return np.asarray(obs.error_from_noisy(noisy_flux, cond, norm[np.asarray(rows)]), dtype=np.float32)
 
     return fn
+
+
+class Prefetch:
+    """Run an iterator in a background thread, up to ``depth`` items ahead (same items, same order).
+
+    Reading HDF5 chunks, shuffling and drawing noise then overlap with the model's
+    forward/backward (torch releases the GIL). The data stream is a pure function of
+    its position, so prefetching changes timing only, never the batches. Exceptions
+    (e.g. NaN in flux) are re-raised in the consumer; ``close()`` stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, iterator, depth: int = 2, *, pin_memory: bool = False):
+        import queue
+        import threading
+
+        self._q: "queue.Queue" = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._pin = pin_memory
+        self._thread = threading.Thread(target=self._run, args=(iter(iterator),), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, it) -> None:
+        try:
+            for item in it:
+                if self._pin:
+                    item = {k: v.pin_memory() for k, v in item.items()}
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # hand the error to the consumer
+            self._put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is self._END:
+            self._q.put(self._END)  # stay exhausted
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def prefetch(iterator, depth: int, *, pin_memory: bool = False):
+    """``Prefetch(iterator, depth)`` if depth > 0, else the iterator itself."""
+    return Prefetch(iterator, depth, pin_memory=pin_memory) if depth > 0 else iter(iterator)

@@ -26,6 +26,7 @@ class DataConfig:
     max_val_rows: int | None = None  #: use only the first rows of the validation set
     chunk_rows: int = 1024  #: contiguous rows per HDF5 read
     buffer_rows: int = 8192  #: shuffle-buffer size in spectra (bounds memory: buffer_rows * n_pixels * 4 bytes)
+    prefetch_batches: int = 2  #: batches read ahead in a background thread (0 = read in the training loop)
     error_channel: bool = False  #: feed a leakage-safe error estimated from the noisy flux (model must accept error=)
 
 

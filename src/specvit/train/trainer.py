@@ -32,7 +32,7 @@ import torch
 
 from specvit.atomic import write_text_atomic
 from specvit.config import config_to_dict, write_resolved_config
-from specvit.data.torchdata import LabelScaler, SpectraStream, observer_error_fn
+from specvit.data.torchdata import LabelScaler, SpectraStream, observer_error_fn, prefetch
 from specvit.errors import ConfigError, InputError
 from specvit.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from specvit.train.config import TrainConfig
@@ -254,14 +254,17 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         m = RegressionMetrics(len(self.label_names))
-        for batch in stream.iter_epoch(0):
-            with self._autocast():
-                out = self._forward(self.eval_net, batch)
-            target = batch["target"].to(self.device)
-            loss = self.loss_fn(out, target)
-            mean, _ = split_output(out)
-            pred = self.scaler_labels.inverse(mean.float().cpu().double())
-            m.update(pred, batch["labels"], loss)
+        batches = prefetch(stream.iter_epoch(0), self.cfg.data.prefetch_batches, pin_memory=self.device.type == "cuda")
+        try:
+            for batch in batches:
+                with self._autocast():
+                    out = self._forward(self.eval_net, batch)
+                loss = self.loss_fn(out, batch["target"].to(self.device))
+                mean, _ = split_output(out)
+                m.update(self.scaler_labels.inverse(mean.float().cpu().double()), batch["labels"], loss)
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
         m.all_reduce()
         self.model.train(was_training)
         r = m.compute()
@@ -314,11 +317,12 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
-        t0, samples, stop = time.perf_counter(), 0, False
+        t0, samples, stop, batches = time.perf_counter(), 0, False, None
         self.model.train()
         try:
             while self.epoch < run.epochs and self.global_step < self.total_steps and not stop:
-                batches = self.train_data.iter_epoch(self.epoch, start_batch=self.step_in_epoch * accum)
+                batches = prefetch(self.train_data.iter_epoch(self.epoch, start_batch=self.step_in_epoch * accum),
+                                   self.cfg.data.prefetch_batches, pin_memory=self.device.type == "cuda")
                 while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
                     loss = self._train_step(batches, accum)
                     samples += run.batch_size * accum * self.dist.world_size
@@ -340,6 +344,8 @@ class Trainer:
                         cb(self, self.global_step)
                     if stop:
                         break
+                if hasattr(batches, "close"):
+                    batches.close()
                 if self.step_in_epoch >= self.steps_per_epoch:  # epoch finished
                     if self.val_data is not None and (self.epoch + 1) % run.eval_every_epochs == 0 and not stop:
                         stop = self._run_eval()
@@ -348,6 +354,8 @@ class Trainer:
         except StopTraining:
             self.checkpoint(step_file=False)
         finally:
+            if batches is not None and hasattr(batches, "close"):
+                batches.close()
             if bar is not None:
                 bar.close()
         return self._finish(stopped_early=stop, seconds=time.perf_counter() - t0, samples=samples)
