@@ -311,7 +311,7 @@ def test_snr_calibration_within_15_percent(toy_model):
         assert res["snr"][k] == pytest.approx(ref, rel=0.15), (k, res["snr"][k], ref)
 
 
-def test_calibrate_snr_cli_json(capsys):
+def test_calibrate_snr_cli_json(capsys, tmp_path):
     import argparse
     import json
 
@@ -325,3 +325,8 @@ def test_calibrate_snr_cli_json(capsys):
     assert list(out) == ["18", "20", "21.5", "22", "22.5", "23"]
     assert all(out[a] > out[b] for a, b in zip(list(out)[:-1], list(out)[1:]))
     assert out["18"] == pytest.approx(87.4, rel=0.15)
+    fig = tmp_path / "noise.png"
+    args = parser.parse_args(["calibrate-snr", "--model", "planck", "--n", "4", "--figure", str(fig),
+                              "--set", "read_noise_e=0"])
+    assert args.func(args) == 0
+    assert "paper" in capsys.readouterr().out and fig.read_bytes()[:4] == b"\x89PNG"

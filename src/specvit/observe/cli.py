@@ -17,11 +17,12 @@ def load_model(name: str):
         return PlanckModel(), "planck"
     try:
         from specvit.spectra import default_model
-    except ImportError as e:
-        print(f"specvit calibrate-snr: the default spectral model is not available ({e}); "
+
+        return default_model(), "default"
+    except (ImportError, FileNotFoundError) as e:  # not built / not shipped yet
+        print(f"specvit calibrate-snr: the default spectral model is not available ({type(e).__name__}: {e}); "
               "falling back to the Planck-continuum model (--model planck)", file=sys.stderr)
         return PlanckModel(), "planck (fallback)"
-    return default_model(), "default"
 
 
 #: The star of the noise-vs-wavelength figure: a metal-poor K giant.

@@ -40,14 +40,14 @@ class InstrumentConfig:
     psf_moffat_beta: float = 4.765
     #: Throughput of everything that is not the primary mirror or the CCD (corrector,
     #: fibre, spectrograph optics), wavelength independent. Calibrated (see docs).
-    optics_throughput: float = 0.67
+    optics_throughput: float = 0.68
     #: Vignetting: fraction of light lost at ``field_radius_deg``; the loss grows as (angle / radius)^2.
     #: 0 by default (we have no citable number for the PFS corrector); set it if you know it.
     vignetting_at_edge: float = 0.0
     #: Radius of the PFS field of view, deg (1.38 deg diameter hexagon).
     field_radius_deg: float = 0.69
     #: Dark-sky brightness at zenith, AB mag / arcsec^2 in HSC i (photon weighted). Calibrated (see docs).
-    sky_mag_i_arcsec2: float = 19.83
+    sky_mag_i_arcsec2: float = 19.82
     #: Scale airglow with airmass (van Rhijn-like, proportional to X) if True.
     sky_scales_with_airmass: bool = True
     #: Extinction coefficient in V for the moonlight model (Krisciunas & Schaefer 1991, Mauna Kea).

@@ -14,6 +14,8 @@ default 7050 A model start this part carries 8.5% of the band's photon weight
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 C_A_PER_S = 2.99792458e18  # speed of light, Angstrom / s
@@ -21,6 +23,7 @@ AB_ZERO_FNU = 3631e-23  # erg / s / cm^2 / Hz
 _WINDOW_A = 60.0
 
 
+@functools.lru_cache(maxsize=1)
 def load_hsc_i():
     """(wave_A, response) of the HSC i filter from speclite (no hand-typed curve)."""
     import speclite.filters
