@@ -65,6 +65,18 @@ def test_lsf_fwhm_of_a_delta_line(obs_fine):
     assert 2.3548 * sigma / dpix == pytest.approx(3.75, rel=0.03)
 
 
+def test_per_pixel_lsf_table(tmp_path):
+    """A user LSF table (wave, FWHM) replaces R: FWHM 1.2 A at 7500 A rising to 2.4 A at 8500 A."""
+    p = tmp_path / "lsf.txt"
+    np.savetxt(p, [[7000.0, 0.6], [9000.0, 3.0]])
+    obs = PFSObserver(model_wave=WAVE, instrument=InstrumentConfig(lsf_fwhm_file=str(p)))
+    for centre, fwhm in ((7500.0, 1.2), (8500.0, 2.4)):
+        out = obs.convolve_resample(_flat_with_line(centre, spike=100.0))[0] - 1.0
+        m = np.abs(obs.wave - centre) < 10
+        _, var = _moment_fwhm(obs.wave[m], out[m])
+        assert 2.3548 * np.sqrt(var - obs.dlam[0] ** 2 / 12 - 0.1**2 / 12) == pytest.approx(fwhm, rel=0.03)
+
+
 def test_model_resolution_removed_in_quadrature():
     """A line already broadened to R_model = 10000 ends at the instrument FWHM, not the quadrature sum."""
     r_model = 10000.0
@@ -141,6 +153,12 @@ def test_normalisation_and_snr_definition(obs_toy, toy_model, rng):
     counts_snr = np.median(o.components["object_e"] / np.sqrt(o.components["var_e"]), axis=1)
     np.testing.assert_allclose(o.snr, counts_snr, rtol=1e-10)
     assert o.flux.shape == o.error.shape == (8, 4096) and np.all(o.error > 0)
+    # float32 in -> float32 out, same numbers
+    o32 = obs_toy.observe(toy_model.flux(labels).astype(np.float32), c)
+    assert o32.flux.dtype == np.float32 and o32.error.dtype == np.float32
+    np.testing.assert_allclose(o32.error, o.error, rtol=2e-4)
+    np.testing.assert_allclose(o32.snr, o.snr, rtol=2e-4)
+    assert obs_toy.observe(np.zeros((0, obs_toy.n_model)), c.iloc[:0]).flux.shape == (0, 4096)
 
 
 def _snr(obs, f, **cond):

@@ -25,6 +25,9 @@ class InstrumentConfig:
 
     #: Resolving power lambda / FWHM of the Gaussian LSF (R=5000: FWHM 1.6 A = 3.75 px at 8000 A).
     resolution: float = 5000.0
+    #: Optional per-pixel LSF: text table (wave_A vacuum, FWHM_A of the Gaussian LSF), interpolated to
+    #: the PFS pixels; replaces ``resolution``.
+    lsf_fwhm_file: Optional[str] = None
     #: The LSF kernel is cut at this many sigma and renormalised to unit area.
     lsf_truncate_sigma: float = 4.0
     #: Primary mirror diameter, m (Subaru; SPEC section 3).

@@ -43,10 +43,13 @@ def _psi(t):
     return t * ndtr(t) + np.exp(-0.5 * t * t) / np.sqrt(2.0 * np.pi)
 
 
-def lsf_sigma_A(wave_A, resolution: float, model_resolution: float = np.inf) -> np.ndarray:
-    """Gaussian sigma (Angstrom) of the kernel that takes the model to the instrument resolution."""
+def lsf_sigma_A(wave_A, resolution: float, model_resolution: float = np.inf, *, fwhm_A=None) -> np.ndarray:
+    """Gaussian sigma (Angstrom) of the kernel that takes the model to the instrument resolution.
+
+    The instrument FWHM is lambda / ``resolution``, or ``fwhm_A`` (per pixel) if given.
+    """
     wave_A = np.asarray(wave_A, dtype=float)
-    s_inst = wave_A / resolution / FWHM_PER_SIGMA
+    s_inst = (wave_A / resolution if fwhm_A is None else np.asarray(fwhm_A, dtype=float)) / FWHM_PER_SIGMA
     s_model = 0.0 if not np.isfinite(model_resolution) else wave_A / model_resolution / FWHM_PER_SIGMA
     var = s_inst**2 - s_model**2
     return np.sqrt(np.clip(var, 0.0, None))

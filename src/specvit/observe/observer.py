@@ -95,7 +95,14 @@ class PFSObserver:
         self.wave = pfs_mr_wave()
         self.wave_edges = pfs_mr_wave_edges()
         self.dlam = np.diff(self.wave_edges)
-        self.lsf_sigma_A = lsf_sigma_A(self.wave, cfg.resolution, self.model_resolution)
+        #: instrument LSF FWHM per pixel, Angstrom (lambda / R, or the user table)
+        self.lsf_fwhm_A = self.wave / cfg.resolution
+        if cfg.lsf_fwhm_file:
+            lw, lf = atm._read_table(cfg.lsf_fwhm_file, field="lsf_fwhm_file")
+            if not np.all(lf > 0):
+                raise InputError("FWHM must be > 0", file=cfg.lsf_fwhm_file, field="lsf_fwhm_file", value=float(lf.min()))
+            self.lsf_fwhm_A = np.interp(self.wave, lw, lf)
+        self.lsf_sigma_A = lsf_sigma_A(self.wave, cfg.resolution, self.model_resolution, fwhm_A=self.lsf_fwhm_A)
         self._matrix = None
         self._matrix_error = None
         try:  # a model grid that does not cover the arm can still serve error_from_noisy; observe() raises
@@ -140,7 +147,7 @@ class PFSObserver:
                              field="sky_file", value=[float(sw[0]), float(sw[-1])])
         sky_phot = SyntheticPhotometry(sw)
         sky_scale = 10 ** (-0.4 * (cfg.sky_mag_i_arcsec2 - sky_phot.ab_mag(sf[None])[0]))
-        sky_M = resample_matrix(sw, self.wave_edges, lsf_sigma_A(w, cfg.resolution, s_res),
+        sky_M = resample_matrix(sw, self.wave_edges, lsf_sigma_A(w, cfg.resolution, s_res, fwhm_A=self.lsf_fwhm_A),
                                 truncate=cfg.lsf_truncate_sigma)
         #: sky F_lambda per arcsec^2 at zenith on the PFS pixels, erg/s/cm^2/A/arcsec^2
         self.sky_flambda = sky_M @ (sf * sky_scale)
@@ -254,6 +261,10 @@ class PFSObserver:
         f = self._check_flux(model_flux)
         dtype = f.dtype
         c = check_conditions(conditions, len(f), source="conditions")
+        if len(f) == 0:
+            empty = np.zeros((0, len(self.wave)), dtype)
+            return Observation(wave=self.wave, flux=empty, error=empty.copy(), snr=np.zeros(0), norm_factor=np.zeros(0),
+                               mag_model=np.zeros(0), conditions=c)
         f = self._doppler(f, c["redshift"].to_numpy(float))
         f = self._redden(f, c["ext"].to_numpy(float))
         phot = self.photometry.photon_integral(f)
