@@ -226,7 +226,7 @@ def parse_turbospectrum_atoms(text: str, *, source="ges") -> dict:
 def parse_moog_molecules(text: str, *, species_name: str, isotope_weights: dict[str, float]) -> dict:
     """Parse a MOOG-format molecular list; ``isotope_weights`` maps the MOOG species code
     (e.g. ``"822.01646"``) to the factor its gf is multiplied by (log gf += log10 weight)."""
-    data = np.loadtxt(io.StringIO(text), usecols=(0, 1, 2, 3), dtype=str)
+    data = np.loadtxt(io.StringIO(text), usecols=(0, 1, 2, 3), dtype=str, ndmin=2)
     w = data[:, 0].astype(float)
     keep = (w >= LINE_WINDOW_A[0] - 5) & (w <= LINE_WINDOW_A[1])
     data, w = data[keep], w[keep]
