@@ -175,6 +175,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_value, self.best_step, self.bad_evals = None, None, 0
         self.history: list[dict] = []
+        self.stopped_by_callback = False
         self.logger = RunLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=run.tensorboard)
 
     # ------------------------------------------------------------------ helpers
@@ -324,14 +325,18 @@ class Trainer:
                 batches = prefetch(self.train_data.iter_epoch(self.epoch, start_batch=self.step_in_epoch * accum),
                                    self.cfg.data.prefetch_batches, pin_memory=self.device.type == "cuda")
                 while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
-                    loss = self._train_step(batches, accum)
+                    loss_t = self._train_step(batches, accum)  # a tensor: no device sync unless we log
                     samples += run.batch_size * accum * self.dist.world_size
                     self.step_in_epoch += 1
                     self.global_step += 1
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch)
                     if self.global_step % run.log_every_steps == 0:
+                        loss = float(loss_t)
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch)
                         self.logger.log({"step": self.global_step, "epoch": self.epoch, "train_loss": loss,
                                          "lr": self.optimizer.param_groups[0]["lr"],
                                          "samples_per_s": samples / max(time.perf_counter() - t0, 1e-9)})
@@ -351,7 +356,8 @@ class Trainer:
                         stop = self._run_eval()
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
                 self.checkpoint(step_file=False)
-        except StopTraining:
+        except StopTraining:  # asked by a callback (e.g. a sweep pruning this trial)
+            self.stopped_by_callback = True
             self.checkpoint(step_file=False)
         finally:
             if batches is not None and hasattr(batches, "close"):
@@ -360,9 +366,10 @@ class Trainer:
                 bar.close()
         return self._finish(stopped_early=stop, seconds=time.perf_counter() - t0, samples=samples)
 
-    def _train_step(self, batches, accum: int) -> float:
+    def _train_step(self, batches, accum: int) -> torch.Tensor:
+        """One optimizer step over ``accum`` micro-batches; returns the summed loss (a 0-d tensor)."""
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for i in range(accum):
             batch = next(batches)
             sync = i == accum - 1 or not self.dist.enabled
@@ -371,10 +378,8 @@ class Trainer:
                 with self._autocast():
                     out = self._forward(self.net, batch)
                     loss = self.loss_fn(out, batch["target"].to(self.device, non_blocking=True)) / accum
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {self.global_step} (rows {batch['rows'][:4].tolist()}...)")
                 self.grad_scaler.scale(loss).backward()
-            total += float(loss.detach())
+            total += loss.detach().float()
         if self.cfg.optim.clip_grad_norm is not None:
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm)
@@ -393,6 +398,7 @@ class Trainer:
         final = self.evaluate() if self.val_data is not None else {}
         result = {
             "global_step": self.global_step, "epochs_completed": self.epoch, "stopped_early": bool(stopped_early),
+            "stopped_by_callback": self.stopped_by_callback,
             "best_step": self.best_step, "best_value": self.best_value,
             "early_stopping_metric": self.cfg.run.early_stopping_metric,
             "seed": self.cfg.run.seed, "world_size": self.dist.world_size,
