@@ -112,7 +112,7 @@ class PFSObserver:
             self._matrix_error = e
         self.photometry = SyntheticPhotometry(self.model_wave)
         self._setup_response()
-        self._torch_cache = {}
+        self._cache = {}
 
     @property
     def resample_matrix(self):
@@ -174,8 +174,10 @@ class PFSObserver:
             raise InputError(f"must have shape (N, {self.n_model}) (the model wavelength grid)", field=name,
                              value=tuple(np.shape(model_flux)))
         if not np.all(np.isfinite(f.sum(axis=1, dtype=np.float64))):  # one cheap pass; NaN/inf propagate
-            i = int(np.flatnonzero(~np.isfinite(f).all(1))[0])
-            raise InputError(f"non-finite values (first bad row {i})", field=name, value="NaN/inf")
+            bad = np.flatnonzero(~np.isfinite(f).all(1))
+            if len(bad) == 0:
+                raise InputError("values so large that their sum overflows", field=name, value=float(np.abs(f).max()))
+            raise InputError(f"non-finite values (first bad row {int(bad[0])})", field=name, value="NaN/inf")
         return f
 
     def convolve_resample(self, model_flux) -> np.ndarray:
@@ -304,9 +306,9 @@ class PFSObserver:
 
     def _matrix_as(self, dtype):
         key = ("np", np.dtype(dtype).str)
-        if key not in self._torch_cache:
-            self._torch_cache[key] = self.resample_matrix.astype(dtype)
-        return self._torch_cache[key]
+        if key not in self._cache:
+            self._cache[key] = self.resample_matrix.astype(dtype)
+        return self._cache[key]
 
     def error_from_noisy(self, noisy_flux, conditions, norm_factor) -> np.ndarray:
         """Leakage-safe 1-sigma error estimated from NOISY normalised flux (SPEC section 3, "Leakage trap").
@@ -337,12 +339,12 @@ class PFSObserver:
         import torch
 
         key = (dtype, str(device))
-        if key not in self._torch_cache:
+        if key not in self._cache:
             M = self.resample_matrix.tocoo()
             idx = torch.as_tensor(np.vstack([M.row, M.col]), dtype=torch.long)
-            self._torch_cache[key] = torch.sparse_coo_tensor(
+            self._cache[key] = torch.sparse_coo_tensor(
                 idx, torch.as_tensor(M.data, dtype=dtype), M.shape, device=device, check_invariants=True).coalesce()
-        return self._torch_cache[key]
+        return self._cache[key]
 
     def convolve_resample_torch(self, model_flux):
         """Differentiable LSF + resampling: torch (N, n_model) -> (N, 4096)."""
