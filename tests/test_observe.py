@@ -348,3 +348,29 @@ def test_calibrate_snr_cli_json(capsys, tmp_path):
                               "--set", "read_noise_e=0"])
     assert args.func(args) == 0
     assert "paper" in capsys.readouterr().out and fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_object_counts_from_first_principles():
+    """Electrons of a flat-f_nu AB = 18 source at 8000 A, computed by hand from the documented chain."""
+    wave = np.arange(6000.0, 9500.0, 0.1)
+    fnu = 3631e-23 * 10 ** (-0.4 * 18.0)
+    flam = fnu * 2.99792458e18 / wave**2  # erg/s/cm^2/A
+    obs = PFSObserver(model_wave=wave)
+    c = calibration_conditions([18.0], 1)
+    o = obs.observe(flam[None], c, return_components=True)
+    i = int(np.argmin(np.abs(obs.wave - 8000.0)))
+    lam = obs.wave[i]
+    cfg = obs.instrument
+    photons = flam[np.argmin(np.abs(wave - lam))] * lam / 1.98644586e-8  # photons / s / cm^2 / A
+    area = np.pi / 4 * 830.0**2 * (1 - 0.22**2)
+    X = 1 / np.sqrt(1 - 0.96 * np.sin(np.radians(22.5)) ** 2)
+    trans = 10 ** (-0.4 * obs.extinction_k[i] * X)
+    d = 1.12 + (1.02 - 1.12) * (0.325 / 0.69) ** 2
+    beta = 4.765
+    fwhm = 1.0 * X**0.6 * (lam / 5000.0) ** -0.2
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    fib = 1 - (1 + (d / 2 / alpha) ** 2) ** (1 - beta)
+    expected = photons * obs.dlam[i] * area * 3600.0 * obs.throughput[i] * trans * fib
+    # fibre fraction is interpolated linearly in wavelength across the arm: allow 0.3%
+    assert o.components["object_e"][0, i] == pytest.approx(expected, rel=3e-3)
+    assert 0.45 < obs.throughput[i] < 0.65 and 0.45 < fib < 0.6
