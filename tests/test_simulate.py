@@ -206,3 +206,41 @@ def test_cli_help_and_run(grid_file, tmp_path, capsys):
     assert '"n": 40' in capsys.readouterr().out
     p = pd.read_hdf(out, PARAMS_KEY)
     assert (p["mag"] == 19.0).all() and np.isin(p["T_eff"], NODES["T_eff"]).all()
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from specvit.data import pfsspec
+from specvit.data.simulate import SimulateConfig, simulate
+grid, out = sys.argv[1], sys.argv[2]
+orig, calls = pfsspec.DatasetWriter.write_rows, [0]
+def dying(self, *a, **k):
+    calls[0] += 1
+    if calls[0] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no cleanup, no finally blocks
+    return orig(self, *a, **k)
+pfsspec.DatasetWriter.write_rows = dying
+simulate(SimulateConfig(model=grid, chunk_size=64, interpolation="linear"), out, n=256, seed=4, progress=False)
+"""
+
+
+def test_sigkill_then_rerun_resumes(grid_file, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.h5"
+    res = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(grid_file), str(out)], capture_output=True)
+    assert res.returncode == -9, res.stderr.decode()[-2000:]
+    partial = tmp_path / ".k.h5.partial"
+    assert partial.exists() and not out.exists()
+    with h5py.File(partial, "r") as f:
+        assert int(f["_progress/done"][()].sum()) == 128  # two chunks finished, flushed, marked done
+    cfg = _cfg(grid_file, interpolation="linear")
+    simulate(cfg, out, n=256, seed=4, progress=False)
+    ref = simulate(cfg, tmp_path / "ref.h5", n=256, seed=4, progress=False)[0]
+    f1, e1, p1 = _read_all(out)
+    f2, e2, p2 = _read_all(ref)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(e1, e2)
+    pd.testing.assert_frame_equal(p1, p2)
+    assert not partial.exists()
