@@ -171,7 +171,7 @@ class LazyArray:
         ds = self._ds[s]
         try:
             if isinstance(cols, slice):
-                return ds[sel, cols] if not isinstance(sel, np.ndarray) else ds[sel, cols]
+                return ds[sel, cols]
             out = ds[sel]
             return out[..., cols] if cols is not None else out
         except (OSError, RuntimeError) as e:

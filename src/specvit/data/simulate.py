@@ -206,12 +206,13 @@ _WORKER: ChunkSimulator | None = None
 
 def _worker_init(cfg, model):
     global _WORKER
-    try:
-        import torch
+    import os
 
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    # one thread per worker process (the workers are the parallelism); torch reads this when it loads
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    if "torch" in sys.modules:  # already loaded (e.g. unpickling a torch model)
+        sys.modules["torch"].set_num_threads(1)
     _WORKER = ChunkSimulator(cfg, model)
 
 
