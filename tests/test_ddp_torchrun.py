@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from test_train_data import write_dataset
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     write_dataset(tmp_path / "train.h5", n_rows=128, n_pixels=32, seed=0)
     write_dataset(tmp_path / "val.h5", n_rows=30, n_pixels=32, seed=1)

@@ -320,6 +320,10 @@ class SpectraStream(torch.utils.data.IterableDataset):
         return out
 
     def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1:  # every worker would yield the same stream
+            raise InputError("SpectraStream reads in one process; use DataLoader(num_workers<=1) (it prefetches with "
+                             "a thread: data.prefetch_batches)", field="num_workers", value=info.num_workers)
         start, self.start_batch = self.start_batch, 0  # a resume offset applies to one pass only
         return self._batches(self.epoch, start)
 
