@@ -151,6 +151,10 @@ def main(argv=None) -> int:
                   f"({r['seconds']:.1f} s incl. set-up), peak RSS main {r['peak_rss_mb']:.0f} MB, "
                   f"largest worker {r['peak_rss_worker_mb']:.0f} MB, file {r['file_mb']:.0f} MB")
     best = runs[-1]
+    steady = None
+    if len(runs) > 1 and runs[-1]["seconds"] > runs[0]["seconds"]:
+        steady = (runs[-1]["n"] - runs[0]["n"]) / (runs[-1]["seconds"] - runs[0]["seconds"])
+        print(f"steady state (set-up excluded: extra spectra / extra seconds between the two N): {steady:.1f} spectra/s")
     ratio = best["spectra_per_s"] / PFSSPEC_SPECTRA_PER_S
     mem_ratio = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] if len(runs) > 1 else 1.0
     print(f"speed-up vs pfsspec (0.91 spectra/s on 64 threads): x{ratio:,.0f}; goal 5000 spectra/s on 2 cores: "
@@ -159,7 +163,7 @@ def main(argv=None) -> int:
     summary = {"spectra_per_s": best["spectra_per_s"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                "peak_rss_worker_mb": max(r["peak_rss_worker_mb"] for r in runs), "model": model_name,
                "workers": args.workers, "runs": runs, "stages": st, "ratio_to_pfsspec": ratio,
-               "rss_ratio_largest_over_smallest_n": mem_ratio, "cpu_count": os.cpu_count(),
+               "rss_ratio_largest_over_smallest_n": mem_ratio, "steady_spectra_per_s": steady, "cpu_count": os.cpu_count(),
                "background_job_note": "nice-19 synthesis job may have been running"}
     if args.json:
         print(json.dumps(summary))

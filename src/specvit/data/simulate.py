@@ -268,8 +268,12 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
         raise InputError("more shards than spectra", field="shards", value=shards)
     paths = shard_paths(out, shards)
     sim = ChunkSimulator(cfg, model)  # validates config + model before any file is touched
+    wave, wave_edges = sim.observer.wave, sim.observer.wave_edges
+    label_names = list(sim.model.label_names)
     cfg_dict = config_to_dict(cfg)
     model_desc = sim.model.describe() if hasattr(sim.model, "describe") else {"model": type(sim.model).__name__}
+    if workers > 1:
+        sim = None  # the workers hold the model; free the main process's copy (a grid can be GBs)
     sizes = _split(n, shards)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     C = cfg.chunk_size
@@ -287,14 +291,14 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
             attrs = {
                 "seed": seed, "shard": k, "n_shards": shards, "row_offset": int(offsets[k]), "n_total": n,
                 "config": cfg_dict, "provenance": provenance(), "model": model_desc, "resume_key": key,
-                "interp_param_values": json.dumps(list(sim.model.label_names) + [""]),
+                "interp_param_values": json.dumps(label_names + [""]),
             }
             tmp = path.with_name(f".{path.name}.partial")
             resume = tmp.exists() and not restart
             if restart and tmp.exists():
                 tmp.unlink()
             try:
-                writer = DatasetWriter(path, wave=sim.observer.wave, wave_edges=sim.observer.wave_edges, n_rows=size,
+                writer = DatasetWriter(path, wave=wave, wave_edges=wave_edges, n_rows=size,
                                        dtype=np.dtype(cfg.dtype), attrs=attrs, chunk_rows=min(C, 256),
                                        resume=resume)
             except InputError as e:
@@ -304,7 +308,7 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                 jobs = [(seed, k, c, s, min(C, size - s), int(offsets[k]))
                         for c, s in enumerate(range(0, size, C)) if not done[s:s + min(C, size - s)].all()]
                 bar.update(int(size - sum(j[4] for j in jobs)))
-                if workers > 1 and len(jobs) > 1:
+                if workers > 1 and jobs:
                     if pool is None:
                         import multiprocessing as mp
 
