@@ -128,7 +128,7 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
         loss.backward()
         opt.step()
         sched.step()
-        lv = float(loss)
+        lv = loss.item()
         if lv < best:
             best, best_state = lv, {kk: v.detach().clone() for kk, v in net.state_dict().items()}
         if log and (ep % 1000 == 0 or ep == cfg.epochs - 1):

@@ -1,0 +1,173 @@
+"""Tests of the neural emulator: training on an analytic model, API, autograd, persistence, label range."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from specvit.errors import InputError, LabelRangeError
+from specvit.labels import LABEL_NAMES
+from specvit.spectra.emulator import SpectralEmulator, load_emulator
+from specvit.spectra.emulator_train import EmulatorTrainConfig, train_emulator, validate
+from specvit.spectra.synthesis.design import make_design
+
+H_C_OVER_K_A_K = 1.438777e8
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    from toymodel import ToyModel
+
+    toy = ToyModel(wave_min=8400.0, wave_max=8800.0, step=0.4, n_lines=15, seed=3)
+    d = make_design(400, seed=11, val_every=10)
+    lab = d[list(LABEL_NAMES)].to_numpy()
+    flux = toy.flux(lab, extrapolate=True)
+    w = toy.wave[None, :]
+    cont = 1e20 / (w ** 5 * (np.exp(H_C_OVER_K_A_K / (w * lab[:, :1])) - 1.0))
+    return {"ids": d["id"].to_numpy(), "labels": lab, "norm": (flux / cont).astype(np.float32),
+            "lncont": np.log(cont).astype(np.float32), "split": d["split"].to_numpy(), "wave": toy.wave}
+
+
+@pytest.fixture(scope="module")
+def toy_emulator(toy_data):
+    cfg = EmulatorTrainConfig(seed=5, width=64, depth=2, epochs=1500, lr=5e-3, max_components=24,
+                              n_cont_components=4)
+    return train_emulator(toy_data, cfg, log=None)
+
+
+def test_training_learns_the_analytic_model(toy_emulator, toy_data):
+    rep = validate(toy_emulator, toy_data)
+    rms = rep["overall"]["rms_norm_flux_mean"]
+    # baseline: predicting the mean training spectrum
+    tr = toy_data["split"] != "val"
+    base = np.sqrt(np.mean((toy_data["norm"][~tr] - toy_data["norm"][tr].mean(0)) ** 2))
+    assert rms < base / 5, (rms, base)
+    assert rep["overall"]["rms_rel_continuum"] < 0.01
+    assert rep["n"] == int((~tr).sum()) and "Teff>=5000" in rep["per_region"]
+
+
+def test_training_is_deterministic(toy_data):
+    cfg = EmulatorTrainConfig(seed=1, width=16, depth=1, epochs=50, max_components=8, n_cont_components=2)
+    a = train_emulator(toy_data, cfg, log=None)
+    b = train_emulator(toy_data, cfg, log=None)
+    x = toy_data["labels"][:4]
+    np.testing.assert_array_equal(a.flux(x, extrapolate=True), b.flux(x, extrapolate=True))
+
+
+def test_numpy_and_torch_api_shapes_and_units(toy_emulator):
+    x = np.array([[4500.0, 2.0, 0.0, 0.0, 0.0], [5500.0, 4.5, -1.0, 0.2, -0.3]])
+    f = toy_emulator.flux(x)
+    c = toy_emulator.continuum(x)
+    n = toy_emulator.normalized_flux(x)
+    assert isinstance(f, np.ndarray) and f.shape == (2, toy_emulator.n_wave) and f.dtype == np.float64
+    np.testing.assert_allclose(f, n * c, rtol=1e-5)
+    assert np.all(c > 0)
+    f1 = toy_emulator.flux(x[0])  # (L,) accepted
+    assert f1.shape == (1, toy_emulator.n_wave)
+    ft = toy_emulator.flux(torch.tensor(x, dtype=torch.float64))
+    assert isinstance(ft, torch.Tensor) and ft.dtype == torch.float64
+    np.testing.assert_allclose(ft.numpy(), f, rtol=1e-6)
+    assert toy_emulator.medium == "vacuum" and toy_emulator.differentiable
+    assert toy_emulator.label_names == LABEL_NAMES
+
+
+def test_autograd_matches_finite_differences(toy_emulator):
+    x0 = torch.tensor([[4800.0, 3.0, -0.5, 0.1, 0.0]], dtype=torch.float64, requires_grad=True)
+    f = toy_emulator.flux(x0)
+    g = torch.autograd.grad(f[0, 100], x0)[0][0].numpy()
+    steps = np.array([5.0, 0.01, 0.01, 0.01, 0.01])
+    for j in range(5):
+        xp, xm = x0.detach().clone(), x0.detach().clone()
+        xp[0, j] += steps[j]
+        xm[0, j] -= steps[j]
+        fd = (toy_emulator.flux(xp)[0, 100] - toy_emulator.flux(xm)[0, 100]).item() / (2 * steps[j])
+        assert g[j] == pytest.approx(fd, rel=0.05, abs=1e-3 * abs(f[0, 100].item()) / steps[j] * 1e-3), j
+    # full Jacobian in one call
+    jac = torch.autograd.functional.jacobian(lambda t: toy_emulator.flux(t)[0], x0.detach())
+    assert jac.shape == (toy_emulator.n_wave, 1, 5)
+
+
+def test_label_range_errors_and_extrapolate(toy_emulator):
+    bad = np.array([[7000.0, 2.0, 0.0, 0.0, 0.0]])
+    with pytest.raises(LabelRangeError, match="T_eff"):
+        toy_emulator.flux(bad)
+    with pytest.raises(LabelRangeError, match="log_g"):
+        toy_emulator.flux(torch.tensor([[4500.0, 5.5, 0.0, 0.0, 0.0]]))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = toy_emulator.flux(bad, extrapolate=True)
+    assert out.shape == (1, toy_emulator.n_wave) and any("extrapolating" in str(x.message) for x in w)
+    with pytest.raises(InputError, match="M_H"):
+        toy_emulator.flux(np.array([[4500.0, 2.0, np.nan, 0.0, 0.0]]))
+    with pytest.raises(InputError, match="shape"):
+        toy_emulator.flux(np.zeros((2, 4)))
+
+
+def test_save_load_roundtrip_and_bad_files(toy_emulator, tmp_path):
+    p = tmp_path / "emu.npz"
+    toy_emulator.meta["version"] = "test"
+    toy_emulator.save(p)
+    back = load_emulator(p)
+    assert isinstance(back, SpectralEmulator) and back.version == "test"
+    x = np.array([[4500.0, 2.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(back.flux(x), toy_emulator.flux(x))
+    np.testing.assert_array_equal(back.wave, toy_emulator.wave)
+    d = dict(np.load(p))
+    del d["norm_basis"]
+    np.savez(tmp_path / "broken.npz", **d)
+    with pytest.raises(InputError, match="norm_basis"):
+        load_emulator(tmp_path / "broken.npz")
+    d = dict(np.load(p))
+    d["format_version"] = np.int32(99)
+    np.savez(tmp_path / "future.npz", **d)
+    with pytest.raises(InputError, match="format_version"):
+        load_emulator(tmp_path / "future.npz")
+    with pytest.raises(InputError):
+        load_emulator(tmp_path / "missing.npz")
+
+
+def test_describe_is_json(toy_emulator):
+    d = toy_emulator.describe()
+    json.dumps(d)
+    assert d["medium"] == "vacuum" and d["n_components"] == toy_emulator.n_components
+
+
+def test_cli_emulator_train_and_validate_on_spectrum_files(tmp_path, capsys):
+    """`specvit emulator train` / `validate` on a directory of stored spectra (made from the toy model)."""
+    from toymodel import ToyModel
+
+    from specvit.cli import main
+    from specvit.spectra.synthesis.design import write_design
+    from specvit.spectra.synthesis.store import write_spectrum
+
+    toy = ToyModel(n_lines=5, seed=1)
+    dl = 1e-4
+    toy.wave = 8400.0 * np.exp(np.arange(300) * dl)
+    toy.sigma_A = toy.line_wave / toy.resolution / 2.3548
+    d = make_design(40, seed=2)
+    write_design(d, tmp_path / "design.csv")
+    lab = d[list(LABEL_NAMES)].to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flux = toy.flux(lab, extrapolate=True)
+    cont = 1e20 / (toy.wave[None] ** 5 * (np.exp(H_C_OVER_K_A_K / (toy.wave[None] * lab[:, :1])) - 1.0))
+    for i, sid in enumerate(d["id"][:36]):  # the last rows are "not finished yet"
+        write_spectrum(tmp_path / "sp" / f"{sid}.npz", flux=flux[i], cont=cont[i], labels=lab[i],
+                       label_names=LABEL_NAMES, wave_min_A=8400.0, dlnlam=dl, meta={"id": sid})
+    w = tmp_path / "emu.npz"
+    rc = main(["emulator", "train", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+               "--out", str(w), "--epochs", "30", "--report", str(tmp_path / "rep.json")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["train"]["n_train"] == 33 and rep["train"]["n_val"] == 3
+    m = load_emulator(w)
+    assert m.n_wave == 300 and m.meta["validation"]["n"] == 3
+    capsys.readouterr()
+    rc = main(["emulator", "validate", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+               "--weights", str(w), "--out", str(tmp_path / "val.json"), "--figures", str(tmp_path / "fig")])
+    assert rc == 0
+    assert json.loads((tmp_path / "val.json").read_text())["n"] == 3
+    assert (tmp_path / "fig" / "emulator_validation.png").exists()
