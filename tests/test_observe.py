@@ -344,10 +344,12 @@ def test_calibrate_snr_cli_json(capsys, tmp_path):
     assert all(out[a] > out[b] for a, b in zip(list(out)[:-1], list(out)[1:]))
     assert out["18"] == pytest.approx(87.4, rel=0.15)
     fig = tmp_path / "noise.png"
+    fig2 = tmp_path / "snr.png"
     args = parser.parse_args(["calibrate-snr", "--model", "planck", "--n", "4", "--figure", str(fig),
-                              "--set", "read_noise_e=0"])
+                              "--snr-figure", str(fig2), "--set", "read_noise_e=0"])
     assert args.func(args) == 0
-    assert "paper" in capsys.readouterr().out and fig.read_bytes()[:4] == b"\x89PNG"
+    assert "paper" in capsys.readouterr().out
+    assert fig.read_bytes()[:4] == b"\x89PNG" and fig2.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_object_counts_from_first_principles():

@@ -91,3 +91,31 @@ def plot_noise_vs_wavelength(result: dict):
     ax1.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     return fig
+
+
+def plot_snr_calibration(result: dict, paper: dict = PAPER_SNR):
+    """Figure: median SNR vs magnitude, ours (line) and the paper's (points), with the +-15% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mags = np.array([float(k) for k in result["snr"]])
+    ours = np.array(list(result["snr"].values()))
+    ref = np.array([paper[k] for k in result["snr"]])
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(5.5, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    ax0.fill_between(mags, ref * 0.85, ref * 1.15, color="0.85", label="paper +-15%")
+    ax0.plot(mags, ref, "ko", label="paper (pfsspec)")
+    ax0.plot(mags, ours, "C0-", marker=".", label=f"specvit (n={result['n']}, seed={result['seed']})")
+    ax0.set_yscale("log")
+    ax0.set_ylabel("median SNR")
+    ax0.legend(fontsize=8)
+    ax1.axhspan(0.85, 1.15, color="0.85")
+    ax1.plot(mags, ours / ref, "C0-", marker=".")
+    ax1.axhline(1, color="k", lw=0.5)
+    ax1.set_ylim(0.8, 1.2)
+    ax1.set_xlabel("HSC i (AB mag)")
+    ax1.set_ylabel("specvit / paper")
+    fig.suptitle("SNR calibration: 4 x 900 s, seeing 1.0\", zenith 22.5 deg, new moon", fontsize=9)
+    fig.tight_layout()
+    return fig

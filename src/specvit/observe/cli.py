@@ -55,6 +55,14 @@ def cmd_calibrate_snr(args) -> int:
     res = calibrate_snr(model, n=args.n, seed=args.seed, instrument=instrument)
     if args.figure:
         write_noise_figure(model, instrument, args.figure)
+    if args.snr_figure:
+        from specvit.atomic import atomic_path
+        from specvit.observe.calibrate import plot_snr_calibration
+
+        fig = plot_snr_calibration(res)
+        fig.axes[0].set_title(f"model: {model_name}", fontsize=8)
+        with atomic_path(args.snr_figure) as tmp:
+            fig.savefig(tmp, dpi=130, format=str(args.snr_figure).rsplit(".", 1)[-1])
     if args.json:
         print(json.dumps(res["snr"]))
         return 0
@@ -83,6 +91,7 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=200, help="number of spectra (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the label draw (default 0)")
     p.add_argument("--figure", metavar="PATH", help="also save a noise-vs-wavelength figure (PNG) for a K giant")
+    p.add_argument("--snr-figure", metavar="PATH", help="also save the SNR-vs-magnitude figure (ours vs the paper)")
     p.add_argument("--config", help="YAML file with InstrumentConfig keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an InstrumentConfig key (repeatable)")
     p.set_defaults(func=cmd_calibrate_snr)
