@@ -180,7 +180,8 @@ class ChunkSimulator:
         rng = np.random.Generator(np.random.PCG64(ss))
         lab, mflux, ip = self.model_flux(rng, n)
         cond = draw_conditions(self.cfg.observing, n, rng)
-        obs = self.observer.observe(mflux, cond)
+        dt = np.dtype(self.cfg.dtype)
+        obs = self.observer.observe(mflux.astype(dt, copy=False), cond)  # float32 in -> observer's float32 path
         params = {"id": np.arange(id_offset + start, id_offset + start + n, dtype=np.int64)}
         for name in LABEL_NAMES:
             params[name] = lab[:, self.model.label_names.index(name)] if name in self.model.label_names \
@@ -195,7 +196,6 @@ class ChunkSimulator:
         params["mag_model"] = obs.mag_model
         params["seed"] = np.full(n, int(seed), dtype=np.int64)
         params["chunk"] = np.full(n, int(chunk), dtype=np.int64)
-        dt = np.dtype(self.cfg.dtype)
         return {"start": start, "flux": obs.flux.astype(dt), "error": obs.error.astype(dt),
                 "params": pd.DataFrame(params)}
 
