@@ -187,13 +187,13 @@ class ChunkSimulator:
             params[name] = lab[:, self.model.label_names.index(name)] if name in self.model.label_names \
                 else np.full(n, np.nan)
         params["mag"] = cond["mag"].to_numpy(float)
-        params["snr"] = obs.snr
+        params["snr"] = np.asarray(obs.snr, dtype=np.float64)
         for col in ("redshift", "exp_count", "exp_time", "seeing", "ext", "target_zenith_angle",
                     "target_field_angle", "moon_zenith_angle", "moon_target_angle", "moon_phase"):
             params[col] = cond[col].to_numpy()
         params["interp_param"] = ip.astype(str)
-        params["norm_factor"] = obs.norm_factor
-        params["mag_model"] = obs.mag_model
+        params["norm_factor"] = np.asarray(obs.norm_factor, dtype=np.float64)
+        params["mag_model"] = np.asarray(obs.mag_model, dtype=np.float64)
         params["seed"] = np.full(n, int(seed), dtype=np.int64)
         params["chunk"] = np.full(n, int(chunk), dtype=np.int64)
         return {"start": start, "flux": obs.flux.astype(dt), "error": obs.error.astype(dt),
