@@ -211,3 +211,16 @@ def test_lazy_read_touches_only_requested_rows(tmp_path, rng):
         assert out[:, 0].tolist() == [3000.0, 0.0]
         # sparse rows are read with a point selection, never as one 4000-row block
         assert all(not isinstance(c, slice) or c.stop - c.start < 100 for c in calls)
+
+
+def test_pickle_reopens(tmp_path, rng):
+    """DataLoader workers pickle datasets: the h5py handles are reopened, not copied."""
+    import pickle
+
+    path = tmp_path / "d.h5"
+    _, flux, _, params = write_paper_style(path, 6, rng, n_wave=N_WAVE)
+    with open_dataset(path) as ds:
+        clone = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(clone.flux[[4, 1]], flux[[4, 1]])
+    pd.testing.assert_frame_equal(clone.params, params)
+    clone.close()

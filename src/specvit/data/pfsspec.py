@@ -344,6 +344,13 @@ class SpectrumDataset:
     def n_wave(self) -> int:
         return int(len(self.wave))
 
+    # ---- pickling (e.g. torch DataLoader workers): reopen the files in the new process
+    def __getstate__(self):
+        return {"paths": [str(p) for p in self.paths]}
+
+    def __setstate__(self, state):
+        self.__init__(state["paths"])
+
     # ---- params
     def require_columns(self, names: Iterable[str]) -> None:
         missing = [c for c in names if c not in self.params.columns]
