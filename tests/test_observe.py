@@ -376,3 +376,22 @@ def test_object_counts_from_first_principles():
     # fibre fraction is interpolated linearly in wavelength across the arm: allow 0.3%
     assert o.components["object_e"][0, i] == pytest.approx(expected, rel=3e-3)
     assert 0.45 < obs.throughput[i] < 0.65 and 0.45 < fib < 0.6
+
+
+def test_reddening_and_moonlight_physics(obs_fine):
+    from specvit.observe.atmosphere import ccm89_a_lambda_over_av, moon_v_surface_brightness
+
+    # Cardelli, Clayton & Mathis (1989) Table 3, R_V = 3.1: A/A_V = 1 at V, 0.479 at I (0.90 um), 0.282 at J (1.25 um)
+    np.testing.assert_allclose(ccm89_a_lambda_over_av([5494.5, 9000.0, 12500.0]), [1.0, 0.479, 0.282], atol=2e-3)
+    c = calibration_conditions([20.0, 20.0], 1)
+    c.loc[1, "ext"] = 0.5
+    o = obs_fine.observe(np.ones((2, len(WAVE))), c)
+    red_over_blue = o.flux[:, -100:].mean(1) / o.flux[:, :100].mean(1)
+    # E(B-V) = 0.5: A(7150) - A(8800) = 0.5 * 3.1 * (A/A_V difference) -> the red end gains that many mag
+    a = ccm89_a_lambda_over_av(np.array([obs_fine.wave[:100].mean(), obs_fine.wave[-100:].mean()])) * 3.1 * 0.5
+    assert red_over_blue[1] / red_over_blue[0] == pytest.approx(10 ** (0.4 * (a[0] - a[1])), rel=2e-3)
+    # Krisciunas & Schaefer (1991): brighter when fuller and closer; dark when the Moon is down
+    v_full_60 = moon_v_surface_brightness(0.5, 60.0, 0.0, 60.0)
+    assert 17.5 < v_full_60 < 20.0
+    assert moon_v_surface_brightness(0.5, 60.0, 0.0, 30.0) < v_full_60 < moon_v_surface_brightness(0.25, 60.0, 0.0, 60.0)
+    assert np.isinf(moon_v_surface_brightness(0.5, 95.0, 0.0, 60.0))
