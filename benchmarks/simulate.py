@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[4096, 16384], help="sizes to run (memory flat in N?)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--model", default=None, help="grid file or 'default' (default: the default model if available)")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--_child", nargs=4, metavar=("N", "WORKERS", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -117,16 +118,21 @@ def main(argv=None) -> int:
         return 0
 
     try:
+        if args.model not in (None, "default"):
+            raise LookupError(f"--model {args.model}")
         from specvit.spectra import default_model
 
         dm = default_model()
         model, model_name = "default", f"specvit.spectra.default_model() = {type(dm).__name__}"
         del dm
-    except Exception as e:  # not available yet in this checkout
-        print(f"default model unavailable: {type(e).__name__}: {e}")
+    except Exception as e:  # not available yet in this checkout, or another model asked for
+        if not isinstance(e, LookupError):
+            print(f"default model unavailable: {type(e).__name__}: {e}")
         model = None
     with tempfile.TemporaryDirectory() as d:
-        if model is None:
+        if model is None and args.model not in (None, "default"):
+            model, model_name = args.model, f"grid file {args.model}"
+        elif model is None:
             model = fallback_grid(Path(d) / "toygrid.h5")
             model_name = ("FALLBACK (default model not available): RegularGrid from the analytic test ToyModel "
                           "on the BOSZ R=5000 wave grid 6900-9100 A, 5-D BOSZ nodes, spline interpolation")
