@@ -34,6 +34,10 @@ PFSSPEC_SPECTRA_PER_S = 1_000_000 / (304 * 3600)  # = 0.91 (paper: 1M spectra in
 HERE = Path(__file__).resolve().parent
 
 
+class _OtherModel(Exception):
+    """--model names something other than the default."""
+
+
 def fallback_grid(path: Path) -> str:
     """RegularGrid from the analytic ToyModel on the BOSZ R=5000 wavelength grid (stated fallback)."""
     sys.path.insert(0, str(HERE.parent / "tests"))
@@ -119,14 +123,14 @@ def main(argv=None) -> int:
 
     try:
         if args.model not in (None, "default"):
-            raise LookupError(f"--model {args.model}")
+            raise _OtherModel(args.model)
         from specvit.spectra import default_model
 
         dm = default_model()
         model, model_name = "default", f"specvit.spectra.default_model() = {type(dm).__name__}"
         del dm
     except Exception as e:  # not available yet in this checkout, or another model asked for
-        if not isinstance(e, LookupError):
+        if not isinstance(e, _OtherModel):
             print(f"default model unavailable: {type(e).__name__}: {e}")
         model = None
     with tempfile.TemporaryDirectory() as d:
