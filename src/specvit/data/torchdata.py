@@ -110,10 +110,16 @@ def select_labels(params, names: Sequence[str], *, n_rows: int, source) -> np.nd
 
 
 # --------------------------------------------------------------------------- noise
-def batch_noise(seed: int, epoch: int, rank: int, batch: int, shape) -> np.ndarray:
-    """Fresh training noise N(0,1), float32, for one batch; a pure function of its position."""
-    rng = np.random.default_rng([int(seed), int(epoch), int(rank), int(batch), 0x7EA1])
-    return rng.standard_normal(shape, dtype=np.float32)
+def batch_noise(seed: int, epoch: int, rank: int, batch: int, shape, device="cpu") -> torch.Tensor:
+    """Fresh training noise N(0,1), float32, for one batch; a pure function of its position.
+
+    A ``torch.Generator`` on ``device`` seeded from ``SeedSequence([seed, epoch, rank, batch])``, so on a
+    GPU the noise is drawn on the GPU (the draws differ between CPU and CUDA, but each is reproducible).
+    """
+    key = int(np.random.SeedSequence([int(seed), int(epoch), int(rank), int(batch), 0x7EA1]).generate_state(1, np.uint64)[0])
+    g = torch.Generator(device=device)
+    g.manual_seed(key >> 1)
+    return torch.randn(tuple(shape), generator=g, device=device, dtype=torch.float32)
 
 
 def fixed_noise(seed: int, rows: np.ndarray, n_pixels: int) -> np.ndarray:
@@ -155,6 +161,7 @@ class SpectraStream(torch.utils.data.IterableDataset):
     chunk_rows, buffer_rows : contiguous read size and shuffle-buffer size, in spectra.
     max_rows : use only the first ``max_rows`` rows (prefix subsets for scaling curves).
     rank, world_size : this process's share (DDP).
+    device : where the batch tensors (and the training noise) are made; "cuda" draws the noise on the GPU.
     error_fn : optional ``f(noisy_flux (B,P) ndarray, rows (B,)) -> error (B,P)`` giving a leakage-safe
         error channel estimated from the noisy data (never the stored noiseless-model error: SPEC section 3).
     """
@@ -162,7 +169,8 @@ class SpectraStream(torch.utils.data.IterableDataset):
     def __init__(self, *, path, label_names: Sequence[str], batch_size: int, train: bool, noise_level: float = 1.0,
                  seed: int = 0, scaler: LabelScaler | None = None, chunk_rows: int = 1024, buffer_rows: int = 8192,
                  max_rows: int | None = None, rank: int = 0, world_size: int = 1,
-                 error_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, source=None):
+                 error_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, source=None,
+                 device="cpu"):
         super().__init__()
         if batch_size < 1 or chunk_rows < 1 or buffer_rows < 1:
             raise InputError("batch_size, chunk_rows and buffer_rows must be >= 1", field="batch_size/chunk_rows/buffer_rows",
@@ -191,6 +199,7 @@ class SpectraStream(torch.utils.data.IterableDataset):
         self.chunks_per_buffer = max(1, int(buffer_rows) // self.chunk_rows)
         self.rank, self.world_size = int(rank), int(world_size)
         self.error_fn = error_fn
+        self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0
         #: largest number of spectra held at once (buffer + carried-over rows), for memory checks
         self.peak_rows_in_memory = 0
@@ -245,6 +254,7 @@ class SpectraStream(torch.utils.data.IterableDataset):
 
     # ----------------------------------------------------------------- reading
     def _read(self, buf: _Buffer):
+        """Read one buffer (contiguous slices, file order); returns flux, error, rows and the emit order."""
         n = len(buf)
         flux = np.empty((n, self.n_pixels), dtype=np.float32)
         error = np.empty((n, self.n_pixels), dtype=np.float32)
@@ -254,69 +264,76 @@ class SpectraStream(torch.utils.data.IterableDataset):
             error[i:i + b - a] = self.src.error[a:b]
             i += b - a
         rows = np.concatenate([np.arange(a, b) for a, b in buf.chunks])
-        if buf.perm is not None:
-            flux, error, rows = flux[buf.perm], error[buf.perm], rows[buf.perm]
-        bad = ~np.isfinite(flux).all(axis=1)
+        # one pass each, no full-size temporaries: NaN/inf propagate into the sum, NaN into the min
+        bad = ~np.isfinite(flux.sum(axis=1, dtype=np.float64))
         if bad.any():
             raise InputError("NaN or inf in flux", file=self.source_name, field=_FLUX_KEY,
                              value=f"row {int(rows[np.argmax(bad)])}")
-        bad = ~(np.isfinite(error).all(axis=1) & (error >= 0).all(axis=1))
+        bad = ~(error.min(axis=1) >= 0) | ~np.isfinite(error.sum(axis=1, dtype=np.float64))
         if bad.any():
             raise InputError("NaN, inf or negative error", file=self.source_name, field=_ERROR_KEY,
                              value=f"row {int(rows[np.argmax(bad)])}")
-        return flux, error, rows
+        order = buf.perm if buf.perm is not None else np.arange(n)
+        return flux, error, rows, order
 
-    def _buffers_from(self, epoch: int, start_row: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(flux, error, rows) blocks of this rank's epoch stream starting at position ``start_row`` (wrapping)."""
+    def _blocks_from(self, epoch: int, start_row: int):
+        """Buffers of this rank's epoch stream from position ``start_row`` on (wrapping): (flux, error, rows, order)."""
         plan = self.plan(epoch)
         sizes = np.array([len(b) for b in plan])
-        total = int(sizes.sum())
+        ends = np.cumsum(sizes)
         pos = start_row
         while True:
-            cycle_pos = pos % total
-            i = int(np.searchsorted(np.cumsum(sizes), cycle_pos, side="right"))
-            skip = cycle_pos - int(sizes[:i].sum())
-            flux, error, rows = self._read(plan[i])
-            yield flux[skip:], error[skip:], rows[skip:]
+            cycle_pos = pos % int(ends[-1])
+            i = int(np.searchsorted(ends, cycle_pos, side="right"))
+            skip = cycle_pos - int(ends[i] - sizes[i])
+            flux, error, rows, order = self._read(plan[i])
+            yield flux, error, rows, order[skip:]
             pos += int(sizes[i]) - skip
 
     def _batches(self, epoch: int, start_batch: int) -> Iterator[dict]:
+        """Batches cut from consecutive buffers; rows are gathered (one copy) straight into the batch."""
         n_batches = self.batches_per_epoch()
         B = self.batch_size
         if start_batch >= n_batches:
             return
         eval_stop = len(self._eval_rows())
-        blocks = self._buffers_from(epoch, start_batch * B)
-        carry = None
+        blocks = self._blocks_from(epoch, start_batch * B)
+        cur, pos = None, 0
         for b in range(start_batch, n_batches):
             want = B if self.train else min(B, eval_stop - b * B)
-            parts, have = [], 0
-            if carry is not None:
-                parts.append(carry)
-                have = len(carry[0])
+            pieces, have = [], 0
             while have < want:
-                blk = next(blocks)
-                parts.append(blk)
-                have += len(blk[0])
-                self.peak_rows_in_memory = max(self.peak_rows_in_memory, have)
-            flux, error, rows = (np.concatenate(x) if len(parts) > 1 else x[0] for x in zip(*parts))
-            carry = (flux[want:], error[want:], rows[want:]) if have > want else None
-            yield self._make_batch(flux[:want], error[:want], rows[:want], epoch, b)
+                if cur is None or pos >= len(cur[3]):
+                    cur, pos = None, 0  # drop the old buffer before reading the next one
+                    cur = next(blocks)
+                    self.peak_rows_in_memory = max(self.peak_rows_in_memory, len(cur[0]) + have)
+                idx = cur[3][pos:pos + want - have]
+                pieces.append((cur[0][idx], cur[1][idx], cur[2][idx]))
+                pos += len(idx)
+                have += len(idx)
+            flux, error, rows = (np.concatenate(x) if len(pieces) > 1 else x[0] for x in zip(*pieces))
+            yield self._make_batch(flux, error, rows, epoch, b)
 
     def _make_batch(self, flux, error, rows, epoch, b) -> dict:
+        flux_t, err_t = torch.from_numpy(flux), torch.from_numpy(error)
+        if self.device.type != "cpu":
+            flux_t, err_t = flux_t.to(self.device), err_t.to(self.device)
         if self.noise_level > 0:
-            z = batch_noise(self.seed, epoch, self.rank, b, flux.shape) if self.train \
-                else fixed_noise(self.seed, rows, flux.shape[1])
-            flux = flux + np.float32(self.noise_level) * error * z
+            if self.train:
+                z = batch_noise(self.seed, epoch, self.rank, b, tuple(flux.shape), device=self.device)
+            else:
+                z = torch.from_numpy(fixed_noise(self.seed, rows, flux.shape[1])).to(self.device)
+            flux_t = flux_t + self.noise_level * err_t * z
         labels = self.labels[rows]
         out = {
-            "flux": torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)),
+            "flux": flux_t,
             "target": torch.from_numpy(self.scaler.transform(labels).astype(np.float32)),
             "labels": torch.from_numpy(labels),
             "rows": torch.from_numpy(rows.astype(np.int64)),
         }
         if self.error_fn is not None:
-            out["error"] = torch.from_numpy(np.asarray(self.error_fn(flux, rows), dtype=np.float32))
+            noisy = flux_t.cpu().numpy()
+            out["error"] = torch.from_numpy(np.asarray(self.error_fn(noisy, rows), dtype=np.float32)).to(self.device)
         return out
 
     def __iter__(self):
@@ -399,7 +416,7 @@ class Prefetch:
         try:
             for item in it:
                 if self._pin:
-                    item = {k: v.pin_memory() for k, v in item.items()}
+                    item = {k: v.pin_memory() if v.device.type == "cpu" else v for k, v in item.items()}
                 if not self._put(item):
                     return
             self._put(self._END)

@@ -123,7 +123,7 @@ class Trainer:
         self.train_data = SpectraStream(
             path=d.train, label_names=d.labels, batch_size=run.batch_size, train=True, noise_level=d.noise_level,
             seed=run.seed, chunk_rows=d.chunk_rows, buffer_rows=d.buffer_rows, max_rows=d.max_train_rows,
-            rank=self.dist.rank, world_size=self.dist.world_size)
+            rank=self.dist.rank, world_size=self.dist.world_size, device=self.device)
         self.label_names = self.train_data.label_names
         self.scaler_labels: LabelScaler = self.train_data.scaler
         self.val_data = None
@@ -132,7 +132,7 @@ class Trainer:
                 path=d.val, label_names=d.labels, batch_size=run.eval_batch_size or run.batch_size, train=False,
                 noise_level=d.noise_level if d.val_noise_level is None else d.val_noise_level, seed=d.noise_seed,
                 scaler=self.scaler_labels, chunk_rows=d.chunk_rows, max_rows=d.max_val_rows,
-                rank=self.dist.rank, world_size=self.dist.world_size)
+                rank=self.dist.rank, world_size=self.dist.world_size, device=self.device)
         if d.error_channel:
             for stream in (self.train_data, self.val_data):
                 if stream is not None:
@@ -255,7 +255,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         m = RegressionMetrics(len(self.label_names))
-        batches = prefetch(stream.iter_epoch(0), self.cfg.data.prefetch_batches, pin_memory=self.device.type == "cuda")
+        batches = prefetch(stream.iter_epoch(0), self.cfg.data.prefetch_batches)
         try:
             for batch in batches:
                 with self._autocast():
@@ -323,7 +323,7 @@ class Trainer:
         try:
             while self.epoch < run.epochs and self.global_step < self.total_steps and not stop:
                 batches = prefetch(self.train_data.iter_epoch(self.epoch, start_batch=self.step_in_epoch * accum),
-                                   self.cfg.data.prefetch_batches, pin_memory=self.device.type == "cuda")
+                                   self.cfg.data.prefetch_batches)
                 while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
                     loss_t = self._train_step(batches, accum)  # a tensor: no device sync unless we log
                     samples += run.batch_size * accum * self.dist.world_size
