@@ -303,6 +303,8 @@ def test_bad_input_errors(obs_toy, toy_model):
     short = PFSObserver(model_wave=np.arange(7200.0, 8900.0, 0.2))  # can still estimate errors
     with pytest.raises(InputError, match="does not cover"):
         short.observe(np.ones((1, short.n_model)), c)
+    with pytest.warns(UserWarning, match="coarser"):
+        PFSObserver(model_wave=WAVE, model_resolution=3000.0)
     with pytest.raises(InputError, match="sky_file"):
         PFSObserver(model_wave=WAVE, instrument=InstrumentConfig(sky_file="/nonexistent/sky.txt"))
 

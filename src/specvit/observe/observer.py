@@ -19,6 +19,7 @@ Chain for spectrum n and PFS pixel i (all wavelengths vacuum):
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,6 +105,9 @@ class PFSObserver:
                 raise InputError("FWHM must be > 0", file=cfg.lsf_fwhm_file, field="lsf_fwhm_file", value=float(lf.min()))
             self.lsf_fwhm_A = np.interp(self.wave, lw, lf)
         self.lsf_sigma_A = lsf_sigma_A(self.wave, cfg.resolution, self.model_resolution, fwhm_A=self.lsf_fwhm_A)
+        if np.any(self.wave / self.model_resolution > self.lsf_fwhm_A):
+            warnings.warn(f"the model (R = {self.model_resolution:g}) is coarser than the instrument LSF; "
+                          "it is only binned to the pixels, not sharpened", stacklevel=2)
         self._matrix = None
         self._matrix_error = None
         try:  # a model grid that does not cover the arm can still serve error_from_noisy; observe() raises
