@@ -225,13 +225,25 @@ class RegularGrid(SpectralModel):
         return Interpolated(flux=flux, labels=used, interp_param=ip, ok=ok, continuum=cont)
 
     @staticmethod
-    def _combine(flat, idx, w):
-        """sum_c w[:, c] * flat[idx[:, c]] without materialising (N, C, n_wave)."""
-        out = np.zeros((idx.shape[0], flat.shape[1]), dtype=np.result_type(flat.dtype, np.float32))
-        for c in range(idx.shape[1]):  # loop over corners (<= 2^D), vectorised over spectra
-            wc = w[:, c]
-            if np.any(wc != 0):
-                out += wc[:, None].astype(out.dtype) * flat[idx[:, c]]
+    def _combine(flat, idx, w, block_bytes: int = 16 << 20):
+        """out[n] = sum_c w[n, c] * flat[idx[n, c]]: gather a block of rows' nodes, then one batched matmul.
+
+        Corners whose weight is zero for every row are skipped. Memory per block ~ ``block_bytes``.
+        """
+        keep = np.flatnonzero((w != 0).any(axis=0))
+        idx, w = idx[:, keep], w[:, keep]
+        dtype = np.result_type(flat.dtype, np.float32)
+        N, C = idx.shape
+        W = flat.shape[1]
+        out = np.empty((N, W), dtype=dtype)
+        if C == 0:
+            out[:] = 0
+            return out
+        step = max(1, block_bytes // (C * W * flat.itemsize))
+        wd = w.astype(dtype)
+        for s in range(0, N, step):  # blocks of rows (memory bound), vectorised within
+            g = flat[idx[s:s + step]]  # (b, C, W)
+            out[s:s + step] = np.matmul(wd[s:s + step, None, :], g)[:, 0, :]
         return out
 
     def _raise_missing(self, flat_index, labels_row, row):
