@@ -244,3 +244,20 @@ def test_sigkill_then_rerun_resumes(grid_file, tmp_path):
     np.testing.assert_array_equal(e1, e2)
     pd.testing.assert_frame_equal(p1, p2)
     assert not partial.exists()
+
+
+def test_default_model_end_to_end(tmp_path):
+    """With the package's embedded default model (skipped only where its files are not installed)."""
+    try:
+        from specvit.spectra import default_model
+
+        default_model()
+    except (ImportError, OSError) as e:
+        pytest.skip(f"default spectral model not available: {e}")
+    out = simulate(SimulateConfig(chunk_size=32), tmp_path / "def.h5", n=64, seed=1, progress=False)[0]
+    with open_dataset(out) as ds:
+        flux, err, p = ds.flux[:].astype(float), ds.error[:].astype(float), ds.params
+    np.testing.assert_allclose(np.median(flux, axis=1), 0.5, rtol=1e-4)
+    assert np.isfinite(err).all() and (err > 0).all()
+    assert p["snr"].between(1, 100).all() and (p["interp_param"] == "").all()
+    assert p["T_eff"].between(3750, 6000).all() and p["C_M"].between(-0.75, 0.5).all()
