@@ -156,7 +156,9 @@ class ChunkSimulator:
         names = np.array(list(self.model.label_names) + [""], dtype=object)
         lab = self._sample_labels(rng, n)
         if not self.is_grid:
-            return lab, np.asarray(self.model.flux(lab)), np.full(n, "", dtype=object)
+            f = self.model.flux(lab)
+            f = f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)  # torch-backed models
+            return lab, f, np.full(n, "", dtype=object)
         mode = self.cfg.interpolation
         res = self.model.interpolate(lab, mode=mode, rng=rng, on_missing="mask")
         flux, used, ip = res.flux, res.labels, res.interp_param
