@@ -128,3 +128,21 @@ def test_save_validates_the_label_scaler(tmp_path):
     with pytest.raises(InputError, match="label_std"):
         mio.save_model(tmp_path / "m", m, label_mean=[1.0, 2.0], label_std=[1.0, 0.0])
     assert not (tmp_path / "m").exists()
+
+
+def test_cli_models_list_info_show(tmp_path, capsys):
+    from specvit.cli import main
+
+    assert main(["models", "list", "specvit_p16*"]) == 0
+    out = capsys.readouterr().out
+    assert "specvit_p16_h256_l6" in out and "4,809,729" in out
+    assert main(["models", "info", "specvit_tiny", "--set", "tokenizer=sw", "--set", "n_labels=3"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["tokenizer"] == "sw" and info["config"]["n_labels"] == 3
+    assert main(["models", "info", "nope"]) == 2
+    assert "specvit_tiny" in capsys.readouterr().err  # the error lists the registered names
+    mio.save_model(tmp_path / "m", _model(n_labels=2), label_names=["T_eff", "log_g"], label_mean=[5000, 3],
+                   label_std=[500, 1])
+    assert main(["models", "show", str(tmp_path / "m")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["label_names"] == ["T_eff", "log_g"] and shown["format_version"] == mio.FORMAT_VERSION

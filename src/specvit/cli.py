@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "specvit.spectra.cli",
     "specvit.observe.cli",
     "specvit.data.cli",
+    "specvit.models.cli",
     "specvit.train.cli",
     "specvit.baselines.cli",
     "specvit.fisher.cli",
