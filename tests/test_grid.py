@@ -133,6 +133,16 @@ def test_reads_old_scheme_axes_and_aliases(tmp_path):
     np.testing.assert_allclose(g.flux(np.array([[0.0, 4500.0, 0.25]])), flux[1, 1, 1][None])
 
 
+def test_minimal_file_defaults_to_vacuum(tmp_path):
+    p = tmp_path / "min.h5"
+    with h5py.File(p, "w") as f:
+        f["grid/axes/0/T_eff"] = np.array([4000.0, 5000.0])
+        f["grid/arrays/flux/value"] = np.ones((2, 3))
+        f["modelgrid/wave"] = np.arange(3.0)
+    g = RegularGrid.load(p)
+    assert g.medium == "vacuum" and g.n_valid == 2 and g.resolution == np.inf
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         RegularGrid.load(tmp_path / "none.h5")

@@ -443,9 +443,9 @@ class RegularGrid(SpectralModel):
                 medium = f.attrs.get("medium", None)
                 if isinstance(medium, bytes):
                     medium = medium.decode()
-                if medium is None:
-                    medium = "vacuum" if bool(f["modelgrid/is_wave_vacuum"][()]) else "air" \
-                        if "modelgrid/is_wave_vacuum" in f else "vacuum"
+                if medium is None:  # pfsspec's flag; wavelengths are vacuum unless it says otherwise
+                    vac = f["modelgrid/is_wave_vacuum"][()] if "modelgrid/is_wave_vacuum" in f else True
+                    medium = "vacuum" if bool(vac) else "air"
             if resolution is None:
                 resolution = float(f.attrs.get("resolution", np.inf))
         return cls(axes=axes, wave=wave[wsl], flux=flux, continuum=cont, valid=valid, medium=medium,
