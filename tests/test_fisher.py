@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from specvit.errors import InputError
-from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_matrix, prior_weights, r2_max,
+from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_matrices, fisher_matrix, prior_weights, r2_max,
                                         resolve_free, schur_complement, van_trees_bound)
 from specvit.fisher.jacobian import ForwardModel, jacobian, jacobian_autograd, jacobian_fd
 from specvit.labels import LABEL_NAMES
@@ -29,6 +29,14 @@ def test_fisher_matrix_equals_formula(rng):
     for i in range(len(jac)):
         sigma_inv = np.diag(1.0 / (2.0 * err[i]) ** 2)
         np.testing.assert_allclose(info[i], jac[i].T @ sigma_inv @ jac[i], rtol=1e-12)
+
+
+def test_fisher_matrices_multi_equals_single(rng):
+    jac, err = _random_linear(rng)
+    errs = np.stack([err, 3 * err, err**0.5])
+    multi = fisher_matrices(jac, errs, noise_level=1.5)
+    for k in range(3):
+        np.testing.assert_allclose(multi[k], fisher_matrix(jac, errs[k], noise_level=1.5), rtol=1e-12)
 
 
 def test_fisher_masks_bad_pixels(rng):

@@ -27,9 +27,9 @@ import numpy as np
 
 from specvit.errors import InputError
 from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
-from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_matrix, prior_weights, resolve_free,
+from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_matrices, prior_weights, resolve_free,
                                         van_trees_bound)
-from specvit.fisher.jacobian import ForwardModel, jacobian
+from specvit.fisher.jacobian import ForwardModel
 from specvit.labels import canonical_label
 
 #: Grid spacing of the paper's BOSZ nodes (SPEC section 2), label units; also the default FD steps.
@@ -228,17 +228,14 @@ def compute_information(forward: ForwardModel, points, mags: Sequence[float], *,
     for s in range(0, len(points), chunk_size):
         sl = slice(s, s + chunk_size)
         pts = points[sl]
-        jac = jacobian(forward, pts, method=method, steps=steps, chunk_size=chunk_size)
-        flux = forward.model_flux(pts)
+        mu, jac, flux = forward.value_and_jacobian(pts, method=method, steps=steps, return_model_flux=True)
         if error_fn is not None:
-            mu = forward.numpy(pts)
             err = np.asarray(error_fn(flux, mu, mags), dtype=np.float64)
         else:
             mu, err = magnitude_errors(forward.observer, flux, mags, setup)
-        for k in range(m):
-            info[k, sl] = fisher_matrix(jac, err[k], noise_level=noise_level)
-            snr[k, sl] = np.median(mu / (noise_level * err[k]), axis=1)
-            med_err[k, sl] = np.median(noise_level * err[k], axis=1)
+        info[:, sl] = fisher_matrices(jac, err, noise_level=noise_level)
+        snr[:, sl] = np.median(mu[None] / (noise_level * err), axis=2)
+        med_err[:, sl] = np.median(noise_level * err, axis=2)
     return InformationSet(mags=mags, points=points, info=info, snr=snr, median_error=med_err,
                           label_names=tuple(forward.label_names), bounds=dict(forward.bounds), noise_level=noise_level)
 

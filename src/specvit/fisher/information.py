@@ -71,6 +71,36 @@ def fisher_matrix(jac, error, *, noise_level: float = 1.0) -> np.ndarray:
     return np.einsum("npl,npk->nlk", jw, jac, optimize=True)
 
 
+def fisher_matrices(jac, errors, *, noise_level: float = 1.0) -> np.ndarray:
+    """Fisher matrices for one Jacobian and M error spectra at once: (M, N, L, L).
+
+    ``jac`` (N, P, L); ``errors`` (M, N, P) (e.g. one per magnitude: the Jacobian of
+    the normalised flux does not depend on the magnitude, only Σ does). Same masking
+    and units as :func:`fisher_matrix`; one batched matrix product over all M.
+    """
+    jac = np.asarray(jac, dtype=np.float64)
+    err = np.asarray(errors, dtype=np.float64)
+    if jac.ndim != 3 or err.ndim != 3 or err.shape[1:] != jac.shape[:2]:
+        raise InputError(f"need jac (N, P, L) and errors (M, N, P) with (N, P) = {jac.shape[:2]}", field="errors",
+                         value=tuple(err.shape))
+    if not np.all(np.isfinite(jac)):
+        raise InputError("non-finite Jacobian entry", field="jac", value=int((~np.isfinite(jac)).sum()))
+    n_lab = jac.shape[2]
+    good = np.isfinite(err) & (err > 0)
+    w = np.where(good, 1.0 / np.where(good, err * noise_level, 1.0) ** 2, 0.0)  # (M, N, P)
+    import torch
+
+    iu, ju = np.triu_indices(n_lab)
+    jt = torch.from_numpy(jac)
+    outer = jt[:, :, iu] * jt[:, :, ju]  # (N, P, Q) unique products
+    upper = torch.bmm(torch.from_numpy(np.ascontiguousarray(w.transpose(1, 0, 2))), outer)  # (N, M, Q)
+    info = np.empty((err.shape[0], jac.shape[0], n_lab, n_lab))
+    upper = upper.numpy().transpose(1, 0, 2)
+    info[:, :, iu, ju] = upper
+    info[:, :, ju, iu] = upper
+    return info
+
+
 def resolve_free(label_names: Sequence[str], target: str, free: Sequence[str] | str) -> tuple[int, list[int]]:
     """Indices of the target label and of the free labels (target first).
 
