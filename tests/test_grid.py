@@ -111,8 +111,11 @@ def test_pfsspec_layout_roundtrip_and_crop(grid, tmp_path):
     assert back.label_names == grid.label_names and back.resolution == 5000.0 and back.medium == "vacuum"
     lab = np.array([[4321.0, 1.7, -0.3]])
     np.testing.assert_allclose(back.flux(lab), grid.flux(lab))
-    crop = RegularGrid.load(path, wave_range_A=(8002, 8008), label_bounds={"T_eff": (4300, 4700)})
+    crop = RegularGrid.load(path, wave_range_A=(8002, 8008), label_bounds={"T_eff": (4300, 4700)}, pad_nodes=0)
     np.testing.assert_array_equal(crop.axes["T_eff"], [4250.0, 4500, 4750])
+    on_nodes = RegularGrid.load(path, label_bounds={"T_eff": (4250, 4750), "log_g": (1.0, 1.5)}, pad_nodes=1)
+    np.testing.assert_array_equal(on_nodes.axes["T_eff"], [4000.0, 4250, 4500, 4750, 5000])
+    np.testing.assert_array_equal(on_nodes.axes["log_g"], [1.0, 1.5, 2.0])
     assert crop.wave[0] >= 8002 and crop.wave[-1] <= 8008
     np.testing.assert_allclose(crop.flux(lab), grid.flux(lab)[:, (WAVE >= 8002) & (WAVE <= 8008)], rtol=1e-6)
 

@@ -80,6 +80,7 @@ class SimulateConfig:
         pfsspec grid HDF5 file (:class:`specvit.spectra.grid.RegularGrid`).
     interpolation : grid interpolation (``spline`` = the paper's mode).
     wave_range_A : wavelength range read from a grid file, Angstrom (memory).
+    grid_pad_nodes : grid nodes read beyond the label box on each side (spline support; memory).
     chunk_size : rows per chunk (one seed stream, one write, one progress step).
     dtype : stored array type (the paper's files were float64).
     max_redraws : rounds of redrawing labels that hit invalid grid nodes.
@@ -91,6 +92,7 @@ class SimulateConfig:
     model: str = "default"
     interpolation: Literal["linear", "spline", "nearest"] = "spline"
     wave_range_A: tuple[float, float] = (6900.0, 9100.0)
+    grid_pad_nodes: int = 2
     chunk_size: int = 1024
     dtype: Literal["float32", "float64"] = "float32"
     max_redraws: int = 100
@@ -117,7 +119,7 @@ def build_model(cfg: SimulateConfig):
 
     bounds = {k: (getattr(cfg.labels, k).low, getattr(cfg.labels, k).high) for k in LABEL_NAMES}
     return RegularGrid.load(cfg.model, wave_range_A=cfg.wave_range_A, label_bounds=bounds,
-                            interpolation=cfg.interpolation)
+                            interpolation=cfg.interpolation, pad_nodes=cfg.grid_pad_nodes)
 
 
 def _check_prior(cfg: SimulateConfig, model) -> None:

@@ -383,8 +383,13 @@ class RegularGrid(SpectralModel):
     @classmethod
     def load(cls, path, *, wave_range_A: tuple[float, float] | None = None, label_bounds: dict | None = None,
              interpolation: Mode = "linear", medium: str | None = None, resolution: float | None = None,
-             dtype=np.float32) -> "RegularGrid":
-        """Read a pfsspec grid file, optionally only a wavelength range and a label box (saves memory)."""
+             dtype=np.float32, pad_nodes: int = 1) -> "RegularGrid":
+        """Read a pfsspec grid file, optionally only a wavelength range and a label box (saves memory).
+
+        ``label_bounds`` keeps the nodes bracketing each box plus ``pad_nodes`` more on each side. A
+        spline runs through the nodes that were read, so near the box edges it can differ slightly
+        from a spline over the whole grid line; read the whole grid for exact equivalence.
+        """
         path = Path(path)
         if not path.exists():
             raise InputError("grid file not found", file=path)
@@ -421,9 +426,9 @@ class RegularGrid(SpectralModel):
             for name, v in axes.items():
                 if label_bounds and name in label_bounds:
                     lo, hi = label_bounds[name]
-                    i0 = int(np.searchsorted(v, lo - 1e-9, side="right") - 1) if lo > v[0] else 0
-                    i1 = int(np.searchsorted(v, hi + 1e-9, side="left") + 1) if hi < v[-1] else len(v)
-                    sel.append(slice(max(i0, 0), min(i1, len(v))))
+                    i0 = int(np.searchsorted(v, lo + 1e-9, side="right")) - 1 - int(pad_nodes)
+                    i1 = int(np.searchsorted(v, hi - 1e-9, side="left")) + 1 + int(pad_nodes)
+                    sel.append(slice(max(i0, 0), min(max(i1, i0 + 1), len(v))))
                 else:
                     sel.append(slice(None))
             axes = {k: v[s] for (k, v), s in zip(axes.items(), sel)}
