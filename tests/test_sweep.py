@@ -118,3 +118,13 @@ def test_shipped_small_sweep_config_is_valid(tmp_path):
     cfg = load_sweep_config(path, [f"out_dir={tmp_path}"])
     _check_space(cfg)  # every swept key is a real training-config key
     assert "model.overrides.patch_size" in cfg.space and cfg.space["optim.lr"].log
+
+
+def test_no_importance_figure_from_too_few_trials(splits, tmp_path):
+    cfg = {**_cfg(splits, tmp_path / "few"), "n_trials": 1,
+           "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}}
+    logs = []
+    run_sweep(load_sweep_config(data=cfg), log=logs.append)
+    assert any("no importance figure" in s for s in logs)
+    assert not (tmp_path / "few" / "importance.png").exists()
+    assert (tmp_path / "few" / "trials.csv").exists()

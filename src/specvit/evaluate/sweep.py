@@ -312,10 +312,18 @@ def write_outputs(cfg: SweepConfig, study, *, log=print) -> dict[str, Path]:
                             title=f"sweep ablation: {len(complete)} finished trials")
         _save(fig, out / "ablation.png")
         paths["ablation"] = out / "ablation.png"
-    try:
-        imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    except (RuntimeError, ValueError) as e:  # too few trials or no parameter variation
-        log(f"sweep: no importance figure ({e})")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        except (RuntimeError, ValueError) as e:  # too few trials or no parameter variation
+            caught.append(warnings.WarningMessage(str(e), RuntimeWarning, "", 0))
+            imp = {}
+    too_few = [str(w.message) for w in caught if "too small" in str(w.message) or not imp]
+    if too_few:  # Optuna then returns equal importances: not a measurement, so no figure
+        log(f"sweep: no importance figure ({too_few[0]})")
         imp = {}
     if imp:
         _save(plot_importance({k.split(".")[-1]: v for k, v in imp.items()}), out / "importance.png")
