@@ -532,7 +532,7 @@ def plot_noise_vs_wavelength(wave, errors: Mapping[float, object], *, flux=None,
     w = _arr(wave, "wave", finite=True)
     if not errors:
         raise InputError("no error spectra given", field="errors")
-    fig = _new_figure((8.0, 5.2))
+    fig = _new_figure((9.5, 5.2))
     if flux is not None:
         ax0, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.6]})
         f = np.asarray(flux, dtype=float)
@@ -558,8 +558,8 @@ def plot_noise_vs_wavelength(wave, errors: Mapping[float, object], *, flux=None,
     ax.set_xlabel(f"wavelength [{wave_unit}] (vacuum)")
     ax.set_ylabel(r"1$\sigma$ error of normalised flux")
     ax.set_xlim(w[0], w[-1])
-    ax.legend(loc="upper left", ncol=min(3, len(mags)))
-    ax.set_title("noise vs wavelength per HSC-i magnitude (sky lines dominate the faint end)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.set_title("1σ noise vs wavelength per HSC-i magnitude")
     return fig
 
 

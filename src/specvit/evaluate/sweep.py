@@ -84,7 +84,7 @@ class SweepConfig:
     space: dict[str, ParamSpec]  #: dotted TrainConfig key -> distribution
     out_dir: str = "runs/sweep"
     study_name: str = "specvit_sweep"
-    n_trials: int = 20  #: finished trials wanted in total (complete, pruned, or invalid parameter combinations)
+    n_trials: int = 20  #: finished trials wanted in total (complete, pruned, invalid combinations or diverged)
     seed: int = 42  #: seed of the TPE sampler
     metric: Literal["val_r2", "val_loss", "val_mae"] = "val_r2"  #: validation score to optimise
     pruning: bool = False  #: stop unpromising trials early (median pruner on validation evaluations)
@@ -205,7 +205,12 @@ def run_sweep(cfg: SweepConfig, *, log=print):
             trial.set_user_attr("invalid", str(e))
             log(f"sweep: trial {trial.number} invalid: {e}")
             return float("nan")
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except FloatingPointError as e:  # diverged (non-finite loss): a result of these parameters, not a crash
+            trial.set_user_attr("invalid", f"diverged: {e}")
+            log(f"sweep: trial {trial.number} diverged: {e}")
+            return float("nan")
         if "pruned_at_eval" in trial.user_attrs:
             raise optuna.TrialPruned()
         value = result.get(key)
