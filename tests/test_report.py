@@ -58,3 +58,27 @@ def test_report_bad_inputs(tmp_path):
 def test_to_jsonable_handles_frames_and_nonfinite():
     df = pd.DataFrame({"a": [1.0, np.inf]})
     assert to_jsonable({"t": df, 3: (np.bool_(True),)}) == {"t": [{"a": 1.0}, {"a": None}], "3": [True]}
+
+
+def test_report_cli_from_prediction_tables(tmp_path):
+    from specvit.cli import main
+
+    rng = np.random.default_rng(0)
+    n = 400
+    snr = np.exp(rng.uniform(np.log(2.6), np.log(27), n))
+    t = rng.uniform(1, 5, n)
+    paths = []
+    for name, scale in (("good", 1.0), ("bad", 3.0)):
+        df = pd.DataFrame({"id": np.arange(n), "snr": snr, "log_g_true": t,
+                           "log_g_pred": t + rng.normal(0, scale * 2 / snr)})
+        p = tmp_path / f"{name}.csv"
+        df.to_csv(p, index=False)
+        paths += ["--pred", f"{name}={p}"]
+    assert main(["report", *paths, "--out", str(tmp_path / "rep"), "--seed", "3"]) == 0
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    r2 = {k: v["labels"]["log_g"]["overall"]["r2"] for k, v in m["models"].items()}
+    assert r2["good"] > r2["bad"] and m["bootstrap_seed"] == 3
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # R² vs SNR + two parity figures
+    assert main(["report", "--pred", "nocsv", "--out", str(tmp_path / "x")]) == 2
+    assert main(["report", "--pred", f"x={tmp_path / 'missing.csv'}", "--out", str(tmp_path / "x")]) == 2
