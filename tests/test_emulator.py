@@ -171,3 +171,15 @@ def test_cli_emulator_train_and_validate_on_spectrum_files(tmp_path, capsys):
     assert rc == 0
     assert json.loads((tmp_path / "val.json").read_text())["n"] == 3
     assert (tmp_path / "fig" / "emulator_validation.png").exists()
+
+
+def test_config_selection_by_cross_validation_uses_training_rows_only(toy_data):
+    from specvit.spectra.emulator_train import select_config
+
+    good = EmulatorTrainConfig(seed=1, width=32, depth=2, epochs=150, lr=5e-3, max_components=8, n_cont_components=2)
+    bad = EmulatorTrainConfig(seed=1, width=32, depth=2, epochs=1, lr=5e-3, max_components=8, n_cont_components=2)
+    # poison the held-out rows: if CV looked at them, scores would be huge for both
+    poisoned = dict(toy_data, norm=toy_data["norm"].copy())
+    poisoned["norm"][toy_data["split"] == "val"] = 50.0
+    best, scores = select_config(poisoned, [bad, good], folds=3, log=None)
+    assert best is good and scores[1] < scores[0] < 1.0

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
     q.add_argument("--n-components", type=int, default=None, help="PCA components (default: from config)")
     q.add_argument("--epochs", type=int, default=None, help="training epochs (default: from config)")
     q.add_argument("--report", type=Path, default=None, help="write the validation report JSON here")
+    q.add_argument("--select", action="store_true",
+                   help="choose the network size by k-fold cross-validation on the training rows")
+    q.add_argument("--version", default=None, help="version string stored in the weights (default: file stem)")
     q.set_defaults(func=_cmd_emulator_train)
     q = sub.add_parser("validate", help="emulator vs held-out synthesised spectra: rms / max error, per region")
     q.add_argument("--spectra", type=Path, required=True)
@@ -111,7 +114,8 @@ def _cmd_emulator_train(args) -> int:
     from specvit.spectra.emulator_train import train_from_directory
 
     report = train_from_directory(args.spectra, args.design, args.out, seed=args.seed,
-                                  n_components=args.n_components, epochs=args.epochs)
+                                  n_components=args.n_components, epochs=args.epochs, version=args.version,
+                                  select=args.select)
     if args.report:
         from specvit.atomic import write_text_atomic
 

@@ -6,8 +6,11 @@ box, go through an MLP (SiLU) whose last layer gives K coefficients of a princip
 basis of the continuum-normalised flux and K_c coefficients of a basis of ln(continuum):
 
     norm(lambda) = mean_n + sum_k a_k(labels) B_k(lambda)
-    ln C(lambda) = mean_c + sum_k b_k(labels) D_k(lambda)
+    ln C(lambda) = ln(pi B_lambda(T_eff)) + mean_c + sum_k b_k(labels) D_k(lambda)
     F_lambda     = norm * C
+
+(the Planck baseline carries most of the T_eff dependence of the continuum, so the network
+only learns the smaller, smoother departures from it.)
 
 Why: the normalised flux carries every line and band (the physics), the continuum carries the
 SED shape (magnitudes, photon counts) including the Paschen edge; both vary smoothly with the
@@ -32,6 +35,21 @@ from specvit.labels import LABEL_NAMES
 from specvit.spectra.base import SpectralModel
 
 FORMAT_VERSION = 1
+#: h c / k_B in Angstrom K, and 2 h c^2 in erg A^4 s^-1 cm^-2 (so B_lambda is per Angstrom).
+HC_OVER_K_A_K = 1.4387769e8
+
+
+def ln_pi_planck(wave_A, teff_K):
+    """ln(pi B_lambda(T)) in erg s-1 cm-2 A-1 for wavelengths in Angstrom (numpy or torch, broadcasting).
+
+    B_lambda = 2 h c^2 / lambda^5 / (exp(h c / (lambda k T)) - 1); with lambda in cm this is per cm,
+    times 1e-8 per Angstrom.
+    """
+    lib = torch if isinstance(teff_K, torch.Tensor) else np
+    lam_cm = wave_A * 1e-8
+    x = HC_OVER_K_A_K / (wave_A * teff_K)
+    return (np.log(np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8) - 5 * lib.log(lam_cm)
+            - lib.log(lib.expm1(x)))
 _REQUIRED = ("format_version", "wave_A", "label_names", "label_lo", "label_hi", "train_lo", "train_hi", "resolution",
              "norm_mean", "norm_basis", "lncont_mean", "lncont_basis", "n_hidden_layers")
 
@@ -63,6 +81,7 @@ class SpectralEmulator(SpectralModel):
     train_lo, train_hi : the box the labels are scaled over (training box incl. margin).
     net : :class:`EmulatorNet`; norm_mean (n_wave,), norm_basis (K, n_wave),
     lncont_mean (n_wave,), lncont_basis (K_c, n_wave).
+    lncont_baseline : "planck" (ln pi B_lambda(T_eff) is added to ln C) or "none".
     meta : provenance dict (training set, seed, validation numbers).
     """
 
@@ -70,7 +89,7 @@ class SpectralEmulator(SpectralModel):
     differentiable = True
 
     def __init__(self, *, wave, resolution, label_names, bounds, train_lo, train_hi, net, norm_mean, norm_basis,
-                 lncont_mean, lncont_basis, meta=None):
+                 lncont_mean, lncont_basis, lncont_baseline="planck", meta=None):
         self.wave = np.asarray(wave, dtype=np.float64)
         self.resolution = float(resolution)
         self.label_names = tuple(label_names)
@@ -85,6 +104,10 @@ class SpectralEmulator(SpectralModel):
         self._norm_mean, self._norm_basis = t(norm_mean), t(norm_basis)
         self._lnc_mean, self._lnc_basis = t(lncont_mean), t(lncont_basis)
         self.n_components = int(self._norm_basis.shape[0])
+        if lncont_baseline not in ("planck", "none"):
+            raise InputError("unknown continuum baseline", field="lncont_baseline", value=lncont_baseline)
+        self.lncont_baseline = lncont_baseline
+        self._wave_t = t(self.wave)
 
     # ---- core (torch)
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,13 +121,18 @@ class SpectralEmulator(SpectralModel):
         a, _ = self._coeffs(x)
         return self._norm_mean + a @ self._norm_basis
 
+    def _baseline(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lncont_baseline == "planck":
+            return ln_pi_planck(self._wave_t, x[:, :1].to(torch.float32))
+        return torch.zeros((), dtype=torch.float32)
+
     def lncont_torch(self, x: torch.Tensor) -> torch.Tensor:
         _, b = self._coeffs(x)
-        return self._lnc_mean + b @ self._lnc_basis
+        return self._baseline(x) + self._lnc_mean + b @ self._lnc_basis
 
     def flux_torch(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self._coeffs(x)
-        return (self._norm_mean + a @ self._norm_basis) * torch.exp(self._lnc_mean + b @ self._lnc_basis)
+        return (self._norm_mean + a @ self._norm_basis) * torch.exp(self._baseline(x) + self._lnc_mean + b @ self._lnc_basis)
 
     # ---- SpectralModel API (numpy in -> numpy out; torch in -> torch out, autograd kept)
     def _dispatch(self, labels, fn, extrapolate: bool):
@@ -154,7 +182,7 @@ class SpectralEmulator(SpectralModel):
             "train_lo": self._lo.numpy().astype(np.float64), "train_hi": self._hi.numpy().astype(np.float64),
             "resolution": np.float64(self.resolution), "norm_mean": self._norm_mean.numpy(),
             "norm_basis": self._norm_basis.numpy(), "lncont_mean": self._lnc_mean.numpy(),
-            "lncont_basis": self._lnc_basis.numpy(),
+            "lncont_basis": self._lnc_basis.numpy(), "lncont_baseline": np.asarray(self.lncont_baseline),
             "n_hidden_layers": np.int32(sum(isinstance(m, torch.nn.Linear) for m in self.net.mlp) - 1),
             "meta_json": np.asarray(json.dumps(self.meta, default=float)), **sd,
         }
@@ -192,7 +220,8 @@ def load_emulator(path=None) -> SpectralEmulator:
         wave=d["wave_A"], resolution=float(d["resolution"]), label_names=names,
         bounds={n: (float(lo), float(hi)) for n, lo, hi in zip(names, d["label_lo"], d["label_hi"])},
         train_lo=d["train_lo"], train_hi=d["train_hi"], net=net, norm_mean=d["norm_mean"],
-        norm_basis=d["norm_basis"], lncont_mean=d["lncont_mean"], lncont_basis=d["lncont_basis"], meta=meta,
+        norm_basis=d["norm_basis"], lncont_mean=d["lncont_mean"], lncont_basis=d["lncont_basis"],
+        lncont_baseline=str(d["lncont_baseline"]) if "lncont_baseline" in d.files else "none", meta=meta,
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 
 from specvit.errors import InputError
 from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
-from specvit.spectra.emulator import EmulatorNet, SpectralEmulator
+from specvit.spectra.emulator import EmulatorNet, SpectralEmulator, ln_pi_planck
 from specvit.spectra.synthesis.design import DEFAULT_MARGIN, read_design
 from specvit.spectra.synthesis.store import read_spectrum
 
@@ -96,6 +97,7 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
         raise InputError("need at least 2 training spectra", field="n_train", value=int(len(x)))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    yc = yc - ln_pi_planck(data["wave"][None, :], x[:, :1]).astype(np.float32)  # Planck baseline
     n_mean, n_basis = _pca(yn, cfg.pca_tol_norm, cfg.max_components, n_components)
     c_mean, c_basis = _pca(yc, None, cfg.n_cont_components, cfg.n_cont_components)
     an = (yn - n_mean) @ n_basis.T
@@ -142,8 +144,38 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
     return SpectralEmulator(
         wave=data["wave"], resolution=data.get("resolution", 10000.0), label_names=LABEL_NAMES,
         bounds=bounds, train_lo=lo, train_hi=hi, net=net, norm_mean=n_mean, norm_basis=n_basis,
-        lncont_mean=c_mean, lncont_basis=c_basis, meta=meta,
+        lncont_mean=c_mean, lncont_basis=c_basis, lncont_baseline="planck", meta=meta,
     )
+
+
+def cross_validate(data: dict, config: EmulatorTrainConfig, *, folds: int = 5, seed: int = 0) -> float:
+    """K-fold cross-validated pixel rms of the normalised flux on the TRAINING rows only."""
+    tr = np.flatnonzero(data["split"] != "val")
+    order = np.random.default_rng(seed).permutation(tr)
+    parts = np.array_split(order, min(folds, len(order)))
+    sq, n = 0.0, 0
+    for part in parts:
+        split = np.array(["val"] * len(data["split"]), dtype=object)
+        split[np.setdiff1d(tr, part)] = "train"
+        sub = dict(data, split=split)
+        sub_eval = dict(data, split=np.where(np.isin(np.arange(len(split)), part), "cv", "x"))
+        model = train_emulator(sub, config, log=None)
+        rep = validate(model, sub_eval, which="cv")
+        r = np.asarray(rep["rms_per_spectrum"])
+        sq += float(np.sum(r ** 2))
+        n += len(r)
+    return float(np.sqrt(sq / n))
+
+
+def select_config(data: dict, candidates: list[EmulatorTrainConfig], *, folds: int = 5, log=print):
+    """Pick the candidate with the lowest cross-validated rms (training rows only; held-out rows untouched)."""
+    scores = []
+    for c in candidates:
+        scores.append(cross_validate(data, c, folds=folds, seed=c.seed))
+        if log:
+            log(f"cv: width={c.width} depth={c.depth} wd={c.weight_decay} epochs={c.epochs}: rms {scores[-1]:.4f}")
+    i = int(np.argmin(scores))
+    return candidates[i], scores
 
 
 #: Regions of label space reported separately.
@@ -166,14 +198,18 @@ def validate(model: SpectralEmulator, data: dict, *, which: str = "val") -> dict
     L = data["labels"][sel]
     inside = np.all([(L[:, j] >= model.bounds[n][0]) & (L[:, j] <= model.bounds[n][1])
                      for j, n in enumerate(model.label_names)], axis=0)
-    pred_n = model.normalized_flux(L, extrapolate=True)
-    pred_c = model.continuum(L, extrapolate=True)
+    with warnings.catch_warnings():  # margin rows are evaluated on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        pred_n = model.normalized_flux(L, extrapolate=True)
+        pred_c = model.continuum(L, extrapolate=True)
     dn = pred_n - data["norm"][sel]
     dc = pred_c / np.exp(data["lncont"][sel].astype(np.float64)) - 1.0
     rms = np.sqrt(np.mean(dn ** 2, axis=1))
     mx = np.max(np.abs(dn), axis=1)
     crms = np.sqrt(np.mean(dc ** 2, axis=1))
     report = {"n": int(sel.sum()), "n_inside_box": int(inside.sum()), "per_region": {}}
+    if which == "cv":
+        inside = np.ones(len(L), bool)
     for name, f in REGIONS.items():
         m = f(L) & inside
         if m.any():
@@ -205,13 +241,25 @@ def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None) 
     return _jsonable(rep)
 
 
+#: Candidate configurations compared by cross-validation when ``select=True``.
+CANDIDATES = (dict(width=64, depth=2, weight_decay=0.0), dict(width=128, depth=3, weight_decay=0.0),
+              dict(width=256, depth=3, weight_decay=0.0))
+
+
 def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, n_components=None, epochs=None,
-                         version: str | None = None) -> dict:
+                         version: str | None = None, select: bool = False, folds: int = 5) -> dict:
     data = load_spectra(spectra_dir, design_path)
     cfg = EmulatorTrainConfig(seed=seed)
     if epochs is not None:
         cfg.epochs = int(epochs)
+    cv = None
+    if select:
+        cands = [EmulatorTrainConfig(**{**asdict(cfg), **c}) for c in CANDIDATES]
+        cfg, scores = select_config(data, cands, folds=folds)
+        cv = {"folds": folds, "candidates": [dict(c) for c in CANDIDATES], "cv_rms": scores}
     model = train_emulator(data, cfg, n_components=n_components)
+    if cv:
+        model.meta["config_selection"] = cv
     model.meta["version"] = version or Path(out_path).stem
     model.meta["design"] = Path(design_path).name
     model.version = model.meta["version"]

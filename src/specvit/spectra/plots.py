@@ -91,9 +91,43 @@ def save_validation_figures(model, data: dict, report: dict, out_dir: Path) -> l
     pick = order[np.linspace(0, len(order) - 1, min(3, len(order))).astype(int)]
     truth = data["norm"][sel][pick]
     figs["emulator_examples.png"] = plot_examples(model.wave, truth, truth + dn[pick], L[pick])  # dn = pred - truth
+    figs["emulator_physics.png"] = plot_physics_checks(model)
     paths = []
     for name, fig in figs.items():
         with atomic_path(out_dir / name) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         paths.append(out_dir / name)
     return paths
+
+
+def plot_physics_checks(model):
+    """The issue-3 physics checks drawn from a spectral model (normalised flux, vacuum wavelengths)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("Ca II triplet vs log g (4500 K, [M/H]=0)", (8480, 8680), [[4500, g, 0, 0, 0] for g in (1, 3, 5)],
+         [f"log g={g}" for g in (1, 3, 5)]),
+        ("Na I 8185/8197 vs log g (4500 K)", (8175, 8205), [[4500, g, 0, 0, 0] for g in (1, 3, 5)],
+         [f"log g={g}" for g in (1, 3, 5)]),
+        ("TiO vs T_eff (log g 2, [M/H]=0)", (7050, 7300), [[t, 2, 0, 0, 0] for t in (3800, 4200, 5000)],
+         [f"{t} K" for t in (3800, 4200, 5000)]),
+        ("CN vs [C/M] (4500 K, log g 1.5)", (7870, 8000), [[4500, 1.5, 0, 0, c] for c in (-0.5, 0, 0.5)],
+         [f"[C/M]={c:+}" for c in (-0.5, 0, 0.5)]),
+        ("metal lines vs [M/H] (5000 K, log g 3)", (8670, 8720), [[5000, 3, m, 0, 0] for m in (0, -1, -2)],
+         [f"[M/H]={m}" for m in (0, -1, -2)]),
+    ]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.4 * len(panels)), constrained_layout=True)
+    for ax, (title, (lo, hi), labs, names) in zip(axes, panels):
+        n = model.normalized_flux(np.asarray(labs, dtype=float))
+        m = (model.wave >= lo) & (model.wave <= hi)
+        for i in range(len(labs)):
+            ax.plot(model.wave[m], n[i, m], lw=0.7, label=names[i])
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("F / C")
+        ax.legend(fontsize=8, loc="lower right", ncol=3)
+    axes[-1].set_xlabel("vacuum wavelength [A]")
+    fig.suptitle(f"{type(model).__name__} {getattr(model, 'version', '')}: physics checks")
+    return fig
