@@ -7,11 +7,16 @@ from specvit.fisher.jacobian import ForwardModel
 from specvit.fisher.montecarlo import plot_validation, validate_crlb
 
 
-@pytest.fixture(scope="module")
-def fwd():
+def small_model():
+    """The small ToyModel of these tests (also the model of docs/figures/fisher_mc_toy.png)."""
     from toymodel import ToyModel
 
-    return ForwardModel(ToyModel(wave_min=8400.0, wave_max=8700.0, step=0.5, n_lines=10))
+    return ToyModel(wave_min=8400.0, wave_max=8700.0, step=0.5, n_lines=10)
+
+
+@pytest.fixture(scope="module")
+def fwd():
+    return ForwardModel(small_model())
 
 
 def test_ml_scatter_reaches_crlb_at_high_snr_and_departs_at_low_snr(fwd, tmp_path):

@@ -114,6 +114,11 @@ def test_run_templatefit_on_a_dataset(fwd, tmp_path):
         assert name in df.columns
     # noise at SNR ~250: the fitted log g is within 5 sigma of the truth
     assert np.all(np.abs(df["log_g"] - df["true_log_g"]) < 5 * df["log_g_err"])
+    # a dataset on another wavelength grid is a clear error
+    bad = write_dataset(tmp_path / "bad.h5", wave=fwd.model.wave[:-1], flux=flux[:, :-1], error=err[:, :-1],
+                        params=params, dtype=np.float64)
+    with pytest.raises(InputError, match="pixels"):
+        run_templatefit(load_config(TemplateFitConfig, overrides=[f"input={bad}"]), forward=fwd)
     # reproducible: same seeds, same numbers
     df2 = run_templatefit(cfg, forward=fwd)
     np.testing.assert_array_equal(df["log_g"].to_numpy(), df2["log_g"].to_numpy())

@@ -53,6 +53,8 @@ class TemplateFitConfig:
         Dataset to fit (pfsspec ``dataset.h5``, a directory or glob of shards).
     output : str
         Predictions CSV written by the CLI ('' = do not write).
+    model : str
+        Spectral model: 'default' (the embedded emulator), MODULE:FACTORY or a grid .h5.
     mode : "lm" | "grid"
         Levenberg–Marquardt with autograd Jacobians, or grid χ² (+ parabolic refinement).
     free_labels : list of str
@@ -87,6 +89,7 @@ class TemplateFitConfig:
 
     input: str = ""
     output: str = ""
+    model: str = "default"
     mode: Literal["lm", "grid"] = "lm"
     free_labels: list[str] = field(default_factory=lambda: ["T_eff", "log_g", "M_H", "a_M", "C_M"])
     fixed_values: dict[str, float] = field(default_factory=lambda: {"a_M": 0.0, "C_M": 0.0})
@@ -456,7 +459,7 @@ def templatefit_forward(config: TemplateFitConfig, wave=None):
     """The ForwardModel a config asks for: ``default_model()`` through the PFS observer."""
     from specvit.fisher.ceiling import default_forward
 
-    fwd, _ = default_forward(use_observer=config.use_observer)
+    fwd, _ = default_forward(use_observer=config.use_observer, model_spec=config.model)
     return fwd
 
 
@@ -480,6 +483,11 @@ def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
     t0 = time.perf_counter()
     with open_dataset(config.input) as ds:
         n = len(ds) if config.max_spectra <= 0 else min(len(ds), config.max_spectra)
+        n_model_pix = forward.numpy(np.array([[0.5 * sum(forward.bounds[k]) for k in forward.label_names]])).shape[1]
+        if ds.n_wave != n_model_pix:
+            raise InputError(f"the dataset has {ds.n_wave} pixels but the model (through the observer: "
+                             f"{config.use_observer}) gives {n_model_pix}", file=ds.path, field="spectrumdataset/wave",
+                             value=ds.n_wave)
         for s0 in range(0, n, config.batch_size):
             rows = np.arange(s0, min(n, s0 + config.batch_size))
             flux = np.asarray(ds.flux[rows], dtype=np.float64)
