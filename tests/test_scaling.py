@@ -154,3 +154,29 @@ def test_shipped_small_config_builds_every_run(tmp_path):
             assert rc.data.max_train_rows == cfg.sizes[0] and rc.data.noise_seed == cfg.data.eval_noise_seed
         else:
             assert rc.data.max_train_rows == cfg.sizes[0] and rc.data.eval_noise_seed == cfg.data.eval_noise_seed
+
+
+def test_predict_model_dir_gaussian_head_and_label_selection(splits, tmp_path):
+    """Two-label Gaussian model: means unscaled, sigma = exp(log_var / 2) * label std, labels picked by name."""
+    import torch
+
+    from specvit.baselines.common import noisy_chunk, open_split
+    from specvit.models import create_model
+    from specvit.models.io import save_model
+    from specvit.train.losses import split_output
+
+    torch.manual_seed(0)
+    m = create_model("mlp_small", n_pixels=N_PIX, n_labels=2, gaussian=True).eval()
+    save_model(tmp_path / "m", m, label_names=["T_eff", "log_g"], label_mean=[4800.0, 3.0], label_std=[600.0, 1.2])
+    df = predict_model_dir(tmp_path / "m", splits["test"], labels=["log_g"], noise_level=1.0, noise_seed=42,
+                           max_rows=40, batch_size=16)
+    assert list(df.columns) == ["id", "row", "snr", "log_g_true", "log_g_pred", "log_g_sigma"] and len(df) == 40
+    ds = open_split(splits["test"], ["log_g"], split="test")
+    x = noisy_chunk(ds, 0, 40, noise_level=1.0, seed=42)
+    ds.close()
+    with torch.no_grad():
+        mean, log_var = split_output(m(torch.from_numpy(x)))
+    np.testing.assert_allclose(df["log_g_pred"], 3.0 + 1.2 * mean[:, 1].double().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(df["log_g_sigma"], 1.2 * np.exp(0.5 * log_var[:, 1].double().numpy()), rtol=1e-5)
+    with pytest.raises(InputError, match="M_H"):
+        predict_model_dir(tmp_path / "m", splits["test"], labels=["M_H"], noise_level=1.0, noise_seed=42)
