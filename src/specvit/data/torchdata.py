@@ -17,7 +17,10 @@ batches are cut from consecutive buffers. With several processes (DDP) rank
 ``r`` takes chunks ``r, r + W, r + 2W, ...`` of the epoch's chunk order (like
 ``DistributedSampler``, but chunk-wise so reads stay contiguous) and every
 rank yields the same number of batches (its share wraps around if short).
-At most one buffer plus one batch of spectra is in memory.
+Rows are gathered from the buffer straight into each batch, so at most one
+buffer plus one batch of spectra (plus the batches a :class:`Prefetch` thread
+reads ahead) is in memory. Training noise is drawn with torch on the stream's
+``device`` (the GPU when training on one).
 
 Labels are selected by name and z-scored with a :class:`LabelScaler` fitted
 on the training split (saved with the model).
