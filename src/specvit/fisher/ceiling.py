@@ -55,7 +55,11 @@ def load_model(spec: str = "default"):
             raise InputError("this install has no default spectral model (specvit.spectra.default_model is "
                              "missing); pass --model MODULE:FACTORY or a grid .h5 file", field="model",
                              value=spec) from e
-        return default_model()
+        try:
+            return default_model()
+        except (OSError, ValueError) as e:  # weights not installed (FileNotFoundError) or unreadable
+            raise InputError(f"the default spectral model could not be loaded ({type(e).__name__}: {e}); pass "
+                             "--model MODULE:FACTORY or a grid .h5 file", field="model", value=spec) from e
     if ":" in spec and not Path(spec).exists():
         mod, _, attr = spec.partition(":")
         try:
