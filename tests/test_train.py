@@ -305,3 +305,25 @@ def test_gaussian_loss_needs_gaussian_head(files, tmp_path):
     with pytest.raises(ConfigError, match="gaussian"):
         Trainer(make_cfg(files, tmp_path, loss={"kind": "gaussian_nll"},
                          model={"name": "mlp_small", "overrides": {"gaussian": False}}))
+
+
+def test_remaining_options_take_effect(files, tmp_path, capsys):
+    cfg = make_cfg(files, tmp_path, data={"max_val_rows": 50, "val_noise_level": 0.0, "prefetch_batches": 0},
+                   loss={"label_weights": [2.0, 1.0]}, schedule={"kind": "constant", "warmup_frac": 0.25},
+                   run={"epochs": 2, "eval_every_steps": 3, "checkpoint_every_steps": 2, "keep_checkpoints": 1,
+                        "progress": True, "num_threads": 1})
+    tr = Trainer(cfg)
+    lrs = []
+    tr.callbacks.append(lambda t, s: lrs.append(t.optimizer.param_groups[0]["lr"]))
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 / 4)  # lr of step 1 (warm-up 0.25 * 16 = 4)
+    res = tr.fit()
+    assert tr.total_steps == 16 and lrs[:3] == pytest.approx([3e-3 / 2, 3e-3 * 3 / 4, 3e-3])  # lr of steps 2, 3, 4
+    assert lrs[-1] == pytest.approx(3e-3)  # constant after warm-up
+    steps = [h["step"] for h in tr.history]
+    assert steps[:3] == [3, 6, 8] and 15 in steps  # every 3 steps plus each epoch end (8, 16)
+    assert res["val_n"] == 50
+    assert len(list((tmp_path / "checkpoints").glob("step-*.pt"))) == 1
+    assert "train" in capsys.readouterr().err  # tqdm bar on rank 0
+    noisy = Trainer(make_cfg(files, tmp_path / "n", data={"max_val_rows": 50}, run={"epochs": 1}))
+    quiet = Trainer(make_cfg(files, tmp_path / "q", data={"max_val_rows": 50, "val_noise_level": 0.0}, run={"epochs": 1}))
+    assert noisy.evaluate()["val_loss"] != quiet.evaluate()["val_loss"]
