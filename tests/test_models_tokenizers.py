@@ -75,3 +75,11 @@ def test_both_tokenizers_train(tokenizer):
     mse, var = train_tiny(tokenizer)
     assert 0.8 < var < 1.2  # predicting the mean would score ~1.0
     assert mse < 0.2, f"{tokenizer}: held-out MSE {mse:.3f} (mean prediction ~{var:.2f})"
+
+
+def test_c1d_forward_equals_torch_conv1d():
+    tok = Conv1dTokenizer(n_pixels=200, patch_size=16, stride=12, hidden=8)
+    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(4))
+    padded = torch.cat([x, x[:, -1:].expand(3, tok.pad)], dim=1)
+    ref = tok.conv(padded[:, None]).transpose(1, 2)
+    torch.testing.assert_close(tok(x), ref, rtol=1e-5, atol=1e-5)

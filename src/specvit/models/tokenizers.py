@@ -55,16 +55,23 @@ def patch_centres(n_pixels: int, patch_size: int, stride: int) -> torch.Tensor:
 
 
 class Conv1dTokenizer(nn.Module):
-    """C1D: ``Conv1d(1, hidden, kernel=patch_size, stride=stride)`` on the padded spectrum."""
+    """C1D: ``Conv1d(1, hidden, kernel=patch_size, stride=stride)`` on the padded spectrum.
+
+    A one-channel convolution is a matrix product over the patch windows; the forward
+    computes it as ``unfold`` + one GEMM with the conv weight, which gives the same
+    numbers as ``self.conv(x)`` and writes the (B, T, D) token layout directly
+    (no channels-first output and transpose copy).
+    """
 
     def __init__(self, *, n_pixels: int, patch_size: int, stride: int, hidden: int):
         super().__init__()
         self.n_tokens, self.pad = patch_layout(n_pixels, patch_size, stride)
+        self.patch_size, self.stride = patch_size, stride
         self.conv = nn.Conv1d(1, hidden, kernel_size=patch_size, stride=stride)
 
     def forward(self, flux: torch.Tensor) -> torch.Tensor:
-        x = pad_right(flux, self.pad).unsqueeze(1)  # (B, 1, N)
-        return self.conv(x).transpose(1, 2)  # (B, T, D)
+        windows = pad_right(flux, self.pad).unfold(-1, self.patch_size, self.stride)  # (B, T, P)
+        return F.linear(windows, self.conv.weight.flatten(1), self.conv.bias)  # == conv(x[:, None]).transpose(1, 2)
 
 
 class SlidingWindowTokenizer(nn.Module):
