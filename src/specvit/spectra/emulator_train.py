@@ -7,8 +7,8 @@ Training (deterministic for a given seed, data and machine):
    components whose reconstruction rms on the training set is below ``pca_tol_norm`` (capped);
 3. an MLP maps labels scaled to [-0.5, 0.5] to the PCA coefficients; loss = mean squared
    error in PIXEL space (the bases are orthonormal, so it is the coefficient error) of the
-   normalised flux plus that of ln C; Adam with cosine decay, full batch; the best epoch on
-   the training loss is kept (the validation set is never used for selection).
+   normalised flux plus that of ln C (after removing a Planck baseline); Adam with cosine decay
+   to ``lr_min``, full batch; the final weights are kept (the validation set is never used).
 
 Validation: rms and max |emulator - synthesis| of the normalised flux per held-out spectrum,
 overall and per region of label space, and of the relative continuum.
@@ -50,7 +50,7 @@ def load_spectra(spectra_dir, design_path):
     """Labels, normalised flux, ln continuum, wave, split and ids of every finished design row."""
     spectra_dir = Path(spectra_dir)
     df = read_design(design_path)
-    ids, labels, norm, lnc, split, wave = [], [], [], [], [], None
+    ids, labels, norm, lnc, split, wave, resolution = [], [], [], [], [], None, None
     split_of = dict(zip(df["id"], df["split"]))
     for sid in df["id"]:
         p = spectra_dir / f"{sid}.npz"
@@ -59,6 +59,7 @@ def load_spectra(spectra_dir, design_path):
         s = read_spectrum(p)
         if wave is None:
             wave = s["wave"]
+            resolution = s["meta"].get("resolution")
         elif len(s["wave"]) != len(wave) or not np.allclose(s["wave"], wave):
             raise InputError("spectra on different wavelength grids", file=p, field="wave")
         ids.append(sid)
@@ -69,7 +70,7 @@ def load_spectra(spectra_dir, design_path):
     if not ids:
         raise InputError("no finished spectra for this design", file=spectra_dir, field="design", value=str(design_path))
     return {"ids": np.array(ids), "labels": np.array(labels), "norm": np.stack(norm), "lncont": np.stack(lnc),
-            "split": np.array(split), "wave": wave}
+            "split": np.array(split), "wave": wave, "resolution": float(resolution or 10000.0)}
 
 
 def _pca(x: np.ndarray, tol: float | None, k_max: int, k_fixed: int | None = None):
@@ -121,24 +122,26 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
     w[k:] = cfg.lncont_weight
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
-    best, best_state = float("inf"), None
     p = yn.shape[1]
     t0 = time.time()
-    for ep in range(cfg.epochs):
-        opt.zero_grad()
-        loss = (((net(xs) - t) ** 2) * w).sum(1).mean() / p
-        loss.backward()
-        opt.step()
-        sched.step()
-        lv = loss.item()
-        if lv < best:
-            best, best_state = lv, {kk: v.detach().clone() for kk, v in net.state_dict().items()}
-        if log and (ep % 1000 == 0 or ep == cfg.epochs - 1):
-            log(f"epoch {ep}: train pixel-rms {np.sqrt(lv):.2e} ({time.time() - t0:.0f}s)")
-    net.load_state_dict(best_state)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny full-batch problem: threads only add overhead
+    try:
+        for ep in range(cfg.epochs):
+            opt.zero_grad()
+            loss = (((net(xs) - t) ** 2) * w).sum(1).mean() / p
+            loss.backward()
+            opt.step()
+            sched.step()
+            if log and (ep % 1000 == 0 or ep == cfg.epochs - 1):
+                log(f"epoch {ep}: train pixel-rms {np.sqrt(loss.item()):.2e} ({time.time() - t0:.0f}s)")
+    finally:
+        torch.set_num_threads(n_threads)
+    with torch.no_grad():
+        final = float((((net(xs) - t) ** 2) * w).sum(1).mean() / p)
     meta = {
         "n_train": int(tr.sum()), "n_val": int((~tr).sum()), "train_config": asdict(cfg),
-        "n_components": int(k), "n_cont_components": int(kc), "train_pixel_rms": float(np.sqrt(best)),
+        "n_components": int(k), "n_cont_components": int(kc), "train_pixel_rms": float(np.sqrt(final)),
         "trained": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
     }
     return SpectralEmulator(
