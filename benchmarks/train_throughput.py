@@ -16,11 +16,16 @@ samples/s over the timed steps. Inference: spectra/s of ``specvit_p16_h256_l6``
 in eval mode under ``torch.inference_mode``.
 
     python benchmarks/train_throughput.py [--json] [--batch 16] [--steps 5]
-        [--threads N] [--compile] [--bf16] [--hf-attn sdpa|eager]
+        [--threads N] [--compile] [--bf16] [--hf-attn sdpa|eager] [--optimizer default|foreach|fused]
 
 Note: a background spectral-synthesis job may run at nice 19 on this machine;
 it steals CPU from both models alike, but absolute figures are lower while
 it runs. Pause it for clean absolute numbers.
+
+Measured on this machine (AMD EPYC, 2 cores, AVX2 without AVX512-BF16):
+``--bf16`` autocast made SpecViT training ~10x slower (no native bf16 GEMM),
+so it is off by default; ``--compile`` needs minutes of inductor compilation
+on 2 cores before the first step.
 """
 from __future__ import annotations
 
@@ -61,8 +66,9 @@ def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def make_step(model, *, bf16: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+def make_step(model, *, bf16: bool, optimizer: str = "default"):
+    kw = {"foreach": True} if optimizer == "foreach" else {"fused": True} if optimizer == "fused" else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, **kw)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step(x, y):
@@ -92,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the SpecViT model (reference stays eager)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for SpecViT training")
     ap.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"], help="HF attention implementation")
+    ap.add_argument("--optimizer", default="default", choices=["default", "foreach", "fused"],
+                    help="AdamW implementation, the same for both models (default: torch's CPU default, per-tensor loop)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -113,8 +121,8 @@ def main(argv=None) -> int:
     y = torch.randn(args.batch, 1, generator=gen)
 
     ours_fwd = torch.compile(ours) if args.compile else ours
-    step_ours = make_step(ours_fwd, bf16=args.bf16)
-    step_ref = make_step(ref, bf16=False)
+    step_ours = make_step(ours_fwd, bf16=args.bf16, optimizer=args.optimizer)
+    step_ref = make_step(ref, bf16=False, optimizer=args.optimizer)
     for _ in range(args.warmup):
         step_ours(x, y)
         step_ref(x, y)
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
             "specvit_samples_per_s": round(sps_ours, 2), "hf_samples_per_s": round(sps_ref, 2),
             "ratio_vs_hf": round(sps_ours / sps_ref, 4), "inference_spectra_per_s": round(inf, 2),
             "torch_threads": threads, "batch": args.batch, "steps": args.steps, "compile": args.compile,
-            "bf16": args.bf16, "hf_attn": args.hf_attn, "params_specvit": n_params(ours), "params_hf": n_params(ref),
+            "bf16": args.bf16, "hf_attn": args.hf_attn, "optimizer": args.optimizer, "params_specvit": n_params(ours), "params_hf": n_params(ref),
             "torch_version": torch.__version__, "seed": args.seed,
         }))
     return 0
