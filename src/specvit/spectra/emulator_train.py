@@ -245,8 +245,8 @@ def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None) 
 
 
 #: Candidate configurations compared by cross-validation when ``select=True``.
-CANDIDATES = (dict(width=64, depth=2, weight_decay=0.0), dict(width=128, depth=3, weight_decay=0.0),
-              dict(width=256, depth=3, weight_decay=0.0))
+CANDIDATES = (dict(width=64, depth=2, weight_decay=1e-4), dict(width=64, depth=2, weight_decay=1e-2),
+              dict(width=128, depth=3, weight_decay=0.0), dict(width=256, depth=3, weight_decay=0.0))
 
 
 def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, n_components=None, epochs=None,
