@@ -358,3 +358,42 @@ def ceiling_by_snr_bin(iset: InformationSet, *, edges=SNR_BIN_EDGES, require_all
     if empty:
         out["empty_bins"] = empty
     return out
+
+
+#: The paper's ceiling (SPEC section 7; BOSZ grid, central differences): mag -> (SNR, 3D R2max, 5D R2max, 3D sigma_min).
+PAPER_CEILING = {18.0: (87.4, 0.9994, 0.9993, 0.033), 20.0: (24.0, 0.9906, 0.9892, 0.125),
+                 21.5: (7.1, 0.8914, 0.8742, 0.426), 22.0: (4.6, 0.7396, 0.6983, 0.659),
+                 22.5: (3.0, 0.3658, 0.2647, 1.028), 23.0: (1.9, 0.0, 0.0, 1.613)}
+
+
+def plot_ceiling(tables: dict, *, paper: bool = True, title: str = ""):
+    """Figure of R²_max against magnitude: ``tables`` = {"3d": ceiling_by_magnitude(...), "5d": ...}.
+
+    Solid: CRLB median with the p10–p90 band; dashed: van Trees (when present);
+    crosses: the paper's medians (SPEC section 7).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    for name, table in tables.items():
+        mags = np.array([float(k) for k in table])
+        med = np.array([v["r2max_median"] for v in table.values()])
+        p10 = np.array([v["r2max_p10"] for v in table.values()])
+        p90 = np.array([v["r2max_p90"] for v in table.values()])
+        line, = ax.plot(mags, med, marker="o", label=f"CRLB {name} (median, p10-p90)")
+        ax.fill_between(mags, p10, p90, color=line.get_color(), alpha=0.2)
+        if all("r2max_bayes" in v for v in table.values()):
+            ax.plot(mags, [v["r2max_bayes"] for v in table.values()], ls="--", color=line.get_color(),
+                    label=f"van Trees {name} (cos$^2$ prior)")
+    if paper:
+        pm = np.array(sorted(PAPER_CEILING))
+        ax.plot(pm, [PAPER_CEILING[m][1] for m in pm], "kx", label="paper 3D (BOSZ, FD)")
+        ax.plot(pm, [PAPER_CEILING[m][2] for m in pm], "k+", label="paper 5D")
+    ax.set(xlabel="HSC i magnitude (calibration setup, 4 x 900 s)", ylabel=r"$R^2_\max$ (log g)", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
