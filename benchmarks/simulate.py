@@ -93,7 +93,7 @@ def stages(model: str, n: int = 1024) -> dict:
     lab, flux, ip = sim.model_flux(rng, n)
     t_model = time.perf_counter() - t
     t = time.perf_counter()
-    obs = sim.observer.observe(flux, cond)
+    obs = sim.observer.observe(flux.astype(np.float32), cond)  # as ChunkSimulator.run does for float32 output
     t_obs = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as d:
         import pandas as pd
