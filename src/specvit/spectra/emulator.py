@@ -108,6 +108,9 @@ class SpectralEmulator(SpectralModel):
             raise InputError("unknown continuum baseline", field="lncont_baseline", value=lncont_baseline)
         self.lncont_baseline = lncont_baseline
         self._wave_t = t(self.wave)
+        # pi B_lambda = planck_num / expm1(hc/k / (lambda T)); planck_num = pi 2 h c^2 / lambda^5 (per A)
+        self._planck_num = t(np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8 / (self.wave * 1e-8) ** 5)
+        self._hc_k_over_wave = t(HC_OVER_K_A_K / self.wave)
 
     # ---- core (torch)
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,13 +129,25 @@ class SpectralEmulator(SpectralModel):
             return ln_pi_planck(self._wave_t, x[:, :1].to(torch.float32))
         return torch.zeros((), dtype=torch.float32)
 
+    def _cont(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """C = pi B_lambda(T_eff) * exp(mean_c + b D): one exp and one expm1 per pixel."""
+        c = torch.exp(self._lnc_mean + b @ self._lnc_basis)
+        if self.lncont_baseline == "planck":
+            teff = x[:, :1].to(torch.float32)
+            c = c * (self._planck_num / torch.expm1(self._hc_k_over_wave / teff))
+        return c
+
     def lncont_torch(self, x: torch.Tensor) -> torch.Tensor:
         _, b = self._coeffs(x)
         return self._baseline(x) + self._lnc_mean + b @ self._lnc_basis
 
+    def continuum_torch(self, x: torch.Tensor) -> torch.Tensor:
+        _, b = self._coeffs(x)
+        return self._cont(x, b)
+
     def flux_torch(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self._coeffs(x)
-        return (self._norm_mean + a @ self._norm_basis) * torch.exp(self._baseline(x) + self._lnc_mean + b @ self._lnc_basis)
+        return (self._norm_mean + a @ self._norm_basis) * self._cont(x, b)
 
     # ---- SpectralModel API (numpy in -> numpy out; torch in -> torch out, autograd kept)
     def _dispatch(self, labels, fn, extrapolate: bool):
@@ -157,7 +172,7 @@ class SpectralEmulator(SpectralModel):
 
     def continuum(self, labels, *, extrapolate: bool = False):
         """Continuum flux (N, n_wave), same units as :meth:`flux`."""
-        return self._dispatch(labels, lambda x: torch.exp(self.lncont_torch(x)), extrapolate)
+        return self._dispatch(labels, self.continuum_torch, extrapolate)
 
     def normalized_flux(self, labels, *, extrapolate: bool = False):
         """Continuum-normalised flux F / C (N, n_wave)."""
