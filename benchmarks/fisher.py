@@ -70,8 +70,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-ref", type=int, default=500, help="points for the finite-difference reference")
     ap.add_argument("--chunk-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch/BLAS threads (0 = torch default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from specvit.fisher.ceiling import ceiling_by_magnitude, compute_information, default_forward, make_points
 

@@ -37,8 +37,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-iter", type=int, default=8)
     ap.add_argument("--mag", type=float, default=21.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch/BLAS threads (0 = torch default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from fisher import get_model  # benchmarks/fisher.py: default model or same-architecture surrogate
 

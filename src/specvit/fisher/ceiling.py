@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -182,6 +183,7 @@ class InformationSet:
     label_names: tuple
     bounds: dict
     noise_level: float = 1.0
+    n_dropped: int = 0  #: points dropped because the model flux is non-finite or <= 0 there
 
 
 def magnitude_errors(observer, model_flux: np.ndarray, mags: Sequence[float], setup: dict | None = None):
@@ -225,6 +227,17 @@ def compute_information(forward: ForwardModel, points, mags: Sequence[float], *,
         raise InputError("the ceiling needs an observer (or an explicit error_fn)", field="observer")
     if method == "fd" and steps is None:
         steps = [BOSZ_STEPS.get(n, 0.1) for n in forward.label_names]
+    # like invalid BOSZ nodes (SPEC section 2), points where the model gives non-finite or non-positive
+    # flux are dropped (and counted) instead of failing the whole run
+    valid = np.concatenate([_valid_flux(forward.model_flux(points[s:s + chunk_size]))
+                            for s in range(0, len(points), chunk_size)])
+    n_dropped = int((~valid).sum())
+    if n_dropped:
+        warnings.warn(f"{n_dropped} of {len(points)} points dropped: the model flux is non-finite or <= 0 there "
+                      f"(first: {points[~valid][0].tolist()})", stacklevel=2)
+        points = points[valid]
+        if len(points) == 0:
+            raise InputError("the model gives no valid spectrum at any point", field="points", value=n_dropped)
     m, n_lab = len(mags), points.shape[1]
     info = np.empty((m, len(points), n_lab, n_lab))
     snr = np.empty((m, len(points)))
@@ -241,7 +254,12 @@ def compute_information(forward: ForwardModel, points, mags: Sequence[float], *,
         snr[:, sl] = np.median(mu[None] / (noise_level * err), axis=2)
         med_err[:, sl] = np.median(noise_level * err, axis=2)
     return InformationSet(mags=mags, points=points, info=info, snr=snr, median_error=med_err,
-                          label_names=tuple(forward.label_names), bounds=dict(forward.bounds), noise_level=noise_level)
+                          label_names=tuple(forward.label_names), bounds=dict(forward.bounds), noise_level=noise_level,
+                          n_dropped=n_dropped)
+
+
+def _valid_flux(flux: np.ndarray) -> np.ndarray:
+    return np.all(np.isfinite(flux), axis=1) & np.all(flux > 0, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +338,12 @@ def summarise(info: np.ndarray, points: np.ndarray, snr: np.ndarray, *, label_na
 
 def ceiling_by_magnitude(iset: InformationSet, **kw) -> dict:
     """{"18": summary, "20": summary, ...}: one summary per magnitude (keys like ``f"{mag:g}"``)."""
-    return {f"{m:g}": summarise(iset.info[k], iset.points, iset.snr[k], label_names=iset.label_names,
-                                bounds=iset.bounds, where=f"mag {m:g}", **kw)
-            for k, m in enumerate(iset.mags)}
+    out = {f"{m:g}": summarise(iset.info[k], iset.points, iset.snr[k], label_names=iset.label_names,
+                               bounds=iset.bounds, where=f"mag {m:g}", **kw)
+           for k, m in enumerate(iset.mags)}
+    for v in out.values():
+        v["n_dropped_invalid"] = iset.n_dropped
+    return out
 
 
 def ceiling_by_snr_bin(iset: InformationSet, *, edges=SNR_BIN_EDGES, require_all: bool = False, **kw) -> dict:
