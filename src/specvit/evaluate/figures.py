@@ -600,13 +600,14 @@ def plot_attention(patch_wave, attention, *, wave=None, flux=None, lines=None, l
     cmap = __import__("matplotlib").colormaps["viridis"]
     width = np.median(np.diff(pw)) if len(pw) > 1 else 1.0
     for i, row in enumerate(a):
-        norm = row / np.nansum(row) if np.nansum(row) > 0 else row
+        rel = len(pw) * row / np.nansum(row) if np.nansum(row) > 0 else row  # 1 = uniform attention
         lab = layer_labels[i] if layer_labels is not None else (None if len(a) == 1 else f"map {i}")
         if len(a) == 1:
-            ax.bar(pw, norm, width=width, color="0.35", lw=0)
+            ax.fill_between(pw, 1.0, rel, step="mid", color="0.35", lw=0)
+            ax.step(pw, rel, where="mid", color="0.2", lw=0.8)
         else:
-            ax.step(pw, norm, where="mid", color=cmap(i / max(1, len(a) - 1) * 0.9), lw=1, label=lab)
-    ax.axhline(1.0 / len(pw), color="0.5", lw=0.8, ls=":", label="uniform")
+            ax.step(pw, rel, where="mid", color=cmap(i / max(1, len(a) - 1) * 0.9), lw=1, label=lab)
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":", label="uniform")
     colours = [c for k, c in OKABE_ITO.items() if k != "yellow"][1:] + [OKABE_ITO["black"]]
     lo, hi = float(pw.min() - width), float(pw.max() + width)
     for k, (name, wls) in enumerate(lines.items()):
@@ -617,7 +618,7 @@ def plot_attention(patch_wave, attention, *, wave=None, flux=None, lines=None, l
                     axx.axvline(wl, color=c, lw=0.9, ls="--", alpha=0.9, label=name if (axx is ax and j == 0) else None)
     ax.set_xlim(lo, hi)
     ax.set_xlabel("wavelength [Å] (vacuum)")
-    ax.set_ylabel("attention share per patch")
+    ax.set_ylabel("attention per patch / uniform")
     ax.legend(loc="upper left", ncol=4, fontsize=8)
     axes[0].set_title(title)
     return fig
