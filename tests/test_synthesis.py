@@ -312,3 +312,17 @@ def test_cli_synthesis_design_and_unprepared_run(tmp_path, capsys):
                "--cache-dir", str(tmp_path / "nothing")])
     assert rc == 2
     assert "synthesis prepare" in capsys.readouterr().err
+
+
+def test_metallicity_margin_below_marcs_floor_uses_floor_atmosphere(tmp_path):
+    """Design rows down to 0.1 dex below the lowest MARCS [M/H] node get the node's structure
+    and their true abundances; further below is an error (recorded by the runner)."""
+    g = MarcsGrid(CACHE / "marcs.npz")
+    floor = float(g.mh_nodes[0])
+    s = PysmeSynthesizer(CACHE, SynthesisSetup(**WINDOW))
+    sme, model = s.sme_structure(4600, 2.2, floor - 0.08, 0.0, 0.0, kinds=("atoms",))
+    assert model.info["atmosphere_M_H"] == floor
+    ref, _ = s.sme_structure(4600, 2.2, floor, 0.0, 0.0, kinds=("atoms",))
+    assert sme.abund.A["Fe"] - ref.abund.A["Fe"] == pytest.approx(-0.08, abs=1e-6)
+    with pytest.raises(LabelRangeError, match="M_H"):
+        s.sme_structure(4600, 2.2, floor - 0.2, 0.0, 0.0, kinds=("atoms",))

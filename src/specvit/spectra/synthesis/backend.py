@@ -70,6 +70,9 @@ class SynthesisSetup:
     cn_min_strength: float = -99.0
     atom_min_strength: float = -99.0
     theta_ref_K: float = 3500.0
+    #: below the lowest MARCS [M/H] node (-2.5) by at most this much (the design margin), the
+    #: atmosphere STRUCTURE is the one at the node; the abundances keep the true [M/H].
+    mh_atmosphere_clamp_dex: float = 0.1
 
 
 def _strength(lines: dict, theta_ref_K: float) -> np.ndarray:
@@ -136,7 +139,11 @@ class PysmeSynthesizer:
         from pysme.atmosphere.atmosphere import Atmosphere
         from pysme.sme import SME_Structure
 
-        model = self.grid.interpolate(teff, logg, mh)
+        mh_floor = float(self.grid.mh_nodes[0])
+        mh_atm = mh_floor if mh_floor - self.setup.mh_atmosphere_clamp_dex <= mh < mh_floor else mh
+        model = self.grid.interpolate(teff, logg, mh_atm)
+        if mh_atm != mh:
+            model.info["atmosphere_M_H"] = mh_atm
         vmic = float(microturbulence_kms(logg))
         abund = Abund(monh=mh, pattern=SOLAR_PATTERN, type="H=12")
         for el in ALPHA_ELEMENTS:
