@@ -29,7 +29,12 @@ def _sobol(n: int, bounds: dict, seed: int) -> np.ndarray:
     from scipy.stats import qmc
 
     m = max(int(np.ceil(np.log2(max(n, 1)))), 0)
-    u = qmc.Sobol(d=len(LABEL_NAMES), scramble=True, rng=np.random.default_rng(seed)).random_base2(m)[:n]
+    gen = np.random.default_rng(seed)
+    try:
+        sobol = qmc.Sobol(d=len(LABEL_NAMES), scramble=True, rng=gen)
+    except TypeError:  # scipy < 1.15 names the argument ``seed`` (same stream for a Generator)
+        sobol = qmc.Sobol(d=len(LABEL_NAMES), scramble=True, seed=gen)
+    u = sobol.random_base2(m)[:n]
     out = np.empty_like(u)
     for j, name in enumerate(LABEL_NAMES):
         lo, hi = bounds[name]
