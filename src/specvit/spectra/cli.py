@@ -1,7 +1,6 @@
 """Commands ``specvit synthesis {prepare,design,run}``, ``specvit emulator {train,validate}`` and ``specvit spectrum``."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 

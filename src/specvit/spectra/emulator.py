@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from specvit.errors import InputError
-from specvit.labels import LABEL_NAMES
 from specvit.spectra.base import SpectralModel
 
 FORMAT_VERSION = 1

@@ -15,7 +15,6 @@ overall and per region of label space, and of the relative continuum.
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass

@@ -22,8 +22,6 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from specvit.atomic import write_text_atomic
 from specvit.labels import LABEL_NAMES
 from specvit.spectra.synthesis.backend import PysmeSynthesizer, SynthesisSetup
