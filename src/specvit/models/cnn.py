@@ -13,6 +13,7 @@ from torch import nn
 
 from specvit.errors import InputError
 from specvit.models.heads import RegressionHead
+from specvit.models.inputnorm import InputStandardizer
 from specvit.models.registry import ModelConfig
 
 
@@ -26,6 +27,7 @@ class CNN1DConfig(ModelConfig):
     dropout: float = 0.1
     n_labels: int = 1
     gaussian: bool = False
+    input_norm: bool = True
 
 
 class CNN1D(nn.Module):
@@ -42,10 +44,12 @@ class CNN1D(nn.Module):
         dropout: float = 0.1,
         n_labels: int = 1,
         gaussian: bool = False,
+        input_norm: bool = True,
     ):
         super().__init__()
         self.config = CNN1DConfig.from_arguments(locals())
         self.n_pixels = n_pixels
+        self.input_norm = InputStandardizer(n_pixels=n_pixels) if input_norm else nn.Identity()
         length, layers, c_in = n_pixels, [], 1
         for c_out in channels:
             layers += [nn.Conv1d(c_in, c_out, kernel_size, padding="same"), nn.BatchNorm1d(c_out), nn.GELU(), nn.MaxPool1d(pool)]
@@ -59,4 +63,4 @@ class CNN1D(nn.Module):
     def forward(self, flux: torch.Tensor):
         if flux.dim() != 2 or flux.shape[1] != self.n_pixels:
             raise InputError(f"flux must have shape (batch, {self.n_pixels})", field="flux", value=tuple(flux.shape))
-        return self.head(self.fc(self.features(flux.unsqueeze(1))))
+        return self.head(self.fc(self.features(self.input_norm(flux).unsqueeze(1))))

@@ -20,6 +20,7 @@ from specvit.errors import InputError
 from specvit.models.blocks import Block
 from specvit.models.chunknorm import ChunkNorm
 from specvit.models.heads import RegressionHead
+from specvit.models.inputnorm import InputStandardizer
 from specvit.models.position import LearnedPosition, RotaryEmbedding, SinusoidalPosition, WavelengthPosition
 from specvit.models.registry import ModelConfig
 from specvit.models.tokenizers import build_tokenizer, patch_centres
@@ -50,6 +51,7 @@ class SpecViTConfig(ModelConfig):
     n_labels: int = 1
     gaussian: bool = False
     wave: tuple[float, ...] | None = None
+    input_norm: bool = True
 
 
 class SpecViT(nn.Module):
@@ -70,6 +72,8 @@ class SpecViT(nn.Module):
             ``chunk_size`` pixels; ``chunk_stats`` adds the chunk statistics back to the tokens.
         n_labels, gaussian: outputs per spectrum; Gaussian heads return ``GaussianOutput``.
         wave: input wavelength grid (Angstrom, length n_pixels); needed by the wavelength encoding.
+        input_norm: standardise each pixel with the training split's mean and std first
+            (:mod:`specvit.models.inputnorm`; fitted by the trainer, saved with the weights).
     """
 
     Config = SpecViTConfig
@@ -95,6 +99,7 @@ class SpecViT(nn.Module):
         n_labels: int = 1,
         gaussian: bool = False,
         wave=None,
+        input_norm: bool = True,
     ):
         super().__init__()
         self.config = SpecViTConfig.from_arguments(locals())
@@ -106,6 +111,7 @@ class SpecViT(nn.Module):
         if wave is not None and len(wave) != n_pixels:
             raise InputError(f"wave must have n_pixels={n_pixels} values", field="wave", value=len(wave))
         self.n_pixels, self.pool = n_pixels, pool
+        self.input_norm = InputStandardizer(n_pixels=n_pixels) if input_norm else None
 
         self.chunk_norm = None
         if chunk_norm is not None:
@@ -161,6 +167,8 @@ class SpecViT(nn.Module):
         if flux.dim() != 2 or flux.shape[1] != self.n_pixels:
             raise InputError(f"flux must have shape (batch, {self.n_pixels})", field="flux", value=tuple(flux.shape))
         stats = None
+        if self.input_norm is not None:
+            flux = self.input_norm(flux)
         if self.chunk_norm is not None:
             flux, stats = self.chunk_norm(flux)
         x = self.tokenizer(flux)

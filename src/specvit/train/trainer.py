@@ -299,12 +299,47 @@ class Trainer:
         return self._after_eval(res)
 
     # ------------------------------------------------------------------ training
+    def fit_input_statistics(self, max_rows: int = 4096) -> None:
+        """Fit the model's per-pixel input standardisation (if it has one) on the training split.
+
+        Mean and standard deviation of the NOISY training flux (noise at ``data.noise_level``,
+        seeded by ``run.seed``) over the first ``max_rows`` training rows, read in chunks.
+        Every rank computes the same numbers, so DDP replicas agree.
+        """
+        from specvit.data.noise import noisy_flux
+        from specvit.models.inputnorm import input_standardizers
+
+        layers = input_standardizers(self.model)
+        if not layers:
+            return
+        src, n = self.train_data.src, min(self.train_data.n_rows, int(max_rows))
+        rng = np.random.default_rng([self.cfg.run.seed, 7919])
+        total = np.zeros(self.train_data.n_pixels)
+        total_sq = np.zeros(self.train_data.n_pixels)
+        step = max(1, self.cfg.data.chunk_rows)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            x = noisy_flux(np.asarray(src.flux[start:stop], dtype=np.float64),
+                           np.asarray(src.error[start:stop], dtype=np.float64), self.train_data.noise_level, rng)
+            if not np.isfinite(x).all():
+                bad = int(np.argwhere(~np.isfinite(x))[0][0]) + start
+                raise InputError(f"NaN or infinite flux in row {bad}", file=self.train_data.source_name,
+                                 field="dataset/arrays/flux/value", value=bad)
+            total += x.sum(0)
+            total_sq += (x * x).sum(0)
+        mean = total / n
+        std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+        for layer in layers:
+            layer.fit_(mean, std)
+
     def fit(self) -> dict:
         """Train (resuming if configured); returns the final metrics dict (also written to metrics.json)."""
         run = self.cfg.run
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = run.resume != "never" and self.resume()
+        if not resumed:
+            self.fit_input_statistics()
         if self.dist.is_main:
             write_resolved_config(self.cfg, self.out_dir / "config.yaml", extra={
                 "seed": run.seed, "world_size": self.dist.world_size, "resumed_from_step": self.global_step if resumed else None,
