@@ -21,6 +21,8 @@ import numpy as np
 C_A_PER_S = 2.99792458e18  # speed of light, Angstrom / s
 AB_ZERO_FNU = 3631e-23  # erg / s / cm^2 / Hz
 _WINDOW_A = 60.0
+#: allowed power-law index of the extension (Planck slopes in the red for T >= 2000 K)
+ALPHA_RANGE = (-5.0, 6.0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,6 +87,11 @@ class SyntheticPhotometry:
         mid, wt = grid
         f = np.clip(f_win, 1e-300, None)
         alpha = np.log(f[:, 1] / f[:, 0]) / np.log(lam[1] / lam[0])
+        # A window inside a molecular band (TiO at 7050-7250 A in cool stars) can make the fitted
+        # slope absurd (|alpha| of hundreds), and the extension then dominates the magnitude.
+        # Keep alpha within the range of Planck slopes d ln B_lambda / d ln lambda at 6800-9000 A
+        # for T >= 2000 K (about -5 in the Rayleigh-Jeans limit to +6).
+        alpha = np.clip(alpha, *ALPHA_RANGE)
         ext = f[:, :1] * (mid[None, :] / lam[0]) ** alpha[:, None]
         return ext @ wt
 
