@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "specvit.baselines.cli",
     "specvit.fisher.cli",
     "specvit.evaluate.cli",
+    "specvit.quickstart",
 ]
 
 

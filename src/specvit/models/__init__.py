@@ -30,6 +30,7 @@ register_model("specvit_p32_h256_l4", SpecViT, patch_size=32, stride=16, hidden=
 register_model("specvit_p16_h384_l6", SpecViT, patch_size=16, hidden=384, depth=6, heads=8, mlp_dim=1536)
 register_model("specvit_small", SpecViT, patch_size=16, hidden=128, depth=4, heads=4, mlp_dim=512)
 register_model("specvit_tiny", SpecViT, patch_size=16, hidden=32, depth=2, heads=2, mlp_dim=64, dropout=0.0)
+register_model("specvit_p32_h64_l3", SpecViT, patch_size=32, hidden=64, depth=3, heads=4, mlp_dim=128, dropout=0.0)  # CPU quickstart size
 register_model("cnn_paper", CNN1D, channels=(16, 32, 64, 128), kernel_size=9, pool=4, fc_dim=256)
 register_model("cnn_small", CNN1D, channels=(8, 8, 16, 16), kernel_size=5, pool=4, fc_dim=32, dropout=0.0)
 register_model("mlp_paper", MLP, hidden=(1024, 512, 256))
