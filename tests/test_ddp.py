@@ -72,6 +72,7 @@ def test_ddp_equals_single_process_with_global_batch(ddp_run):
 
     shards = [SpectraStream(path=cfg["data"]["train"], label_names=cfg["data"]["labels"], batch_size=16, train=True,
                             seed=5, chunk_rows=16, buffer_rows=48, rank=r, world_size=2) for r in range(2)]
+    single.fit_input_statistics()  # what fit() does first on every rank
     model, opt = single.model, single.optimizer
     model.train()
     for epoch in range(2):
