@@ -83,6 +83,26 @@ def open_split(path, labels, *, split: str):
     return ds
 
 
+def open_splits(d: "DataConfig"):
+    """Open the train / val / test datasets of ``d`` (label columns checked) and count their rows.
+
+    Returns ``((train, val, test), (n_train, n_val, n_test))`` with the counts capped by
+    ``max_*_rows``; the caller closes the datasets. If one split fails to open, the ones
+    already open are closed before the error propagates.
+    """
+    opened = []
+    try:
+        for path, split in ((d.train, "train"), (d.val, "val"), (d.test, "test")):
+            opened.append(open_split(path, d.labels, split=split))
+    except BaseException:
+        for ds in opened:
+            ds.close()
+        raise
+    train, val, test = opened
+    counts = (n_rows(train, d.max_train_rows), n_rows(val, d.max_val_rows), n_rows(test, d.max_test_rows))
+    return (train, val, test), counts
+
+
 def checked_labels(ds, names, stop: int) -> np.ndarray:
     """Labels ``names`` of rows ``0:stop`` as float64 (stop, L); a non-finite label is an error naming it."""
     y = ds.labels(names)[:stop]

@@ -34,9 +34,8 @@ from specvit.baselines.common import (
     finish_run,
     iter_noisy_chunks,
     iter_training_chunks,
-    n_rows,
     noisy_chunk,
-    open_split,
+    open_splits,
     prediction_table,
 )
 from specvit.errors import InputError
@@ -152,11 +151,8 @@ def run_lightgbm(cfg: LightGBMConfig, *, log=print) -> dict:
 
     d = cfg.data
     t0 = time.perf_counter()
-    train = open_split(d.train, d.labels, split="train")
-    val = open_split(d.val, d.labels, split="val")
-    test = open_split(d.test, d.labels, split="test")
+    (train, val, test), (n_train, n_val, n_test) = open_splits(d)
     try:
-        n_train, n_val, n_test = n_rows(train, d.max_train_rows), n_rows(val, d.max_val_rows), n_rows(test, d.max_test_rows)
         params = cfg.lgb_params()
         blocks, y = _training_set(train, cfg, n_train)
         xv = np.concatenate([x for _, x in iter_noisy_chunks(val, stop=n_val, noise_level=d.noise_level,

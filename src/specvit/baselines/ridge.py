@@ -34,8 +34,7 @@ from specvit.baselines.common import (
     finish_run,
     iter_noisy_chunks,
     iter_training_chunks,
-    n_rows,
-    open_split,
+    open_splits,
     prediction_table,
 )
 from specvit.errors import InputError
@@ -241,11 +240,8 @@ def run_ridge(cfg: RidgeConfig, *, log=print) -> dict:
     """
     d = cfg.data
     t0 = time.perf_counter()
-    train = open_split(d.train, d.labels, split="train")
-    val = open_split(d.val, d.labels, split="val")
-    test = open_split(d.test, d.labels, split="test")
+    (train, val, test), (n_train, n_val, n_test) = open_splits(d)
     try:
-        n_train, n_val, n_test = n_rows(train, d.max_train_rows), n_rows(val, d.max_val_rows), n_rows(test, d.max_test_rows)
         stats = RidgeStats(train.n_wave, len(d.labels))
         for x, y in iter_training_chunks(train, d, n_train):
             stats.update(x, y)
