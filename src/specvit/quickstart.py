@@ -38,7 +38,7 @@ from specvit.labels import canonical_label
 
 def _default_models() -> list[ScalingModel]:
     neural_run = {"batch_size": 128, "early_stopping_metric": "val_r2", "early_stopping_patience": 4,
-                  "num_threads": 2}
+                  "num_threads": 2, "progress": True}  # a tqdm bar per model (stderr)
     return [
         ScalingModel("specvit", "neural", {
             "model": {"name": "specvit_p32_h64_l3"},  # ~250 samples/s on 2 CPU cores
