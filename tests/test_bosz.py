@@ -109,3 +109,19 @@ def test_bad_files(tmp_path):
         import_bosz(tmp_path)
     with pytest.raises(InputError, match="no BOSZ files"):
         import_bosz(tmp_path / "..", pattern="nothing*")
+
+
+def test_import_bosz_command_writes_a_grid_simulate_can_read(tmp_path):
+    from specvit.cli import main
+    from specvit.spectra.grid import RegularGrid
+
+    src = tmp_path / "bosz"
+    src.mkdir()
+    for teff in (4000.0, 4250.0):
+        write_asc(src, dict(M_H=0.0, C_M=0.0, a_M=0.0, T_eff=teff, log_g=2.0))
+    out = tmp_path / "grid.h5"
+    assert main(["import-bosz", str(src), "--out", str(out), "--wave-min", "8000", "--wave-max", "8002.5"]) == 0
+    g = RegularGrid.load(out)
+    assert g.n_valid == 2 and g.wave[0] >= 8000.0 and g.wave[-1] <= 8002.5
+    assert main(["import-bosz", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.h5")]) == 2
+    assert not (tmp_path / "x.h5").exists()

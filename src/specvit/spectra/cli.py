@@ -77,6 +77,32 @@ def register(subparsers) -> None:
     q.add_argument("--extrapolate", action="store_true", help="allow labels outside the training box (warns)")
     q.set_defaults(func=_cmd_spectrum)
 
+    # ---- BOSZ grids
+    q = subparsers.add_parser(
+        "import-bosz",
+        help="build a pfsspec-layout grid HDF5 from a folder of original BOSZ .asc.bz2 / .fits files",
+        description="Reads every BOSZ file in FOLDER (names am..c..o..t..g..v20modrt0b{R}rs), rebuilds the true "
+                    "log-uniform wavelength grid, and writes the grid (flux, continuum, validity mask) in the "
+                    "pfsspec grid layout; use it with `specvit simulate --set model=GRID.h5`.")
+    q.add_argument("folder", type=Path, help="folder with the BOSZ files (searched recursively)")
+    q.add_argument("--out", type=Path, required=True, help="grid HDF5 to write (atomically)")
+    q.add_argument("--wave-min", type=float, default=6900.0, help="crop: first wavelength, Angstrom (default 6900)")
+    q.add_argument("--wave-max", type=float, default=9100.0, help="crop: last wavelength, Angstrom (default 9100)")
+    q.add_argument("--medium", choices=["vacuum", "air"], default="vacuum", help="medium of the BOSZ wavelengths")
+    q.add_argument("--workers", type=int, default=1, help="processes reading files (default 1)")
+    q.set_defaults(func=_cmd_import_bosz)
+
+
+def _cmd_import_bosz(args) -> int:
+    from specvit.spectra.bosz import import_bosz
+
+    grid = import_bosz(args.folder, wave_range_A=(args.wave_min, args.wave_max), medium=args.medium,
+                       workers=args.workers)
+    path = grid.save(args.out)
+    print(f"wrote {path}: axes {dict(zip(grid.label_names, grid.shape))}, {grid.n_valid} valid nodes, "
+          f"{len(grid.wave)} wavelengths {grid.wave[0]:.2f}-{grid.wave[-1]:.2f} A ({grid.medium}), R={grid.resolution:g}")
+    return 0
+
 
 def _cmd_prepare(args) -> int:
     from specvit.spectra.synthesis.prepare import prepare
