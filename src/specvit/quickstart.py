@@ -215,18 +215,17 @@ def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
     per_model = {name: r["result"]["test"] for name, r in models.items()}
     if tf is not None:
         per_model["templatefit"] = tf[1]
-    metrics: dict[str, Any] = {"label": cfg.label, "n_train": cfg.n_train, "n_test": cfg.n_test,
-                               "snr_bin_edges": None, "models": {}, "ceiling_by_snr_bin": None}
     from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_labels
 
-    metrics["snr_bin_edges"] = list(SNR_BIN_EDGES)
+    metrics: dict[str, Any] = {"label": cfg.label, "n_train": cfg.n_train, "n_test": cfg.n_test,
+                               "snr_bin_edges": list(SNR_BIN_EDGES), "models": {}, "ceiling_by_snr_bin": None}
     rows = []
     for name, m in per_model.items():
         entry = m["labels"][cfg.label]
         o = entry["overall"]
-        bins = entry.get("snr_bins") or entry.get("per_snr_bin")
         metrics["models"][name] = {"r2": o["r2"], "r2_lo": o.get("r2_lo"), "r2_hi": o.get("r2_hi"), "mae": o["mae"],
-                                   "rmse": o["rmse"], "bias": o["bias"], "n_test": o["n"], "per_snr_bin": bins}
+                                   "rmse": o["rmse"], "bias": o["bias"], "n_test": o["n"],
+                                   "per_snr_bin": entry["snr_bins"]}
         rows.append({"model": name, "R2": o["r2"], "MAE": o["mae"], "RMSE": o["rmse"], "bias": o["bias"],
                      "n_test": o["n"]})
     if fisher is not None:
