@@ -152,9 +152,12 @@ def test_nan_flux_is_an_error_naming_row(tmp_path):
 def test_run_ridge_recovers_linear_signal(splits, tmp_path):
     cfg = load_config(RidgeConfig, data={"data": _data(splits["lin"], labels=["log_g", "teff"], chunk_rows=128),
                                          "out_dir": str(tmp_path / "ridge")})
-    m = run_ridge(cfg, log=lambda *_: None)
+    lines = []
+    m = run_ridge(cfg, log=lines.append)
     for name in ("log_g", "T_eff"):
         assert m["test"]["labels"][name]["overall"]["r2"] > 0.95
+        r2 = m["test"]["labels"][name]["overall"]["r2"]
+        assert f"ridge: test {name}: R2 = {r2:.4f}" in lines  # the run logs each label's test R2
     assert set(m["alpha"]) == {"log_g", "T_eff"}
     out = tmp_path / "ridge"
     df = pd.read_csv(out / "predictions.csv")

@@ -209,8 +209,10 @@ def _json_default(o):
 
 
 def finish_run(out_dir, cfg, name: str, pred_df: pd.DataFrame, *, eval_seed: int, extra_metrics: dict | None = None,
-               provenance_extra: dict | None = None) -> dict:
+               provenance_extra: dict | None = None, log=None) -> dict:
     """Write ``predictions.csv``, ``metrics.json`` and ``config.yaml`` (resolved config + provenance).
+
+    With ``log`` (a print-like callable), the test R² of every label is logged as ``<name>: test <label>: R2 = x``.
 
     Returns the metrics dict (test metrics from :func:`specvit.evaluate.metrics.evaluate_predictions`
     under ``"test"``, plus ``extra_metrics``).
@@ -228,4 +230,7 @@ def finish_run(out_dir, cfg, name: str, pred_df: pd.DataFrame, *, eval_seed: int
     write_resolved_config(cfg, out_dir / "config.yaml", extra={
         "model": name, "eval_noise_seed": cfg.data.eval_noise_seed, "train_noise_seed": cfg.data.train_noise_seed,
         "bootstrap_seed": eval_seed, **(provenance_extra or {})})
+    if log:
+        for label in cfg.data.labels:
+            log(f"{name}: test {label}: R2 = {metrics['test']['labels'][label]['overall']['r2']:.4f}")
     return metrics

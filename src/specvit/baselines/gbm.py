@@ -196,9 +196,7 @@ def run_lightgbm(cfg: LightGBMConfig, *, log=print) -> dict:
                  "n_test": int(n_test), "boosters": info, "lightgbm_params": params,
                  "timings_s": {"dataset": t_data, "total": time.perf_counter() - t0}}
         metrics = finish_run(out, cfg, "lightgbm", df, eval_seed=cfg.eval_seed, extra_metrics=extra,
-                             provenance_extra={"lightgbm_seed": cfg.seed})
-        for n in d.labels:
-            log(f"lightgbm: test {n}: R2 = {metrics['test']['labels'][n]['overall']['r2']:.4f}")
+                             provenance_extra={"lightgbm_seed": cfg.seed}, log=log)
         return metrics
     finally:
         for ds in (train, val, test):

@@ -281,10 +281,7 @@ def run_ridge(cfg: RidgeConfig, *, log=print) -> dict:
             },
             "timings_s": {"statistics": t_stats, "solve": t_solve, "total": seconds},
         }
-        metrics = finish_run(out, cfg, "ridge", df, eval_seed=cfg.eval_seed, extra_metrics=extra)
-        for n in d.labels:
-            log(f"ridge: test {n}: R2 = {metrics['test']['labels'][n]['overall']['r2']:.4f}")
-        return metrics
+        return finish_run(out, cfg, "ridge", df, eval_seed=cfg.eval_seed, extra_metrics=extra, log=log)
     finally:
         for ds in (train, val, test):
             ds.close()
