@@ -4,6 +4,13 @@
 Normalization in the Transformer Architecture"); attention is
 ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient
 kernels where available), with q, k, v from one fused Linear.
+
+Queries for a prefix only (``n_queries``): when only the first tokens of a
+block's output are read -- the CLS token of the last block of a CLS-pooled
+model -- keys and values still come from every token but queries, attention
+output, projection and MLP are computed for those tokens alone. This is exact
+(every other token's output of the last block is discarded anyway), not an
+approximation; see :meth:`Block.forward`.
 """
 from __future__ import annotations
 
@@ -26,8 +33,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+    def forward(self, x: torch.Tensor, rope=None, *, n_queries: int | None = None) -> torch.Tensor:
+        """``x`` (B, N, D) -> (B, N, D); with ``n_queries`` only the first ``n_queries`` rows (B, n_queries, D).
+
+        Keys and values always come from all N tokens, so the returned rows equal the
+        first rows of the full output.
+        """
+        if n_queries is None:
+            q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        else:
+            dim = x.shape[-1]
+            w_q, w_kv = self.qkv.weight.split([dim, 2 * dim])
+            b_q, b_kv = self.qkv.bias.split([dim, 2 * dim])
+            q = rearrange(F.linear(x[:, :n_queries], w_q, b_q), "b n (h d) -> b h n d", h=self.heads)
+            k, v = rearrange(F.linear(x, w_kv, b_kv), "b n (two h d) -> two b h n d", two=2, h=self.heads)
         if rope is not None:
             q, k = rope(q), rope(k)
         p = self.attn_dropout if self.training else 0.0
@@ -52,6 +71,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim=dim, hidden=mlp_dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope)
+    def forward(self, x: torch.Tensor, rope=None, *, n_queries: int | None = None) -> torch.Tensor:
+        """``x`` (B, N, D) -> (B, N, D), or only its first ``n_queries`` tokens (B, n_queries, D).
+
+        The output of token i depends on every token only through attention keys and
+        values, so computing the first ``n_queries`` rows alone gives exactly those rows
+        of the full output (up to float rounding) at a fraction of the cost.
+        """
+        if n_queries is None:
+            x = x + self.attn(self.norm1(x), rope)
+        else:
+            x = x[:, :n_queries] + self.attn(self.norm1(x), rope, n_queries=n_queries)
         return x + self.mlp(self.norm2(x))

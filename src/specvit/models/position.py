@@ -67,8 +67,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", torch.sin(ang).float(), persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Rotate ``t`` (B, H, n, d); its n rows are positions 0..n-1 (n <= n_positions: a prefix of queries)."""
         t1, t2 = t[..., 0::2], t[..., 1::2]
-        cos, sin = self.cos.to(t.dtype), self.sin.to(t.dtype)
+        n = t.shape[-2]
+        cos, sin = self.cos[:n].to(t.dtype), self.sin[:n].to(t.dtype)
         out = torch.stack([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1)
         return out.flatten(-2)
 
