@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     q.add_argument("--cache-dir", type=Path, default=None, help="prepared inputs (default as in `prepare`)")
     q.add_argument("--limit", type=int, default=None, help="stop after this many new spectra")
     q.add_argument("--retry-failed", action="store_true", help="retry ids recorded in OUT/failed/")
+    q.add_argument("--linelist-version", type=int, choices=(1, 2), default=2,
+                   help="2 (default): atoms + CN/TiO + hydrogen Paschen lines; 1: without hydrogen "
+                        "(an output directory holds one version)")
     q.set_defaults(func=_cmd_run)
 
     # ---- emulator
@@ -129,8 +132,10 @@ def _cmd_run(args) -> int:
     cache = args.cache_dir or default_cache_dir()
     if not (Path(cache) / "manifest.json").exists():
         raise InputError("synthesis inputs not prepared; run `specvit synthesis prepare`", file=cache)
+    from specvit.spectra.synthesis.backend import SynthesisSetup
+
     counts = run_design(args.design, args.out, cache_dir=cache, workers=args.workers, limit=args.limit,
-                        retry_failed=args.retry_failed)
+                        retry_failed=args.retry_failed, setup=SynthesisSetup(hydrogen=args.linelist_version == 2))
     print(json.dumps(counts))
     return 0
 
