@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-points", type=int, default=10_000)
     ap.add_argument("--n-ref", type=int, default=500,
                     help="points for the two references (session-1 route and central differences)")
-    ap.add_argument("--chunk-size", type=int, default=256)
+    ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch/BLAS threads (0 = torch default)")
     ap.add_argument("--json", action="store_true")
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     n_ref = min(args.n_ref, args.n_points)
     t, c = time.perf_counter(), time.process_time()
-    ref = compute_information(fwd, pts[:n_ref], MAGS, chunk_size=args.chunk_size, reference=True)
+    ref = compute_information(fwd, pts[:n_ref], MAGS, chunk_size=256, reference=True)
     ceiling_by_magnitude(ref, label="log_g", nuisance="5d", bound="both")
     ref_s, ref_cpu = time.perf_counter() - t, time.process_time() - c
     fast_sub = compute_information(fwd, pts[:n_ref], MAGS, chunk_size=args.chunk_size)

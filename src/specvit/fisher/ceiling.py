@@ -277,12 +277,14 @@ def _middle_pair(a: np.ndarray) -> np.ndarray:
 
 
 def compute_information(forward: ForwardModel, points, mags: Sequence[float], *, method: str = "auto", steps=None,
-                        noise_level: float = 1.0, setup: dict | None = None, chunk_size: int = 256,
+                        noise_level: float = 1.0, setup: dict | None = None, chunk_size: int = 64,
                         error_fn=None, reference: bool = False) -> InformationSet:
     """Fisher matrices for every point and magnitude, one Jacobian per point.
 
     ``error_fn(model_flux (n, n_model), mu (n, P), mags) -> (M, n, P)`` replaces the
     observer's error (e.g. a constant error for tests without an instrument).
+    ``chunk_size`` points are processed at a time (64: the fastest of 16-256 measured on
+    this machine, 2.2 vs 2.7 CPU-ms per point at 256).
 
     With an observer (and no ``error_fn``, redshift 0, no reddening) the fast route is
     used: :meth:`ForwardModel.observed_jacobian` (analytic emulator Jacobian, float32
