@@ -68,7 +68,14 @@ class TemplateFitConfig:
     grid_start : bool
         First start = best node of a coarse χ² grid (else the box centre).
     max_iter : int
-        Levenberg–Marquardt iterations.
+        Levenberg–Marquardt iterations (of the search, for ``lm_method`` 'observed').
+    lm_method : "auto" | "observed" | "exact"
+        'observed': search on the observed pixel grid with the emulator's PCA bases pushed
+        through the observer, then exact-model polish steps (fast; exact labels and χ²);
+        'exact': every step with the exact model (the reference); 'auto': 'observed' for a
+        PCA emulator, else 'exact'.
+    polish_steps : int
+        Exact-model Gauss–Newton steps after the observed-grid search (0 = none).
     noise_level : float
         Noise multiplier of the evaluation (noisy = flux + noise_level · error · z).
     noise_seed : int
@@ -97,6 +104,8 @@ class TemplateFitConfig:
     n_starts: int = 4
     grid_start: bool = True
     max_iter: int = 30
+    lm_method: Literal["auto", "observed", "exact"] = "auto"
+    polish_steps: int = 2
     noise_level: float = 1.0
     noise_seed: int = 0
     seed: int = 42
@@ -116,6 +125,10 @@ class TemplateFitConfig:
         for name, v in (("n_starts", self.n_starts), ("max_iter", self.max_iter), ("batch_size", self.batch_size)):
             if v < 1:
                 raise InputError("must be >= 1", field=name, value=v)
+        if self.lm_method not in ("auto", "observed", "exact"):
+            raise InputError("lm_method must be auto, observed or exact", field="lm_method", value=self.lm_method)
+        if self.polish_steps < 0:
+            raise InputError("must be >= 0", field="polish_steps", value=self.polish_steps)
         if not self.noise_level >= 0:
             raise InputError("noise_level must be >= 0", field="noise_level", value=self.noise_level)
 
@@ -265,7 +278,8 @@ def _prepare(forward, flux, error, noise_level, free, fixed_values):
 
 def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_level: float = 1.0,
            degree: int = 2, n_starts: int = 4, max_iter: int = 30, rng: np.random.Generator | None = None,
-           init=None, grid_start: bool = False, tol: float = 1e-9) -> FitResult:
+           init=None, grid_start: bool = False, tol: float = 1e-9, method: str = "auto",
+           polish_steps: int = 2) -> FitResult:
     """Levenberg–Marquardt fit of every spectrum, batched, with several starts.
 
     Parameters
@@ -280,6 +294,15 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
     grid_start : replace the box-centre start by the best node of a coarse grid χ² search
         (T_eff 250 K, log g 0.5, [M/H] 0.5 dex; other labels at the box centre), so that
         one start and few iterations suffice (the fast setting of the benchmark)
+    tol : relative χ² decrease below which a row counts as quiet (exact path: the fit
+        stops when every row was quiet 3 times in a row)
+    method : "observed" — search on the observed pixel grid with the emulator's PCA bases
+        pushed through the observer (:mod:`specvit.baselines.templatefit_fast`), then
+        ``polish_steps`` Gauss–Newton steps with the exact model; "exact" — every step
+        with the exact model and its forward-mode AD Jacobian (the reference, ~20-50×
+        slower); "auto" — "observed" when the model is a PCA emulator, else "exact"
+    polish_steps : exact-model steps after the observed-grid search (0 = return the fast
+        model's optimum and χ²); ignored by the exact path
     """
     if not forward.differentiable:
         raise InputError("LM mode needs a differentiable model; use mode 'grid'", field="mode", value="lm")
@@ -288,7 +311,9 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
     lower = torch.as_tensor(forward.lower[free_idx])
     upper = torch.as_tensor(forward.upper[free_idx])
     n_free = len(free_idx)
-    starts = [_grid_start(forward, y, w, free, fixed, degree) if grid_start else np.full((n, n_free), 0.5)]
+    observed = _resolve_method(forward, method) == "observed"
+    starts = [_grid_start(forward, y, w, free, fixed, degree, fast=observed) if grid_start
+              else np.full((n, n_free), 0.5)]
     if n_starts > 1:
         if rng is None:
             raise InputError("several starts need an explicit numpy Generator", field="rng")
@@ -297,6 +322,15 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
         init = np.asarray(init, dtype=np.float64)[:, free_idx]
         starts.append(np.clip((init - lower.numpy()) / (upper - lower).numpy(), 0, 1))
     s = len(starts)
+    if observed:
+        from specvit.baselines.templatefit_fast import lm_observed
+
+        if polish_steps < 0:
+            raise InputError("polish_steps must be >= 0", field="polish_steps", value=polish_steps)
+        u_best, chi2_b, h = lm_observed(forward, y, w, np.concatenate(starts), s=s, free_idx=free_idx, fixed=fixed,
+                                        lower=lower, upper=upper, basis=legendre_basis(n_pix, degree),
+                                        max_iter=max_iter, polish_steps=polish_steps)
+        return _result(forward, names, free_idx, fixed, lower, upper, u_best, chi2_b, h, w, degree)
     u = torch.as_tensor(np.concatenate(starts))  # (S*N, F), start-major
     yt = torch.as_tensor(np.tile(y, (s, 1)))
     wt = torch.as_tensor(np.tile(w, (s, 1)))
@@ -331,21 +365,48 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
     mu, jac = mu.detach(), jac.detach()
     c, _, chi2_b = sub.profile(mu)
     h, _ = sub.normal_equations(mu, jac, c)
-    sigma_free = _laplace_sigma(h, lower, upper)
-    labels = sub.labels(u_best).detach().numpy()
+    return _result(forward, names, free_idx, fixed, lower, upper, u_best, chi2_b, h, w, degree)
+
+
+def _resolve_method(forward, method: str) -> str:
+    from specvit.baselines.observed_emulator import supports_observed_basis
+
+    if method not in ("auto", "observed", "exact"):
+        raise InputError("unknown LM method (auto, observed, exact)", field="method", value=method)
+    ok = supports_observed_basis(forward)
+    if method == "observed" and not ok:
+        raise InputError("method 'observed' needs a PCA emulator (SpectralEmulator)", field="method",
+                         value=type(forward.model).__name__)
+    return "observed" if method == "auto" and ok else ("exact" if method == "auto" else method)
+
+
+def _result(forward, names, free_idx, fixed, lower, upper, u_best, chi2, h, w, degree) -> FitResult:
+    """FitResult from the best box-unit labels (N, F), their χ² and Gauss–Newton matrix H (box units)."""
+    n = u_best.shape[0]
+    labels = np.tile(fixed, (n, 1))
+    labels[:, free_idx] = (lower + u_best.detach() * (upper - lower)).numpy()
     sigma = np.full((n, len(names)), np.nan)
-    sigma[:, free_idx] = sigma_free.numpy()
+    sigma[:, free_idx] = _laplace_sigma(h, lower, upper).detach().numpy()
     at_bound = ((u_best <= 1e-9) | (u_best >= 1 - 1e-9)).any(1).numpy()
-    return FitResult(labels=labels, sigma=sigma, chi2=chi2_b.detach().numpy(), n_pix=int((w > 0).sum(1).max()),
-                     n_params=n_free + max(degree + 1, 0), at_bound=at_bound, label_names=tuple(names))
+    return FitResult(labels=labels, sigma=sigma, chi2=chi2.detach().numpy(), n_pix=int((w > 0).sum(1).max()),
+                     n_params=len(free_idx) + max(degree + 1, 0), at_bound=at_bound, label_names=tuple(names))
 
 
 #: Spacing of the coarse start grid of ``fit_lm(grid_start=True)``.
 START_GRID_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.5}
 
 
-def _grid_start(forward, y, w, free, fixed, degree) -> np.ndarray:
-    """Best node of a coarse χ² grid search, as start in box units (N, F)."""
+#: Pixels summed per bin in the start-grid χ² of the observed-grid path (see :func:`_grid_start`).
+START_GRID_BIN = 4
+
+
+def _grid_start(forward, y, w, free, fixed, degree, *, fast: bool = False) -> np.ndarray:
+    """Best node of a coarse χ² grid search, as start in box units (N, F).
+
+    ``fast``: the χ² on pixels binned by :data:`START_GRID_BIN` (inverse-variance
+    weighted data, mean model per bin) in float32 — an approximation that is only
+    used to choose the start node (the fit itself uses every pixel).
+    """
     names = list(forward.label_names)
     axes_free = [f for f in free if f in START_GRID_STEPS]
     centre = fixed.copy()
@@ -357,11 +418,39 @@ def _grid_start(forward, y, w, free, fixed, degree) -> np.ndarray:
         _, nodes = grid_nodes(forward, axes_free, START_GRID_STEPS, centre)
         cache[key] = (nodes, forward.numpy(nodes))
     nodes, mu_nodes = cache[key]
-    basis = legendre_basis(y.shape[1], degree).numpy()
-    best = np.argmin(_grid_chi2(y, w, mu_nodes, basis), axis=1)
+    if fast:
+        best = _grid_argmin_binned(y, w, mu_nodes, degree, START_GRID_BIN, cache)
+    else:
+        basis = legendre_basis(y.shape[1], degree).numpy()
+        best = np.argmin(_grid_chi2(y, w, mu_nodes, basis), axis=1)
     lab = nodes[best][:, [names.index(f) for f in free]]
     lo, hi = forward.lower[[names.index(f) for f in free]], forward.upper[[names.index(f) for f in free]]
     return np.clip((lab - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _grid_argmin_binned(y, w, mu_nodes, degree, nbin, cache) -> np.ndarray:
+    """argmin over nodes of the profiled χ² on binned pixels, float32 torch (N,)."""
+    n, p = y.shape
+    nb = p // nbin
+    pb = nb * nbin
+    key = ("_specvit_start_grid_binned", id(mu_nodes), nbin, degree)
+    if key not in cache:  # binned node models (G, nb), their squares, binned basis (nb, K)
+        mb = torch.as_tensor(mu_nodes[:, :pb].reshape(len(mu_nodes), nb, nbin).mean(2), dtype=torch.float32)
+        basis = legendre_basis(p, degree)[:pb].reshape(nb, nbin, -1).mean(1).to(torch.float32)
+        cache[key] = (mb.T.contiguous(), (mb * mb).T.contiguous(), basis)
+    mbt, mb2t, basis = cache[key]
+    wb = torch.as_tensor(w[:, :pb].reshape(n, nb, nbin).sum(2), dtype=torch.float32)
+    wy = torch.as_tensor((w * y)[:, :pb].reshape(n, nb, nbin).sum(2), dtype=torch.float32)  # = wb · ȳ_b
+    k = basis.shape[1]
+    if k == 0:  # χ² = const − 2 ȳ·μ + μ² with the scale not free
+        return torch.argmin(wb @ mb2t - 2 * wy @ mbt, dim=1).numpy()
+    b = torch.stack([(wy * basis[:, i]) @ mbt for i in range(k)], dim=-1)  # (N, G, K)
+    m = torch.empty(b.shape + (k,), dtype=torch.float32)
+    for i, j in itertools.combinations_with_replacement(range(k), 2):
+        m[..., i, j] = m[..., j, i] = (wb * basis[:, i] * basis[:, j]) @ mb2t
+    eye = torch.eye(k, dtype=torch.float32) * (1e-6 * torch.diagonal(m, dim1=-2, dim2=-1).amax(-1, keepdim=True)[..., None])
+    sol = torch.linalg.solve(m + eye, b[..., None])[..., 0]
+    return torch.argmax((b * sol).sum(-1), dim=1).numpy()  # max explained = min χ²
 
 
 def grid_nodes(forward, free, steps: dict, fixed) -> tuple[list[np.ndarray], np.ndarray]:
@@ -500,7 +589,8 @@ def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
                 res = fit_lm(forward, noisy, err, free=config.free_labels, fixed_values=config.fixed_values,
                              noise_level=config.noise_level, degree=config.flux_correction_degree,
                              n_starts=config.n_starts, max_iter=config.max_iter, rng=rng,
-                             grid_start=config.grid_start)
+                             grid_start=config.grid_start, method=config.lm_method,
+                             polish_steps=config.polish_steps)
             else:
                 res = fit_grid(forward, noisy, err, free=config.free_labels, fixed_values=config.fixed_values,
                                noise_level=config.noise_level, degree=config.flux_correction_degree,

@@ -1,0 +1,118 @@
+"""Fast template fit: observed-grid emulator vs the exact observer path; fast LM vs exact LM on the same spectra."""
+import numpy as np
+import pytest
+import torch
+
+from specvit.baselines.observed_emulator import ObservedEmulator, supports_observed_basis
+from specvit.baselines.templatefit import TemplateFitConfig, fit_lm
+from specvit.config import load_config
+from specvit.errors import InputError
+from specvit.fisher.jacobian import ForwardModel
+
+FREE = ["T_eff", "log_g", "M_H", "a_M", "C_M"]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    from specvit.spectra import default_model
+
+    return default_model()
+
+
+@pytest.fixture(scope="module")
+def fwd(emulator):
+    from specvit.fisher.ceiling import default_forward
+
+    return default_forward(emulator)[0]  # through the PFS MR observer
+
+
+def _labels(fwd, n, seed, t_min=4500.0):
+    """Uniform labels inside the box, away from the edges; T_eff >= t_min (no clipped TiO bands)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = fwd.lower.copy(), fwd.upper.copy()
+    lo[0] = max(lo[0], t_min)
+    return lo + (hi - lo) * rng.uniform(0.15, 0.85, (n, len(lo)))
+
+
+def test_on_the_model_grid_the_fast_model_is_the_exact_model(emulator):
+    # R = identity: no LSF approximation left, only float32 rounding
+    fwd = ForwardModel(emulator, None)
+    lab = _labels(fwd, 4, 0)
+    fast = ObservedEmulator(fwd)
+    mu, jac = fast.value_and_jacobian(lab)
+    mu_x, jac_x = fwd.value_and_jacobian(lab)
+    np.testing.assert_allclose(mu.numpy(), mu_x, rtol=2e-5, atol=1e-6)
+    rel = np.abs(jac.numpy() - jac_x).max(1) / np.abs(jac_x).max(1)  # per spectrum and label
+    assert rel.max() < 1e-3
+
+
+def test_observed_grid_model_matches_the_exact_observer(fwd):
+    lab = _labels(fwd, 8, 1)
+    fast = ObservedEmulator(fwd)
+    err = fast.max_relative_error(fwd, lab)
+    assert err.max() < 5e-3 and np.median(err) < 5e-4  # measured: median 7e-5 over the box
+    mu, jac = fast.value_and_jacobian(lab)
+    mu_x, jac_x = fwd.value_and_jacobian(lab)
+    # Jacobian columns agree to ~1e-3 of their size (LSF-kernel covariance of line and continuum)
+    rel = np.abs(jac.numpy() - jac_x).max(1) / np.abs(jac_x).max(1)
+    assert np.median(rel) < 1e-2 and rel.max() < 0.1
+    # a wrong Planck derivative, basis or normalisation would show here: the T_eff column is mostly continuum
+    cos = (jac.numpy()[:, :, 0] * jac_x[:, :, 0]).sum(1) / np.linalg.norm(jac.numpy()[:, :, 0], axis=1) / np.linalg.norm(
+        jac_x[:, :, 0], axis=1)
+    assert np.all(cos > 0.999)
+
+
+def test_fast_fit_equals_exact_fit_on_the_same_spectra(fwd):
+    truth = _labels(fwd, 6, 2)
+    truth[:, 3:] = 0.0
+    mu = fwd.numpy(truth)
+    err = mu / 80.0 + 0.002  # SNR ~ 80
+    rng = np.random.default_rng(7)
+    y = mu + err * rng.standard_normal(mu.shape)
+    x = np.linspace(-1, 1, mu.shape[1])
+    y = y * (1.03 + 0.05 * x - 0.02 * x**2)  # flux-calibration distortion (degree 2)
+    kw = dict(free=FREE, degree=2, n_starts=1, init=truth, max_iter=30)
+    fast = fit_lm(fwd, y, err, method="observed", **kw)
+    exact = fit_lm(fwd, y, err, method="exact", **kw)
+    d = np.abs(fast.labels - exact.labels) / exact.sigma
+    assert np.all(d < 0.05), d  # same minimum to 5 % of sigma
+    np.testing.assert_allclose(fast.chi2, exact.chi2, atol=0.02)  # exact-model chi2 after the polish
+    np.testing.assert_allclose(fast.sigma, exact.sigma, rtol=0.01)  # Laplace sigma from the fast Jacobian
+    assert np.all(np.abs(fast.labels - truth) < 5 * fast.sigma)
+    # without the exact polish the fit stays at the fast model's optimum: close, but not identical
+    raw = fit_lm(fwd, y, err, method="observed", polish_steps=0, **kw)
+    assert np.all(np.abs(raw.labels - exact.labels) / exact.sigma < 0.5)
+
+
+def test_fast_fit_recovers_noiseless_labels_from_the_grid_start(fwd):
+    truth = _labels(fwd, 5, 3)
+    truth[:, 3:] = 0.0
+    mu = fwd.numpy(truth)
+    res = fit_lm(fwd, mu, mu / 200.0, free=["T_eff", "log_g", "M_H"], degree=2, n_starts=1, grid_start=True,
+                 max_iter=30, fixed_values={"a_M": 0.0, "C_M": 0.0})
+    assert res.chi2.max() < 0.5
+    err = np.abs(res.labels - truth)[:, :3]
+    assert np.all(err < np.array([20.0, 0.05, 0.02])), err  # noiseless: << the grid spacing 250 K, 0.5, 0.5 dex
+
+
+def test_method_selection_and_errors(fwd):
+    from toymodel import ToyModel
+
+    toy = ForwardModel(ToyModel(wave_min=8400.0, wave_max=8700.0, step=0.5, n_lines=10))
+    assert supports_observed_basis(fwd) and not supports_observed_basis(toy)
+    y = toy.numpy(_labels(toy, 1, 4))
+    with pytest.raises(InputError, match="observed"):
+        fit_lm(toy, y, y * 0.01, method="observed", n_starts=1)
+    with pytest.raises(InputError, match="unknown LM method"):
+        fit_lm(toy, y, y * 0.01, method="fastest", n_starts=1)
+    with pytest.raises(InputError, match="PCA emulator"):
+        ObservedEmulator(toy)
+    with pytest.raises(InputError, match="polish_steps"):
+        TemplateFitConfig(polish_steps=-1)
+    with pytest.raises(InputError, match="lm_method"):
+        load_config(TemplateFitConfig, overrides=["lm_method=quick"])
+    cfg = load_config(TemplateFitConfig, overrides=["lm_method=exact", "polish_steps=0"])
+    assert cfg.lm_method == "exact" and cfg.polish_steps == 0
+    fast = ObservedEmulator(fwd)
+    with pytest.raises(InputError, match="shape"):
+        fast.evaluate(torch.zeros(2, 3, dtype=torch.float64))
