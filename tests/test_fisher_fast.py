@@ -189,3 +189,37 @@ def test_setup_with_redshift_uses_the_reference_route(toy_fwd):
     b = compute_information(toy_fwd, pts, [20.0], setup={"redshift": 1e-4}, reference=True)
     np.testing.assert_array_equal(a.info, b.info)
     assert not MagnitudeNoise.applies({"redshift": 1e-4}) and MagnitudeNoise.applies({"seeing": 0.8})
+
+
+def test_schur_decay_by_nuisance_finds_the_absorbing_label(rng):
+    """Target column 0; nuisance 1 has disjoint pixel support (orthogonal), nuisance 2 overlaps the target."""
+    from specvit.fisher.ceiling import summarise
+    from specvit.fisher.information import fisher_matrix
+
+    n, p = 6, 60
+    jac = np.zeros((n, p, 5))
+    jac[:, :30, 1] = rng.normal(size=(n, 30))  # log g (target)
+    jac[:, 30:, 0] = rng.normal(size=(n, 30))  # T_eff: orthogonal to log g
+    jac[:, :30, 2] = 0.6 * jac[:, :30, 1] + rng.normal(size=(n, 30))  # M_H: correlated with log g
+    jac[:, :, 3] = rng.normal(size=(n, p))
+    jac[:, :, 4] = rng.normal(size=(n, p))
+    info = fisher_matrix(jac, np.full((n, p), 0.1))
+    pts = np.tile([4500.0, 2.5, -1.0, 0.0, 0.0], (n, 1))
+    out = summarise(info, pts, np.ones(n), label_names=LABEL_NAMES, bounds=DEFAULT_LABEL_BOUNDS, label="log_g",
+                    nuisance="3d", label_var=1.0, bound="crlb")
+    single, all_but = out["schur_decay_single_median"], out["schur_decay_all_but_median"]
+    assert single["T_eff"] == pytest.approx(1.0, abs=1e-12)  # orthogonal: costs nothing
+    assert single["M_H"] < 0.9
+    assert all_but["M_H"] == pytest.approx(1.0, abs=1e-12)  # without M_H only the orthogonal T_eff is left
+    assert all_but["T_eff"] == pytest.approx(out["schur_decay_median"], rel=1e-12)
+
+
+def test_load_model_reads_an_emulator_npz(tmp_path):
+    from specvit.fisher.ceiling import load_model
+
+    model = random_emulator(seed=5)
+    path = tmp_path / "emu.npz"
+    model.save(path)
+    loaded = load_model(str(path))
+    x = _points(3, seed=10)
+    np.testing.assert_allclose(loaded.flux(x), model.flux(x), rtol=1e-6)

@@ -37,3 +37,48 @@ def test_ml_scatter_reaches_crlb_at_high_snr_and_departs_at_low_snr(fwd, tmp_pat
     fig = plot_validation(df.assign(point="toy"))
     fig.savefig(tmp_path / "mc.png")
     assert (tmp_path / "mc.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def obs_fwd():
+    from test_fisher_ceiling import small_model as arm_model
+
+    from specvit.fisher.ceiling import default_forward
+
+    return default_forward(arm_model())[0]
+
+
+def test_ml_fit_recovers_noiseless_labels(obs_fwd):
+    from specvit.fisher.montecarlo import ml_fit
+
+    theta = np.array([[4800.0, 3.0, -1.0, 0.0, 0.0], [5400.0, 4.2, -0.3, 0.0, 0.0]])
+    y = obs_fwd.numpy(theta)
+    e = np.full_like(y, 0.01)
+    start = theta + np.array([150.0, -0.3, 0.2, 0.0, 0.0])
+    x, chi2, at_bound = ml_fit(obs_fwd, y, e, free_idx=[0, 1, 2], starts=[start], max_iter=40)
+    np.testing.assert_allclose(x, theta, rtol=1e-5, atol=1e-5)
+    assert np.all(chi2 < 1e-6) and not at_bound.any()
+
+
+def test_ml_fitter_scatter_reaches_crlb_at_high_snr(obs_fwd):
+    theta = np.array([4800.0, 3.0, -1.0, 0.0, 0.0])
+    mu = obs_fwd.numpy(theta[None])[0]
+    df = validate_crlb(obs_fwd, theta, {"snr200": mu / 200.0}, label="log_g", nuisance="3d", n_real=150,
+                       rng=np.random.default_rng(21), max_iter=20, fitter="ml", local_average=8)
+    row = df.iloc[0]
+    assert abs(row["ratio"] - 1) < 0.15, row.to_dict()  # 150 realisations: MC s.e. 6 %
+    assert row["chi2_gain"] == pytest.approx(3.0, abs=1.0)  # converged ML: E[χ²(θ) − χ²(θ̂)] = 3 free labels
+    assert row["sigma_crlb_p10"] <= row["sigma_crlb"] * 1.5 and row["sigma_local"] > 0
+
+
+def test_crlb_scan_jumps_only_where_the_median_pixel_changes(obs_fwd):
+    from specvit.fisher.montecarlo import crlb_scan
+
+    theta = np.array([4800.0, 3.0, -1.0, 0.0, 0.0])
+    mu = obs_fwd.numpy(theta[None])[0]
+    scan = crlb_scan(obs_fwd, theta, mu / 100.0, half_width=0.05, n=41)
+    assert len(scan) == 41 and np.all(scan["sigma_crlb"] > 0)
+    pair = scan[["median_pixel_lo", "median_pixel_hi"]].to_numpy()
+    same = np.all(pair[1:] == pair[:-1], axis=1)
+    rel = np.abs(np.diff(scan["sigma_crlb"].to_numpy())) / scan["sigma_crlb"].to_numpy()[:-1]
+    assert np.all(rel[same] < 0.01)  # smooth between switches of the median pixel (0.0025 dex steps)

@@ -47,6 +47,7 @@ def load_model(spec: str = "default"):
 
     ``"default"`` → :func:`specvit.spectra.default_model` (the embedded emulator);
     ``"pkg.module:factory"`` → ``factory()`` imported from a module;
+    a path to an emulator ``.npz`` → :func:`specvit.spectra.emulator.load_emulator`;
     a path to an ``.h5`` grid → :meth:`specvit.spectra.grid.RegularGrid.load`.
     """
     if spec == "default":
@@ -69,13 +70,18 @@ def load_model(spec: str = "default"):
             raise InputError(f"cannot import the model factory ({e})", field="model", value=spec) from None
         return factory()
     path = Path(spec)
+    if path.suffix == ".npz":  # an emulator weight file (e.g. a retrained version before it is shipped)
+        from specvit.spectra.emulator import load_emulator
+
+        return load_emulator(path)
     if path.suffix in (".h5", ".hdf5"):
         if not path.exists():
             raise InputError("grid file not found", file=path, field="model")
         from specvit.spectra.grid import RegularGrid
 
         return RegularGrid.load(path)
-    raise InputError("model must be 'default', MODULE:FACTORY or a grid .h5 file", field="model", value=spec)
+    raise InputError("model must be 'default', MODULE:FACTORY, an emulator .npz or a grid .h5 file", field="model",
+                     value=spec)
 
 
 def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default"):
@@ -438,6 +444,15 @@ def summarise(info: np.ndarray, points: np.ndarray, snr: np.ndarray, *, label_na
             "schur_decay_median": float(np.median(b.schur_decay)),
             "n_unconstrained": int(b.unconstrained.sum()),
         })
+        if len(free) > 2:  # which nuisance absorbs the information: decay with one nuisance only / all but one
+            names = list(label_names)
+            nuis = [i for i in free if i != tgt]
+            out["schur_decay_single_median"] = {
+                names[e]: float(np.median(crlb_bound(info, target=tgt, free=[tgt, e], label_var=var).schur_decay))
+                for e in nuis}
+            out["schur_decay_all_but_median"] = {
+                names[e]: float(np.median(crlb_bound(info, target=tgt, free=[i for i in free if i != e],
+                                                     label_var=var).schur_decay)) for e in nuis}
     if bound in ("bayes", "both"):
         names = list(label_names)
         priors = {i: SmoothBoxPrior(*bounds[names[i]], taper_fraction=prior_taper) for i in free}

@@ -130,7 +130,8 @@ def register(subparsers) -> None:
                    help="finite-difference steps, one per model label (default: BOSZ spacing 250 K, 0.5, 0.25...)")
     p.add_argument("--noise-level", type=float, default=1.0, help="noise multiplier (default 1)")
     p.add_argument("--model", default="default",
-                   help="spectral model: 'default' (the embedded emulator), MODULE:FACTORY, or a grid .h5")
+                   help="spectral model: 'default' (the embedded emulator), MODULE:FACTORY, an emulator .npz, or a "
+                        "grid .h5")
     p.add_argument("--seed", type=int, default=0, help="seed of the point subsample / design (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by magnitude (or SNR bin)")
     p.set_defaults(func=cmd_fisher)

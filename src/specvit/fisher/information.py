@@ -117,6 +117,7 @@ def fisher_from_weights(jac, weights, *, block: int = 16) -> np.ndarray:
         raise InputError(f"need jac (N, L, P) and weights (M, N, P) with N, P = {jac.shape[0]}, {jac.shape[-1]}",
                          field="weights", value=tuple(w.shape))
     n, n_lab, _ = jac.shape
+    jac, w = (np.require(a, requirements=["W"]) for a in (jac, w))  # torch needs writable arrays
     jt, wt = torch.from_numpy(jac), torch.from_numpy(w)
     info = torch.empty((w.shape[0], n, n_lab, n_lab), dtype=torch.float64)
     for s in range(0, n, block):
