@@ -252,3 +252,52 @@ def test_pysme_paschen_p13_in_a_6000K_dwarf(user_synth):
     bare = s.synthesize(6000, 4.5, 0.0, 0.0, 0.0, kinds=("atoms",))
     d = bare["flux"] / bare["cont"] - full["flux"] / full["cont"]
     assert d.min() > -1e-3 and d[np.abs(w - p13) < 2].mean() > 0.005
+
+
+# ---------------------------------------------------------------- split synthesis (speed path)
+def test_split_path_stitches_the_two_calls(monkeypatch):
+    """Blueward of the split: the call without hydrogen; redward: the call with it; the two
+    calls overlap the split by hydrogen_split_overlap_A and nothing is shifted."""
+    from specvit.spectra.synthesis.backend import PysmeSynthesizer
+
+    pytest.importorskip("pysme")
+    s = PysmeSynthesizer(TEST_CACHE, SynthesisSetup(wave_min_A=8530.0, wave_max_A=8560.0, hydrogen_split_A=8541.0,
+                                                    hydrogen_split_overlap_A=4.0))
+    calls = []
+
+    def fake(labels, kinds, wave, window):
+        wave = s.wave if wave is None else wave
+        calls.append((kinds, wave[0], wave[-1], len(wave)))
+        off = 1.0 if "hydrogen" in kinds else 0.0
+        return np.asarray(wave) + off, np.ones(len(wave)), 7, type("M", (), {"info": {}})()
+
+    monkeypatch.setattr(s, "_pysme", fake)
+    out = s.synthesize(4750, 4.5, 0.0, 0.0, 0.0, kinds=("atoms", "hydrogen"))
+    w = s.wave
+    expect = np.where(w <= 8541.0, w, w + 1.0)
+    np.testing.assert_array_equal(out["flux"], expect)
+    assert out["info"]["split_A"] == 8541.0
+    (k1, a0, a1, _), (k2, b0, b1, _) = calls
+    assert k1 == ("atoms",) and k2 == ("atoms", "hydrogen")
+    step = 8541.0 * 2.25e-5  # grid spacing there
+    assert a0 == w[0] and 8545.0 - step < a1 <= 8545.0 and 8537.0 <= b0 < 8537.0 + step and b1 == w[-1]
+    calls.clear()
+    s.synthesize(4750, 4.5, 0.0, 0.0, 0.0, kinds=("atoms",))  # no hydrogen: one call
+    assert len(calls) == 1
+
+
+def test_pysme_split_path_matches_exact_path():
+    """The split path against the exact single-call path (hydrogen_split_A=None) in the Ca II
+    8544 wing, where a misplaced sample would show: agreement to < 1e-3 of the continuum."""
+    pytest.importorskip("pysme")
+    from specvit.spectra.synthesis.backend import PysmeSynthesizer
+
+    base = dict(wave_min_A=8528.0, wave_max_A=8560.0, line_margin_A=2.0)
+    fast = PysmeSynthesizer(TEST_CACHE, SynthesisSetup(**base, hydrogen_split_A=8541.0, hydrogen_split_overlap_A=4.0))
+    exact = PysmeSynthesizer(TEST_CACHE, SynthesisSetup(**base, hydrogen_split_A=None))
+    a = fast.synthesize(4750, 4.5, 0.0, 0.0, 0.0, kinds=("atoms", "hydrogen"))
+    b = exact.synthesize(4750, 4.5, 0.0, 0.0, 0.0, kinds=("atoms", "hydrogen"))
+    assert a["info"]["split_A"] == 8541.0 and b["info"]["split_A"] is None
+    na, nb = a["flux"] / a["cont"], b["flux"] / b["cont"]
+    assert np.max(np.abs(na - nb)) < 1e-3
+    assert np.max(np.abs(a["cont"] / b["cont"] - 1)) < 1e-4

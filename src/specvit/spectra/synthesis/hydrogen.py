@@ -23,7 +23,7 @@ strengths all follow from the non-relativistic hydrogen atom plus its fine struc
   Shortley 1935). The fine structure moves the Paschen lines by -0.05 A; with it the
   wavelengths agree with the standard (NIST) air values of P12-P16 to 0.003 A. The
   Rydberg-only values are :func:`vacuum_wavelength_A` with ``fine_structure=False``.
-* **Lower level.** ``E(n=3) = h c R_H (1 - 1/9) = 12.0875 eV``; g_lower = 2 n^2 = 18, so the
+* **Lower level.** ``E(n=3) = h c R_H (1 - 1/9) = 12.0874 eV``; g_lower = 2 n^2 = 18, so the
   line list carries ``log gf = log10(18 f)``.
 
 How SME uses a hydrogen line (SMElib ``sme_synth_faster.cpp``, ``hlinprof.f``): species
