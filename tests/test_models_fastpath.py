@@ -93,3 +93,41 @@ def test_block_prefix_queries_equal_the_first_rows(use_rope):
     full = blk(x, rope)
     for k in (1, 3):
         torch.testing.assert_close(blk(x, rope, n_queries=k), full[:, :k], rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_dropout_has_dropout_semantics():
+    from specvit.models.dropout import Dropout
+
+    p = 0.1
+    d = Dropout(p).train()
+    x = (1.0 + torch.rand(1000, 1000)).requires_grad_()
+    torch.manual_seed(5)
+    y = d(x)
+    kept = y != 0
+    rate = kept.float().mean().item()
+    assert abs(rate - (1 - p)) < 5 * (p * (1 - p) / x.numel()) ** 0.5  # binomial: 5 sigma = 1.5e-3
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=1e-6, atol=0.0)  # inverted-dropout scaling
+    rows = kept.float().mean(dim=1)  # independent per element: no row is all kept or all dropped
+    assert rows.min() > 0.8 and rows.max() < 1.0
+    g = torch.randn_like(x)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, g * kept / (1 - p), rtol=1e-6, atol=0.0)
+    torch.manual_seed(5)
+    assert torch.equal(d(x), y)  # reproducible from torch's seed
+    d.eval()
+    assert torch.equal(d(x), x)
+    d16 = Dropout(p).train()  # bf16 activations: the mask is still drawn in float32
+    rate16 = (d16(torch.ones(1000, 1000, dtype=torch.bfloat16)) != 0).float().mean().item()
+    assert abs(rate16 - (1 - p)) < 1.5e-3
+
+
+def test_dropout_exact_torch_path_is_reachable():
+    from specvit.models.dropout import Dropout
+
+    x = torch.randn(64, 64)
+    torch.manual_seed(2)
+    ref = torch.nn.Dropout(0.3).train()(x)
+    torch.manual_seed(2)
+    assert torch.equal(Dropout(0.3, fast_cpu=False).train()(x), ref)
+    m = create_model("specvit_tiny", n_pixels=N_PIX)
+    assert isinstance(m.drop, Dropout) and all(isinstance(b.attn.drop, Dropout) for b in m.blocks)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from specvit.models.dropout import Dropout
+
 
 class Attention(nn.Module):
     """Multi-head self-attention; optional rotary embedding applied to q and k."""
@@ -31,7 +33,7 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, rope=None, *, n_queries: int | None = None) -> torch.Tensor:
         """``x`` (B, N, D) -> (B, N, D); with ``n_queries`` only the first ``n_queries`` rows (B, n_queries, D).
@@ -39,14 +41,17 @@ class Attention(nn.Module):
         Keys and values always come from all N tokens, so the returned rows equal the
         first rows of the full output.
         """
+        dim = x.shape[-1]
         if n_queries is None:
-            q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+            q, k, v = self.qkv(x).split(dim, dim=-1)
         else:
-            dim = x.shape[-1]
             w_q, w_kv = self.qkv.weight.split([dim, 2 * dim])
             b_q, b_kv = self.qkv.bias.split([dim, 2 * dim])
-            q = rearrange(F.linear(x[:, :n_queries], w_q, b_q), "b n (h d) -> b h n d", h=self.heads)
-            k, v = rearrange(F.linear(x, w_kv, b_kv), "b n (two h d) -> two b h n d", two=2, h=self.heads)
+            q = F.linear(x[:, :n_queries], w_q, b_q)
+            k, v = F.linear(x, w_kv, b_kv).split(dim, dim=-1)
+        # (B, n, D) -> (B, H, n, d) as views: the backward then assembles the qkv gradient
+        # with one concatenation (SplitBackward) and no stack + permute copy.
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         if rope is not None:
             q, k = rope(q), rope(k)
         p = self.attn_dropout if self.training else 0.0
@@ -58,7 +63,7 @@ class FeedForward(nn.Sequential):
     """Linear -> GELU -> Linear with dropout (the ViT MLP)."""
 
     def __init__(self, *, dim: int, hidden: int, dropout: float = 0.0):
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), Dropout(dropout))
 
 
 class Block(nn.Module):

@@ -19,6 +19,7 @@ from torch import nn
 from specvit.errors import InputError
 from specvit.models.blocks import Block
 from specvit.models.chunknorm import ChunkNorm
+from specvit.models.dropout import Dropout
 from specvit.models.heads import RegressionHead
 from specvit.models.inputnorm import InputStandardizer
 from specvit.models.position import LearnedPosition, RotaryEmbedding, SinusoidalPosition, WavelengthPosition
@@ -141,7 +142,7 @@ class SpecViT(nn.Module):
         else:
             self.pos = None
             self.rope = RotaryEmbedding(n_positions=n_pos, head_dim=hidden // heads)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(dim=hidden, heads=heads, mlp_dim=mlp_dim, dropout=dropout, attn_dropout=attn_dropout) for _ in range(depth)
         )
