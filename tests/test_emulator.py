@@ -69,7 +69,8 @@ def test_numpy_and_torch_api_shapes_and_units(toy_emulator):
     assert f1.shape == (1, toy_emulator.n_wave)
     ft = toy_emulator.flux(torch.tensor(x, dtype=torch.float64))
     assert isinstance(ft, torch.Tensor) and ft.dtype == torch.float64
-    np.testing.assert_allclose(ft.numpy(), f, rtol=1e-6)
+    np.testing.assert_allclose(ft.numpy(), toy_emulator.flux(x, method="reference"), rtol=1e-6)
+    np.testing.assert_allclose(ft.numpy(), f, rtol=5e-6)  # fast numpy path: float32 rounding
     assert toy_emulator.medium == "vacuum" and toy_emulator.differentiable
     assert toy_emulator.label_names == LABEL_NAMES
 
