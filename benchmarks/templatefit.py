@@ -20,7 +20,7 @@ Model: ``specvit.spectra.default_model()``; if its weights are not installed, an
 emulator of the same architecture with random weights (same cost; the recovered
 labels are then meaningless, the timing is not). The output says which.
 
-    python benchmarks/templatefit.py [--n-spectra 256] [--reference 32] [--threads 2] [--json]
+    python benchmarks/templatefit.py [--n-spectra 256] [--reference 32] [--repeat 2] [--threads 2] [--json]
 """
 from __future__ import annotations
 
@@ -43,9 +43,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-spectra", type=int, default=256)
     ap.add_argument("--n-starts", type=int, default=1)
     ap.add_argument("--max-iter", type=int, default=30, help="LM (search) iterations of the timed fit")
-    ap.add_argument("--polish-steps", type=int, default=2)
+    ap.add_argument("--polish-steps", type=int, default=1)
     ap.add_argument("--reference", type=int, default=32, help="spectra fitted by the exact path (0 = skip)")
     ap.add_argument("--ref-max-iter", type=int, default=8, help="LM iterations of the exact reference")
+    ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (alternating fast / reference; best kept)")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid chi^2 fit")
     ap.add_argument("--mag", type=float, default=21.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -74,28 +75,33 @@ def main(argv=None) -> int:
         fit_lm(fwd, noisy[:4], err[:4], n_starts=1, max_iter=2, rng=rng, grid_start=True, method=method)
     kw = dict(free=free, degree=2, n_starts=args.n_starts, grid_start=True)
 
-    t = time.perf_counter()
-    res = fit_lm(fwd, noisy, err, max_iter=args.max_iter, polish_steps=args.polish_steps,
-                 rng=np.random.default_rng(args.seed + 1), **kw)
-    lm_s = time.perf_counter() - t
     n = args.n_spectra
+    m = min(args.reference, n)
+    lm_times, ref_times = [], []
+    for _ in range(args.repeat):  # alternate fast and reference; the best time of each (shared machine)
+        t = time.perf_counter()
+        res = fit_lm(fwd, noisy, err, max_iter=args.max_iter, polish_steps=args.polish_steps,
+                     rng=np.random.default_rng(args.seed + 1), **kw)
+        lm_times.append(time.perf_counter() - t)
+        if m > 0:
+            t = time.perf_counter()
+            ref = fit_lm(fwd, noisy[:m], err[:m], max_iter=args.ref_max_iter, method="exact",
+                         rng=np.random.default_rng(args.seed + 1), **kw)
+            ref_times.append(time.perf_counter() - t)
+    lm_s = min(lm_times)
     result = {
         "benchmark": "templatefit", "model": model_name, "n_spectra": n, "mag": args.mag,
         "median_snr": float(np.median(np.median(mu / err, axis=1))), "n_starts": args.n_starts,
         "max_iter": args.max_iter, "polish_steps": args.polish_steps, "method": "observed search + exact polish",
-        "seconds": round(lm_s, 3), "fits_per_s": round(n / lm_s, 2), "goal_fits_per_s": 100.0,
+        "repeat": args.repeat, "seconds": round(lm_s, 3), "fits_per_s": round(n / lm_s, 2), "goal_fits_per_s": 100.0,
         "lm_median_abs_dlogg": round(float(np.median(np.abs(res.labels[:, 1] - truth[:, 1]))), 4),
     }
     print(f"template fit, {n} spectra at i = {args.mag} (median SNR {result['median_snr']:.1f}), model = {model_name}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"  LM default ({args.n_starts} start(s), <= {args.max_iter} search it., <= {args.polish_steps} exact "
           f"polish steps): {lm_s:7.2f} s  {n / lm_s:8.2f} fits/s  median |d log g| = {result['lm_median_abs_dlogg']:.3f}")
-    if args.reference > 0:
-        m = min(args.reference, n)
-        t = time.perf_counter()
-        ref = fit_lm(fwd, noisy[:m], err[:m], max_iter=args.ref_max_iter, method="exact",
-                     rng=np.random.default_rng(args.seed + 1), **kw)
-        ref_s = time.perf_counter() - t
+    if m > 0:
+        ref_s = min(ref_times)
         d = np.abs(res.labels[:m, :5] - ref.labels[:, :5]) / ref.sigma[:, :5]
         dchi2 = res.chi2[:m] - ref.chi2
         result.update({

@@ -1,23 +1,31 @@
-"""The template fit's fast Levenberg–Marquardt path: observed-grid emulator, then exact polish.
+"""The template fit's fast Levenberg–Marquardt path: observed-grid emulator search, then exact polish.
 
-Two phases (:func:`specvit.baselines.templatefit.fit_lm` with ``method="observed"``):
+Two phases (:func:`specvit.baselines.templatefit.fit_lm` with ``method="observed"``, the
+default for a PCA emulator):
 
 1. **Search** — batched Levenberg–Marquardt (Marquardt 1963) on every (spectrum, start)
    row with the fast model μ̃ of :class:`~specvit.baselines.observed_emulator.ObservedEmulator`
-   (PCA bases pushed through the observer once; float32 pixel arithmetic). The
-   Legendre flux-correction coefficients are profiled out at every step (variable
-   projection, Golub & Pereyra 1973): their Gram matrix is one product with the
-   precomputed products of basis pairs, and the reduced Gauss–Newton system is one
-   batched product. A row stops when the Gauss–Newton predicted χ² decrease gᵀH⁻¹g
-   drops below ``search_tol`` (0.03 σ from its minimum) or after 3 steps without
-   improvement; converged rows leave the batch.
-2. **Polish** — for the best start of each spectrum, Gauss–Newton/LM steps with the
-   *exact* model residual (``ForwardModel.numpy``: emulator on its grid, sparse LSF +
-   resampling, median normalisation, float64) and the fast Jacobian, until gᵀH⁻¹g <
-   ``polish_tol`` (10⁻⁴: the remaining step is 0.01 σ) or ``polish_steps`` steps. The
-   fixed point of these steps is the exact model's χ² minimum (only the step direction
-   uses μ̃), so the returned labels and χ² are the exact ones; the Laplace σ comes from
-   the fast Jacobian at the solution (measured against the exact Jacobian in the tests).
+   (PCA bases pushed through the observer once; float32). The Legendre
+   flux-correction coefficients are profiled out at every step (variable projection,
+   Golub & Pereyra 1973): their Gram matrix is one product with the precomputed
+   products of basis pairs, and the reduced Gauss–Newton system is two batched
+   products. Labels held by the box (on a bound, descent pointing out) are removed
+   from the step (projected Newton with an active set, Bertsekas 1982). A row leaves
+   the batch when the predicted or the achieved χ² decrease drops below
+   ``search_tol`` (10⁻²: ~0.1 σ from its minimum) or when no damping gives descent.
+2. **Polish** — for the best start of each spectrum, ≤ ``polish_steps`` Gauss–Newton
+   steps with the *exact* model residual (the ``ForwardModel`` operator: emulator on its own
+   grid, sparse LSF + resampling, median normalisation; float64 algebra) and the fast
+   Jacobian, each accepted only if the exact χ² decreases; a row stops when the
+   predicted decrease is < ``polish_tol`` (10⁻³, ~0.03 σ). The returned χ² is the exact
+   model's. The fixed point of these steps is where J̃ᵀWr = 0 instead of JᵀWr = 0: it
+   differs from the exact minimum by H⁻¹(J − J̃)ᵀWr, which is small because J̃ − J is
+   ~10⁻³ of J and r is noise — measured on 64 spectra at SNR 11 (shipped emulator, PFS
+   MR, 2026-11-23): median 2·10⁻⁴ σ, max 0.006 σ between 4 polish steps with the fast
+   and with the exact (reverse-mode) gradient; χ² equal to 3·10⁻⁴.
+
+The Laplace σ comes from the fast Jacobian at the solution (tests: within 1 % of the
+exact path's).
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import numpy as np
 import torch
 
 from specvit.baselines.observed_emulator import ObservedEmulator
+from specvit.fisher.jacobian import NORMALISED_MEDIAN
 
 #: Gauss–Newton predicted χ² decrease below which a search row is done (≈ (0.1 σ)²; the float32
 #: fast model resolves χ² to ~1e-3).
@@ -32,8 +41,7 @@ SEARCH_TOL = 1e-2
 #: ... and below which the exact polish is done (≈ (0.03 σ)²; the float32 emulator resolves
 #: χ² to ~1e-4).
 POLISH_TOL = 1e-3
-_TRACE = None  # debugging: a list receives the number of active rows after each search iteration
-_DTYPE = None
+_TRACE = None  # debugging: a list receives the number of active rows after each iteration
 
 
 def observed_emulator(forward) -> ObservedEmulator:
@@ -99,19 +107,17 @@ def _solve_spd(a, b):
     return solve(a, b)
 
 
-def _exact_value_and_gradient(forward, labels, u, rows, idx):
-    """Exact μ (n, P) and g = −½ ∂χ²/∂u (n, F) of the profiled χ², by one reverse-mode pass.
+def _exact_mu(forward, labels) -> torch.Tensor:
+    """The exact model μ (n, P) float64: emulator on its grid, LSF + resampling, median normalisation.
 
-    The flux-correction coefficients are held at their optimum (envelope theorem: the
-    profiled χ² has the same gradient as χ² at fixed optimal coefficients).
+    Same operator as ``forward.numpy`` (equal to ~1e-15), with the observer's blocked
+    scipy sparse product instead of the torch one (~1.5× faster, measured).
     """
-    ut = u.detach().clone().requires_grad_(True)
-    mu = forward.torch(labels(ut))
-    with torch.no_grad():
-        _, poly, _, _ = rows.profile(mu.detach().double(), idx)
-    chi2 = (rows.w[idx] * (rows.y[idx] - mu.double() * poly) ** 2).sum()
-    (grad,) = torch.autograd.grad(chi2, ut)
-    return mu.detach().double(), -0.5 * grad
+    lab = labels.detach().numpy()
+    if forward.observer is None:
+        return torch.as_tensor(forward.numpy(lab))
+    fc = forward.observer.convolve_resample(forward.model_flux(lab))
+    return torch.as_tensor(fc * (NORMALISED_MEDIAN / np.median(fc, axis=1, keepdims=True)))
 
 
 def _bound_active(h, g, u):
@@ -141,14 +147,15 @@ def _predicted_decrease(h, g):
 
 
 def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, max_iter, polish_steps,
-                search_tol=SEARCH_TOL, polish_tol=POLISH_TOL):
+                search_tol=None, polish_tol=None):
     """Both phases for N spectra with S starts each (rows start-major, u0 (S·N, F) in box units).
 
     Returns (u (N, F), χ² (N,), H (N, F, F) in box units at the solution): exact-model χ²
     when ``polish_steps`` > 0, else the fast model's.
     """
     fast = observed_emulator(forward)
-    if _DTYPE is not None: fast = ObservedEmulator(forward, dtype=_DTYPE)
+    search_tol = SEARCH_TOL if search_tol is None else search_tol
+    polish_tol = POLISH_TOL if polish_tol is None else polish_tol
     n = y.shape[0]
     free_idx = list(free_idx)
     scale = (upper - lower).double()
@@ -162,67 +169,67 @@ def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, m
         return lab
 
     # ---- phase 1: search with the fast model
-    rows = _Rows(np.tile(y, (s, 1)), np.tile(w, (s, 1)), basis, torch.float64)
+    rows = _Rows(np.tile(y, (s, 1)), np.tile(w, (s, 1)), basis, fast.dtype)
     u = torch.as_tensor(u0, dtype=torch.float64).clone()
-    n_rows = u.shape[0]
+    n_rows, nf = u.shape
     chi2 = torch.full((n_rows,), float("inf"), dtype=torch.float64)
     lam = torch.full((n_rows,), 1e-3, dtype=torch.float64)
+    h_cur = torch.zeros(n_rows, nf, nf, dtype=torch.float64)
+    g_cur = torch.zeros(n_rows, nf, dtype=torch.float64)
+    cand = u.clone()  # the point each row evaluates next (first: its start)
     active = torch.arange(n_rows)
-    for _ in range(max_iter):
+    for it in range(max_iter + 1):  # one evaluation (μ̃ and J̃) per iteration, at the candidate point
         if len(active) == 0:
             break
-        ua = u[active]
-        mu, jac = fast.evaluate(labels(ua), free_idx, normalise=search_norm, tangent_scale=scale)
-        gram, poly, r, chi2_a = rows.profile(mu, active)
-        h, g = rows.normal_equations(mu, jac, active, gram, poly, r)
-        chi2[active] = chi2_a
-        h, g = _bound_active(h, g, ua)
-        done = _predicted_decrease(h, g) < search_tol
-        step = _damped_step(h, g, lam[active])
-        u_new = (ua + step).clamp(0.0, 1.0)
-        mu_new, _ = fast.evaluate(labels(u_new), free_idx, jacobian=False, normalise=search_norm)
-        chi2_new = rows.profile(mu_new, active)[3]
-        better = (chi2_new < chi2_a) & ~done
-        u[active] = torch.where(better[:, None], u_new, ua)
-        chi2[active] = torch.where(better, chi2_new, chi2_a)
-        lam[active] = torch.where(better, lam[active] / 3, lam[active] * 10).clamp(1e-9, 1e9)
+        uc = cand[active]
+        mu, jac = fast.evaluate(labels(uc), free_idx, normalise=search_norm, tangent_scale=scale)
+        gram, poly, r, chi2_c = rows.profile(mu, active)
+        h, g = _bound_active(*rows.normal_equations(mu, jac, active, gram, poly, r), uc)
+        gain = chi2[active] - chi2_c
+        better = chi2_c < chi2[active]  # first evaluation: always (χ² = inf)
+        u[active] = torch.where(better[:, None], uc, u[active])
+        chi2[active] = torch.where(better, chi2_c, chi2[active])
+        h_cur[active] = torch.where(better[:, None, None], h, h_cur[active])
+        g_cur[active] = torch.where(better[:, None], g, g_cur[active])
+        if it > 0:
+            lam[active] = torch.where(better, lam[active] / 3, lam[active] * 10).clamp(1e-9, 1e9)
         # done: predicted or achieved decrease below tolerance, or no descent even with heavy damping
-        done |= (better & (chi2_a - chi2_new < search_tol)) | (lam[active] >= 1e6)
+        done = (_predicted_decrease(h_cur[active], g_cur[active]) < search_tol) | (lam[active] >= 1e6)
+        if it > 0:
+            done |= better & (gain < search_tol)
         active = active[~done]
         if _TRACE is not None:
-            _TRACE.append((len(active), chi2_a[:4].numpy().round(2).tolist(), _predicted_decrease(h, g)[:4].numpy().round(4).tolist(), better[:4].tolist()))
+            _TRACE.append(("search", len(active)))
+        if len(active):
+            step = _damped_step(h_cur[active], g_cur[active], lam[active])
+            cand[active] = (u[active] + step).clamp(0.0, 1.0)
     best = torch.argmin(chi2.reshape(s, n), dim=0)
     pick = best * n + torch.arange(n)
     u = u[pick]
     chi2 = chi2[pick]
 
-    # ---- phase 2: polish with the exact model: exact residual and gradient, fast-Jacobian Gauss–Newton matrix
+    # ---- phase 2: polish with the exact residual (float64) and the fast Jacobian
     exact = _Rows(y, w, basis, torch.float64)
     everyone = torch.arange(n)
     if polish_steps > 0:
-        mu_final = torch.empty(n, y.shape[1], dtype=torch.float64)
+        mu_final = _exact_mu(forward, labels(u))
         lam = torch.full((n,), 1e-6, dtype=torch.float64)
         active = everyone
         for _ in range(polish_steps):
-            ua = u[active]
-            mu_a, g = _exact_value_and_gradient(forward, labels, ua, exact, active)
+            ua, mu_a = u[active], mu_final[active]
             _, jac = fast.evaluate(labels(ua), free_idx, normalise="median", tangent_scale=scale)
             gram, poly, r, chi2_a = exact.profile(mu_a, active)
-            h, _ = exact.normal_equations(mu_a, jac, active, gram, poly, r)
-            chi2[active], mu_final[active] = chi2_a, mu_a
+            h, g = exact.normal_equations(mu_a, jac, active, gram, poly, r)
+            chi2[active] = chi2_a
             h, g = _bound_active(h, g, ua)
-            pred = _predicted_decrease(h, g)
-            if _TRACE is not None:
-                _TRACE.append(("pred", pred[:6].numpy().round(5).tolist(), chi2_a[:6].numpy().round(4).tolist()))
-            keep = pred >= polish_tol
+            keep = _predicted_decrease(h, g) >= polish_tol
             active, ua, h, g, chi2_a = active[keep], ua[keep], h[keep], g[keep], chi2_a[keep]
             if _TRACE is not None:
                 _TRACE.append(("polish", len(active)))
             if len(active) == 0:
                 break
             u_new = (ua + _damped_step(h, g, lam[active])).clamp(0.0, 1.0)
-            with torch.no_grad():
-                mu_new = forward.torch(labels(u_new)).double()
+            mu_new = _exact_mu(forward, labels(u_new))
             chi2_new = exact.profile(mu_new, active)[3]
             better = chi2_new < chi2_a
             u[active] = torch.where(better[:, None], u_new, ua)
