@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-spectra", type=int, default=256)
     ap.add_argument("--n-starts", type=int, default=1)
     ap.add_argument("--max-iter", type=int, default=30, help="LM (search) iterations of the timed fit")
-    ap.add_argument("--polish-steps", type=int, default=1)
+    ap.add_argument("--polish-steps", type=int, default=2)
     ap.add_argument("--reference", type=int, default=32, help="spectra fitted by the exact path (0 = skip)")
     ap.add_argument("--ref-max-iter", type=int, default=8, help="LM iterations of the exact reference")
     ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (alternating fast / reference; best kept)")

@@ -105,7 +105,7 @@ class TemplateFitConfig:
     grid_start: bool = True
     max_iter: int = 30
     lm_method: Literal["auto", "observed", "exact"] = "auto"
-    polish_steps: int = 1
+    polish_steps: int = 2
     noise_level: float = 1.0
     noise_seed: int = 0
     seed: int = 42
@@ -279,7 +279,7 @@ def _prepare(forward, flux, error, noise_level, free, fixed_values):
 def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_level: float = 1.0,
            degree: int = 2, n_starts: int = 4, max_iter: int = 30, rng: np.random.Generator | None = None,
            init=None, grid_start: bool = False, tol: float = 1e-9, method: str = "auto",
-           polish_steps: int = 1) -> FitResult:
+           polish_steps: int = 2) -> FitResult:
     """Levenberg–Marquardt fit of every spectrum, batched, with several starts.
 
     Parameters
