@@ -182,3 +182,77 @@ def test_autograd_jacobian_matches_finite_differences_of_the_fast_path(shipped):
         # O(step^2) truncation + float32 rounding of the flux (~1e-7 f0 / step)
         tol = 0.02 * np.linalg.norm(col) + 3e-6 * np.linalg.norm(f0) / steps[j]
         assert np.linalg.norm(fd - col) < tol, (j, np.linalg.norm(fd - col), np.linalg.norm(col))
+
+
+# --------------------------------------------------------------------------- the simulate path
+def test_banded_resampling_equals_the_sparse_matrix_product(shipped):
+    """PFSObserver._resample (dense bands) against scipy's product with the same sparse matrix."""
+    from specvit.observe import PFSObserver
+
+    obs = PFSObserver.for_model(shipped)
+    rng = np.random.default_rng(7)
+    f64 = rng.random((37, shipped.n_wave)) + 0.5
+    ref = (obs.resample_matrix @ f64.T).T
+    assert rel_err(obs.convolve_resample(f64), ref) < 1e-13
+    assert rel_err(obs.convolve_resample(f64.astype(np.float32)).astype(np.float64), ref) < 1e-6
+    # every non-zero of the sparse matrix sits inside its band (a dropped column would bias the flux)
+    total = sum(band.sum() for *_, band in obs._bands(np.float64))
+    assert total == pytest.approx(obs.resample_matrix.sum(), rel=1e-12)
+    # a model on another grid (e.g. a BOSZ-like R = 5000 linear grid) goes through the same code
+    toy = PFSObserver(model_wave=np.arange(6900.0, 9100.0, 0.5), model_resolution=5000.0 * 1.2)
+    g = rng.random((5, len(toy.model_wave)))
+    assert rel_err(toy.convolve_resample(g), (toy.resample_matrix @ g.T).T) < 1e-13
+
+
+def test_median_rows_is_numpy_median_bit_for_bit():
+    from specvit.observe.observer import median_rows
+
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        for n in (4096, 4095, 2, 1):
+            x = rng.normal(size=(20, n)).astype(dt)
+            x[:5] = np.round(x[:5])  # ties
+            a, b = np.median(x, axis=1), median_rows(x)
+            assert a.dtype == b.dtype and np.array_equal(a, b), (dt, n)
+
+
+class _Reference:
+    """The shipped emulator as the old simulate path saw it: reference evaluation, float64 out."""
+
+    def __init__(self, model):
+        self._m = model
+        for k in ("wave", "medium", "resolution", "label_names", "bounds", "describe"):
+            setattr(self, k, getattr(model, k))
+
+    def flux(self, labels):
+        return self._m.flux(labels, method="reference")
+
+
+def test_simulate_chunk_matches_the_reference_path(shipped):
+    """One simulate chunk: fast emulator + banded observer vs reference emulator, within float32 rounding."""
+    from specvit.data.simulate import ChunkSimulator, SimulateConfig
+
+    cfg = SimulateConfig(chunk_size=64)
+    new = ChunkSimulator(cfg, shipped).run(seed=5, shard=0, chunk=3, start=0, n=64, id_offset=0)
+    old = ChunkSimulator(cfg, _Reference(shipped)).run(seed=5, shard=0, chunk=3, start=0, n=64, id_offset=0)
+    assert new["flux"].dtype == np.float32
+    pd_new, pd_old = new["params"], old["params"]
+    np.testing.assert_array_equal(pd_new[["T_eff", "log_g", "mag", "seeing"]], pd_old[["T_eff", "log_g", "mag", "seeing"]])
+    for k in ("flux", "error"):
+        assert rel_err(new[k].astype(float), old[k].astype(float)) < 5e-6, k
+    np.testing.assert_allclose(pd_new["snr"], pd_old["snr"], rtol=5e-6)
+    np.testing.assert_allclose(pd_new["norm_factor"], pd_old["norm_factor"], rtol=5e-6)
+
+
+def test_simulate_default_model_same_file_for_any_workers(tmp_path):
+    from specvit.data import open_dataset
+    from specvit.data.simulate import SimulateConfig, simulate
+
+    cfg = SimulateConfig(chunk_size=24)
+    a = simulate(cfg, tmp_path / "a.h5", n=60, seed=4, workers=1, progress=False)[0]
+    b = simulate(cfg, tmp_path / "b.h5", n=60, seed=4, workers=2, progress=False)[0]
+    with open_dataset(a) as da, open_dataset(b) as db:
+        np.testing.assert_array_equal(da.flux[:], db.flux[:])
+        np.testing.assert_array_equal(da.error[:], db.error[:])
+        cols = ["T_eff", "snr", "norm_factor"]
+        np.testing.assert_array_equal(da.params[cols].to_numpy(), db.params[cols].to_numpy())

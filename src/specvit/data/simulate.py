@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
@@ -148,6 +149,10 @@ class ChunkSimulator:
         _check_prior(cfg, self.model)
         self.observer = PFSObserver.for_model(self.model, cfg.instrument)
         self.is_grid = hasattr(self.model, "interpolate")
+        # models that can write the stored dtype directly (the emulator's float32 path) skip a
+        # float64 round trip; the values are the same float32 numbers either way
+        flux_params = inspect.signature(self.model.flux).parameters
+        self._flux_kwargs = {"dtype": np.dtype(cfg.dtype)} if "dtype" in flux_params else {}
 
     def _sample_labels(self, rng, n) -> np.ndarray:
         cols = [getattr(self.cfg.labels, name).sample(rng, n) for name in self.model.label_names]
@@ -158,7 +163,7 @@ class ChunkSimulator:
         names = np.array(list(self.model.label_names) + [""], dtype=object)
         lab = self._sample_labels(rng, n)
         if not self.is_grid:
-            f = self.model.flux(lab)
+            f = self.model.flux(lab, **self._flux_kwargs)
             f = f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)  # torch-backed models
             return lab, f, np.full(n, "", dtype=object)
         mode = self.cfg.interpolation
@@ -200,7 +205,7 @@ class ChunkSimulator:
         params["mag_model"] = np.asarray(obs.mag_model, dtype=np.float64)
         params["seed"] = np.full(n, int(seed), dtype=np.int64)
         params["chunk"] = np.full(n, int(chunk), dtype=np.int64)
-        return {"start": start, "flux": obs.flux.astype(dt), "error": obs.error.astype(dt),
+        return {"start": start, "flux": obs.flux.astype(dt, copy=False), "error": obs.error.astype(dt, copy=False),
                 "params": pd.DataFrame(params)}
 
 
@@ -217,6 +222,9 @@ def _worker_init(cfg, model):
         os.environ[var] = "1"
     if "torch" in sys.modules:  # already loaded (e.g. unpickling a torch model)
         sys.modules["torch"].set_num_threads(1)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # numpy's BLAS was loaded before the variables above were set
     _WORKER = ChunkSimulator(cfg, model)
 
 

@@ -186,9 +186,9 @@ class SpectralEmulator(SpectralModel):
         with ln_offset = mean_c + ln num(lambda) - c0, ln num = ln(pi 2 h c^2 / lambda^5) (0 without
         the Planck baseline), c0 the mean of mean_c + ln num, and P the Lagrange polynomials on
         Chebyshev nodes of u = 1/lambda. The per-spectrum factor r = exp(c0 - hc u_mid / (k T))
-        multiplies the normalised-flux coefficients, so the float32 exponent stays O(1). The ln rows are divided by ln 2 (in float64) so that the
-        pixel loop calls exp2, about twice as fast as exp in torch on this CPU (0.56 vs 1.04 ns
-        per float32, measured).
+        multiplies the normalised-flux coefficients, so the float32 exponent stays O(1). The ln
+        rows are divided by ln 2 (in float64) so that the pixel loop calls exp2, about twice as
+        fast as exp in torch on this CPU (0.56 vs 1.04 ns per float32, measured).
         """
         if self._fast is not None:
             return self._fast
