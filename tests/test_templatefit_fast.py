@@ -129,3 +129,12 @@ def test_mlp_jacobian_equals_forward_mode_autograd(fwd):
     for m, d in zip(manual, dual):
         assert m.shape == d.shape
         assert float((m - d).abs().max() / d.abs().max()) < 1e-5
+
+
+def test_cli_help_names_the_lm_method(capsys):
+    from specvit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["baseline", "--help"])
+    out = capsys.readouterr().out
+    assert "lm_method" in out and "exact" in out

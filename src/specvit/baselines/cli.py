@@ -30,6 +30,7 @@ config for templatefit (keys of specvit.baselines.templatefit.TemplateFitConfig)
   input: data/test.h5
   output: runs/templatefit/predictions.csv   # + predictions.metrics.json beside it
   mode: lm                  # lm (Levenberg-Marquardt) | grid (chi2 on a grid, the paper's)
+  lm_method: auto           # auto | observed (fast search + exact polish_steps, emulator) | exact (reference)
   noise_seed: 42            # use the same fixed test noise as the other baselines
 """
 

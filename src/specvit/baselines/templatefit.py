@@ -12,10 +12,14 @@ degree −1 disables it).
 
 Two modes:
 
-- ``lm``: batched Levenberg–Marquardt (Marquardt 1963) in torch, Jacobians by
-  forward-mode autograd (one JVP per free label), several starts per spectrum,
-  labels bounded to the model box (steps are projected into the box); for
-  differentiable models (the emulator).
+- ``lm``: batched Levenberg–Marquardt (Marquardt 1963) in torch, several starts per
+  spectrum, labels bounded to the model box; for differentiable models. For the PCA
+  emulator the default (``method="observed"``, :mod:`specvit.baselines.templatefit_fast`)
+  searches with the emulator's bases pushed through the observer once
+  (:mod:`specvit.baselines.observed_emulator`) and finishes with Gauss–Newton steps on
+  the exact model's residual (exact χ²; labels within ~0.01 σ of the exact minimum,
+  ~10× faster). ``method="exact"``: every step with the exact model and its
+  forward-mode AD Jacobian (one JVP per free label; steps projected into the box).
 - ``grid``: χ² on a regular grid of labels, the paper's method (its template fit:
   Teff / log g / [M/H] free on the BOSZ nodes, linear flux correction), with the
   minimum refined by a parabola along each axis; works with any model.
