@@ -62,15 +62,9 @@ class SynthesisSetup:
 
     ``hydrogen`` adds the Paschen lines 3 -> 9..30 (line-list version 2); ``False`` gives the
     version-1 line list (atoms + molecules only). In a restricted ``window`` hydrogen lines are
-    kept within ``hydrogen_wing_A`` of it (a Paschen line's far wing 150 A from its centre is
-    < 1e-4 of the continuum, measured). PySME evaluates every hydrogen line at every
-    wavelength of the synthesis, which is most of its extra cost; so, by default, the part of
-    the spectrum blueward of ``hydrogen_split_A`` (vacuum A; 160 A blueward of P30) is
-    synthesised in a separate PySME call without hydrogen lines (their summed far wings there
-    are < 2e-5 of the continuum, measured at 5000-6000 K, log g 1-4.5), with all other lines
-    as in one call; the two calls overlap by ``hydrogen_split_overlap_A`` around the split so
-    neither edge (adaptive grid, R convolution) reaches it. ``hydrogen_split_A=None`` is the
-    exact single-call path. Measurements: docs/emulator.md ("Hydrogen lines").
+    kept within ``hydrogen_wing_A`` of it (the far wing of P12 150 A from its centre is 7e-5 of
+    the continuum at 6000 K, log g 2, measured). Hydrogen lines roughly quadruple the PySME CPU time
+    per spectrum (measured in docs/emulator.md, "Hydrogen lines").
     """
 
     wave_min_A: float = 7050.0
@@ -91,8 +85,6 @@ class SynthesisSetup:
     mh_atmosphere_clamp_dex: float = 0.1
     hydrogen: bool = True
     hydrogen_wing_A: float = 150.0
-    hydrogen_split_A: float | None = 8130.0
-    hydrogen_split_overlap_A: float = 10.0
 
     @property
     def linelist_version(self) -> int:
@@ -265,29 +257,13 @@ class PysmeSynthesizer:
         """Return ``{"flux", "cont"}`` (F_lambda, erg s-1 cm-2 A-1, on ``self.wave``) and ``info``.
 
         ``kinds`` (default: :meth:`choose_kinds`) selects the line lists; ``wave``/``window``
-        restrict the output grid and the lines (probes, tests). With hydrogen lines and
-        ``setup.hydrogen_split_A`` inside the output range, the part blueward of it is a separate
-        PySME call without hydrogen lines (see :class:`SynthesisSetup`); ``info["split_A"]``.
+        restrict the output grid and the lines (probes, tests).
         """
         t0, c0 = time.perf_counter(), time.process_time()
         choice = {}
         if kinds is None:
             kinds, choice = self.choose_kinds(teff, logg, mh, a_m, c_m)
-        labels = (teff, logg, mh, a_m, c_m)
-        w = self.wave if wave is None else np.asarray(wave, dtype=np.float64)
-        split, ov = self.setup.hydrogen_split_A, self.setup.hydrogen_split_overlap_A
-        if "hydrogen" in kinds and split is not None and w[0] < split - ov and w[-1] > split + ov:
-            blue, red = w <= split, w > split
-            wa, wb = w[w <= split + ov], w[w >= split - ov]
-            no_h = tuple(k for k in kinds if k != "hydrogen")
-            fa, ca, na, model = self._pysme(labels, no_h, wa, window)
-            fb, cb, nb, _ = self._pysme(labels, kinds, wb, window)
-            flux = np.concatenate([fa[: blue.sum()], fb[len(wb) - red.sum():]])
-            cont = np.concatenate([ca[: blue.sum()], cb[len(wb) - red.sum():]])
-            n_lines, used_split = max(na, nb), split
-        else:
-            flux, cont, n_lines, model = self._pysme(labels, kinds, wave, window)
-            used_split = None
+        flux, cont, n_lines, model = self._pysme((teff, logg, mh, a_m, c_m), kinds, wave, window)
         info = {
             "seconds": time.perf_counter() - t0,
             "cpu_seconds": time.process_time() - c0,
@@ -296,7 +272,6 @@ class PysmeSynthesizer:
             "n_lines": n_lines,
             "line_kinds": list(kinds),
             "linelist_version": 2 if "hydrogen" in kinds else 1,
-            "split_A": used_split,
             "atmosphere": model.info,
             "setup": asdict(self.setup),
         }

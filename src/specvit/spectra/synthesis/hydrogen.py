@@ -34,7 +34,9 @@ Hutcheon (1999, A&AS 140, 93) tables (Paschen lines up to m = 30, T >= 2500 K,
 log N_e = 10-16), self (resonance) broadening by Barklem, Piskunov & O'Mara (2000), helium
 broadening and radiative damping from the quantum numbers; lines with m > 30 fall back to
 the approximate Kurucz/Peterson HLINOP profile. ``gamrad`` is not used for hydrogen (set to 0
-here). Each line contributes within +-150 A of its centre (``InputLineList``).
+here). Upstream SMElib limits a line to +-150 A of its centre (``InputLineList``); the PySME
+build used here evaluates hydrogen lines much farther (P12 still depresses the flux by 2e-7
+at 1050 A, measured).
 
 Upper limit: ``PASCHEN_M_MAX = 30``, the last line SME profiles from Stehle's tables. SME
 treats every line as an isolated transition (no occupation probabilities, no dissolved-level
