@@ -63,10 +63,11 @@ def test_ml_fit_recovers_noiseless_labels(obs_fwd):
 def test_ml_fitter_scatter_reaches_crlb_at_high_snr(obs_fwd):
     theta = np.array([4800.0, 3.0, -1.0, 0.0, 0.0])
     mu = obs_fwd.numpy(theta[None])[0]
-    df = validate_crlb(obs_fwd, theta, {"snr200": mu / 200.0}, label="log_g", nuisance="3d", n_real=150,
-                       rng=np.random.default_rng(21), max_iter=20, fitter="ml", local_average=8)
+    df = validate_crlb(obs_fwd, theta, {"snr200": mu / 200.0}, label="log_g", nuisance="3d", n_real=100,
+                       rng=np.random.default_rng(21), max_iter=10, fitter="ml", local_average=8,
+                       centre_start=False)  # at SNR 200 the start at the truth is the global minimum's basin
     row = df.iloc[0]
-    assert abs(row["ratio"] - 1) < 0.15, row.to_dict()  # 150 realisations: MC s.e. 6 %
+    assert abs(row["ratio"] - 1) < 0.15, row.to_dict()  # 100 realisations: MC s.e. 7 %
     assert row["chi2_gain"] == pytest.approx(3.0, abs=1.0)  # converged ML: E[χ²(θ) − χ²(θ̂)] = 3 free labels
     assert row["sigma_crlb_p10"] <= row["sigma_crlb"] * 1.5 and row["sigma_local"] > 0
 
@@ -82,3 +83,24 @@ def test_crlb_scan_jumps_only_where_the_median_pixel_changes(obs_fwd):
     same = np.all(pair[1:] == pair[:-1], axis=1)
     rel = np.abs(np.diff(scan["sigma_crlb"].to_numpy())) / scan["sigma_crlb"].to_numpy()[:-1]
     assert np.all(rel[same] < 0.01)  # smooth between switches of the median pixel (0.0025 dex steps)
+
+
+def test_ml_fit_equals_the_template_fit_on_the_same_spectra(obs_fwd):
+    """ml_fit (fast exact-Jacobian LM) and fit_lm (the template fit, exact model) find the same optimum."""
+    import inspect
+
+    from specvit.baselines.templatefit import fit_lm
+    from specvit.fisher.montecarlo import ml_fit
+
+    theta = np.array([4800.0, 3.0, -1.0, 0.0, 0.0])
+    mu = obs_fwd.numpy(theta[None])[0]
+    rng = np.random.default_rng(5)
+    y = mu[None] + (mu / 200.0)[None] * rng.standard_normal((6, mu.size))
+    e = np.broadcast_to(mu / 200.0, y.shape)
+    start = np.repeat(theta[None], 6, 0)
+    x, chi2, _ = ml_fit(obs_fwd, y, e, free_idx=[0, 1, 2], starts=[start], max_iter=30)
+    kw = {"method": "exact"} if "method" in inspect.signature(fit_lm).parameters else {}
+    res = fit_lm(obs_fwd, y, e, free=["T_eff", "log_g", "M_H"], fixed_values={"a_M": 0.0, "C_M": 0.0}, degree=-1,
+                 n_starts=1, max_iter=40, rng=rng, init=start, **kw)
+    np.testing.assert_allclose(x[:, 1], res.labels[:, 1], atol=1e-4)
+    np.testing.assert_allclose(chi2, res.chi2, rtol=1e-6)

@@ -153,7 +153,7 @@ def ml_fit(forward: ForwardModel, flux, error, *, free_idx, starts, max_iter: in
 def validate_crlb(forward: ForwardModel, theta, errors: dict, *, label: str = "log_g", nuisance="3d",
                   n_real: int = 200, rng: np.random.Generator, n_starts: int = 2, max_iter: int = 40,
                   truth_start: bool = True, local_average: int = 0, local_width: float = 2.0,
-                  fitter: str = "templatefit") -> pd.DataFrame:
+                  fitter: str = "templatefit", centre_start: bool = True) -> pd.DataFrame:
     """MC scatter of ML fits vs √CRLB at one point θ for several noise settings.
 
     Parameters
@@ -168,7 +168,7 @@ def validate_crlb(forward: ForwardModel, theta, errors: dict, *, label: str = "l
     truth_start : also start at θ (the global minimum is then found reliably at high SNR)
     fitter : "templatefit" (:func:`specvit.baselines.templatefit.fit_lm`, exact model, no flux
         correction) or "ml" (:func:`ml_fit`, the same likelihood on the fast exact Jacobian route;
-        needs an observer; starts: the box centre and, with ``truth_start``, θ)
+        needs an observer; starts: the box centre (``centre_start``) and, with ``truth_start``, θ)
     local_average : if > 0, also σ_local from the Fisher matrix averaged over this many points
         within ± ``local_width`` · (pointwise √CRLB) of θ in every free label (:func:`local_crlb`)
 
@@ -199,7 +199,9 @@ def validate_crlb(forward: ForwardModel, theta, errors: dict, *, label: str = "l
         if fitter == "ml":
             centre = np.repeat(theta, n_real, 0)
             centre[:, free_idx] = 0.5 * (forward.lower[free_idx] + forward.upper[free_idx])
-            starts = [centre] + ([np.repeat(theta, n_real, 0)] if truth_start else [])
+            starts = ([centre] if centre_start else []) + ([np.repeat(theta, n_real, 0)] if truth_start else [])
+            if not starts:
+                raise InputError("ml fitter needs a start (centre_start or truth_start)", field="starts")
             labels_fit, chi2_fit, at_bound = ml_fit(forward, y, e, free_idx=free_idx, starts=starts,
                                                     max_iter=max_iter)
         elif fitter == "templatefit":
