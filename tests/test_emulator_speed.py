@@ -134,8 +134,9 @@ def test_output_independent_of_threads_and_dtype(shipped):
         np.testing.assert_array_equal(shipped.evaluate(lab, threads=threads), base)
     np.testing.assert_array_equal(shipped.evaluate(lab, dtype=np.float32, threads=2).astype(np.float64), base)
     # a different block size changes only float32 rounding (relative to each spectrum's maximum:
-    # single pixels in saturated lines, where norm ~ 0, have large relative rounding errors)
-    assert rel_err(shipped.evaluate(lab, chunk_rows=7), base) < 1e-6
+    # single pixels in saturated lines, where norm ~ 0, have large relative rounding errors);
+    # both are within 3e-6 of the float64 truth (test above), so within 6e-6 of each other
+    assert rel_err(shipped.evaluate(lab, chunk_rows=7), base) < 6e-6
     out = np.empty((len(lab), shipped.n_wave), dtype=np.float32)
     assert shipped.evaluate(lab, dtype="float32", out=out) is out
     # the torch thread setting of the caller is left as it was

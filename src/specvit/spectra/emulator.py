@@ -26,8 +26,9 @@ the second product: ln(pi B_lambda) = ln num(lambda) - hc/(lambda k T) - ln(1 - 
 the first two terms are exact (a constant row and a rank-one column, with the per-spectrum
 constant r outside the exponent so that it stays O(1) in float32) and the last, smooth one
 (< 0.07) is Lagrange-interpolated in 1/lambda on 8 Chebyshev nodes (error < 3e-8 in ln C for
-2,000-15,000 K, measured in tests/test_emulator_speed.py). Torch input (autograd) takes the reference path
-(:meth:`SpectralEmulator.flux_torch`), which ``method="reference"`` also selects for numpy.
+2,000-15,000 K, measured in tests/test_emulator_speed.py). Torch input (autograd) takes the
+reference path (:meth:`SpectralEmulator.flux_torch`), which ``method="reference"`` also
+selects for numpy.
 
 Weights: one ``.npz`` per version (``format_version``, arrays only, no pickle) in
 ``specvit/data_files/emulator/``; :func:`load_emulator` / :func:`specvit.spectra.default_model`.
