@@ -185,7 +185,9 @@ class ForwardModel:
         n_model, n, n_lab = dft.shape
         r = self._matrix_as(dft.dtype)
         with np.errstate(invalid="ignore", over="ignore"):  # invalid points are dropped just below
-            fc = np.asarray((r @ ft).T, dtype=np.float64)  # (N, P), model flux units
+            # R F in float64 (as the reference route): the median pixel is chosen from it, and two pixels
+            # can be within float32 rounding of each other at the median rank
+            fc = np.asarray((self._matrix_as(np.float64) @ ft.astype(np.float64)).T)  # (N, P), model flux units
             p = fc.shape[1]
             dfc = (r @ dft.reshape(n_model, n * n_lab)).reshape(p, n, n_lab)  # pixel-major, model dtype
         if not valid.all():  # drop after the product: the observed arrays are the smaller ones
