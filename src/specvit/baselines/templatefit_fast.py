@@ -61,7 +61,8 @@ class _Rows:
         self.basis = basis.to(dtype)  # (P, K)
         k = basis.shape[1]
         self.k = k
-        self.pairs = (self.basis[:, :, None] * self.basis[:, None, :]).reshape(-1, k * k)  # (P, K²)
+        # (P, K²) products of basis pairs; none without a flux correction (degree −1, K = 0)
+        self.pairs = (self.basis[:, :, None] * self.basis[:, None, :]).reshape(basis.shape[0], k * k)
 
     def profile(self, mu, idx):
         """Profiled flux-correction: coefficient Gram (n, K, K) float64, polynomial (n, P), residual, χ² (n,)."""
