@@ -121,22 +121,11 @@ def test_fast_observer_jacobian_equals_autograd_through_the_observer(fwd):
 
 
 def test_points_with_invalid_model_flux_are_dropped_and_counted(fwd):
-    class Holey:
-        """The small model, but with negative flux where log g > 4.5 (like an emulator extrapolating)."""
-
-        def __init__(self, m):
-            self.m = m
-            for k in ("wave", "medium", "resolution", "label_names", "bounds", "differentiable"):
-                setattr(self, k, getattr(m, k))
-
-        def flux(self, labels, **kw):
-            f = self.m.flux(labels, **kw)
-            bad = (labels[:, 1] > 4.5)[:, None]
-            return f * (1 - 2 * bad) if not hasattr(f, "detach") else f * (1 - 2 * bad.to(f.dtype))
+    from toymodel import HoleyModel
 
     from specvit.fisher.jacobian import ForwardModel
 
-    holey = ForwardModel(Holey(fwd.model), fwd.observer)
+    holey = ForwardModel(HoleyModel(fwd.model), fwd.observer)
     pts = np.array([[4500.0, 2.0, 0.0, 0.0, 0.0], [4500.0, 4.8, 0.0, 0.0, 0.0], [5000.0, 3.0, -1.0, 0.0, 0.0]])
     with pytest.warns(UserWarning, match="1 of 3 points dropped"):
         iset = compute_information(holey, pts, [20.0])

@@ -158,20 +158,9 @@ def test_compute_information_fast_equals_reference(which, noise_level, toy_fwd, 
 
 
 def test_fast_route_drops_invalid_points_like_the_reference(toy_fwd):
-    class Holey:
-        """The toy model with negative flux where log g > 4.5."""
+    from toymodel import HoleyModel
 
-        def __init__(self, m):
-            self.m = m
-            for k in ("wave", "medium", "resolution", "label_names", "bounds", "differentiable"):
-                setattr(self, k, getattr(m, k))
-
-        def flux(self, labels, **kw):
-            f = self.m.flux(labels, **kw)
-            bad = (labels[:, 1] > 4.5)[:, None]
-            return f * (1 - 2 * bad) if not hasattr(f, "detach") else f * (1 - 2 * bad.to(f.dtype))
-
-    holey = ForwardModel(Holey(toy_fwd.model), toy_fwd.observer)
+    holey = ForwardModel(HoleyModel(toy_fwd.model), toy_fwd.observer)
     pts = np.array([[4500.0, 4.8, 0.0, 0.0, 0.0], [4500.0, 2.0, 0.0, 0.0, 0.0], [4500.0, 4.9, 0.0, 0.0, 0.0],
                     [5000.0, 3.0, -1.0, 0.0, 0.0]])
     with warnings.catch_warnings():

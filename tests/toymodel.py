@@ -66,3 +66,18 @@ class ToyModel(SpectralModel):
         prof = xp.exp(-0.5 * ((wave[:, :, None] - tt(self.line_wave)[None, None, :]) / tt(self.sigma_A)[None, None, :]) ** 2)
         absorb = (depth[:, None, :] * prof).sum(-1)
         return planck * 1e20 * xp.exp(-absorb)
+
+
+class HoleyModel:
+    """Wraps a spectral model; its flux is negative where log g > 4.5 (like an emulator extrapolating
+    outside its training set), so code that must drop invalid points can be tested."""
+
+    def __init__(self, model):
+        self.m = model
+        for k in ("wave", "medium", "resolution", "label_names", "bounds", "differentiable"):
+            setattr(self, k, getattr(model, k))
+
+    def flux(self, labels, **kw):
+        f = self.m.flux(labels, **kw)
+        bad = (labels[:, 1] > 4.5)[:, None]
+        return f * (1 - 2 * bad) if not hasattr(f, "detach") else f * (1 - 2 * bad.to(f.dtype))
