@@ -37,7 +37,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from specvit.errors import InputError
 from specvit.fisher.jacobian import NORMALISED_MEDIAN
@@ -95,21 +94,7 @@ class ObservedEmulator:
         self._ln_planck_num = torch.as_tensor(np.log(np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8)
                                               - 5 * np.log(self.wave_eff * 1e-8), dtype=dtype)
         self.n_pix = len(self.wave_eff)
-        self._mlp = self._plain_mlp(m)
         self.n_components = int(self.n_basis.shape[0])
-
-    @staticmethod
-    def _plain_mlp(m):
-        """(lo, hi, layers) if the emulator is the plain Linear/SiLU MLP on (x − lo)/(hi − lo) − 0.5, else None."""
-        mlp = getattr(getattr(m, "net", None), "mlp", None)
-        if not isinstance(mlp, torch.nn.Sequential) or not all(hasattr(m, a) for a in ("_lo", "_hi")):
-            return None
-        layers = list(mlp)
-        if not layers or not all(isinstance(l, (torch.nn.Linear, torch.nn.SiLU)) for l in layers):
-            return None
-        if not isinstance(layers[0], torch.nn.Linear):
-            return None
-        return m._lo.to(torch.float32), m._hi.to(torch.float32), layers
 
     # ------------------------------------------------------------------ core
     def _coefficients(self, labels: torch.Tensor, tangents: torch.Tensor | None):
@@ -119,43 +104,9 @@ class ObservedEmulator:
             with torch.no_grad():
                 a, b = self.model._coeffs(x)
             return a.to(self.dtype), b.to(self.dtype), None, None
-        if self._mlp is not None:
-            return self._coefficients_mlp(x, tangents)
-        n, f = x.shape[0], tangents.shape[0]
-        xs = x.repeat(f, 1)
-        ts = tangents.to(self.dtype).repeat_interleave(n, 0)
-        with torch.no_grad(), fwAD.dual_level():
-            a, b = self.model._coeffs(fwAD.make_dual(xs, ts))
-            a, da = fwAD.unpack_dual(a)
-            b, db = fwAD.unpack_dual(b)
-        da = torch.zeros_like(a) if da is None else da
-        db = torch.zeros_like(b) if db is None else db
-        t = self.dtype
-        return (a[:n].to(t), b[:n].to(t), da.reshape(f, n, -1).transpose(0, 1).to(t),
-                db.reshape(f, n, -1).transpose(0, 1).to(t))
-
-    def _coefficients_mlp(self, x: torch.Tensor, tangents: torch.Tensor):
-        """As :meth:`_coefficients`, for the emulator's Linear/SiLU MLP: the primal once and the F tangents
-        as one (N·F)-row product per layer (forward-mode AD repeats the primal F times)."""
-        lo, hi, layers = self._mlp
-        t = (tangents.to(torch.float32) / (hi - lo))  # (F, L) tangents of the scaled labels
-        h = (x.to(torch.float32) - lo) / (hi - lo) - 0.5
-        n, f = h.shape[0], t.shape[0]
-        dh = None  # (N, F, d); None while the tangent is the same for every row
-        with torch.no_grad():
-            for layer in layers:
-                if isinstance(layer, torch.nn.Linear):
-                    h = torch.nn.functional.linear(h, layer.weight, layer.bias)
-                    dh = t @ layer.weight.T if dh is None else dh @ layer.weight.T
-                else:  # SiLU: d silu(z) = σ(z) (1 + z (1 − σ(z))) dz
-                    sig = torch.sigmoid(h)
-                    dh = dh * (sig * (1 + h * (1 - sig)))[:, None, :]
-                    h = h * sig
-        k = self.n_components
-        if dh.ndim == 2:
-            dh = dh.expand(n, f, dh.shape[-1])
-        t = self.dtype
-        return h[:, :k].to(t), h[:, k:].to(t), dh[:, :, :k].to(t), dh[:, :, k:].to(t)
+        c, dc = self.model.coeffs_and_tangents(x, tangents)
+        k, t = self.n_components, self.dtype
+        return c[:, :k].to(t), c[:, k:].to(t), dc[:, :, :k].to(t), dc[:, :, k:].to(t)
 
     def _ln_planck(self, teff: torch.Tensor) -> torch.Tensor:
         """ln πB_λ(T) at λ_eff, (N, P)."""

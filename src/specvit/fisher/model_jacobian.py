@@ -35,7 +35,7 @@ from specvit.fisher.jacobian import jvp_stacked
 
 #: relative tolerance of the one-off check that the analytic emulator flux equals ``model.flux``
 ANALYTIC_CHECK_RTOL = 1e-5
-_EMULATOR_ATTRS = ("_coeffs", "n_components", "_norm_mean", "_norm_basis", "_lnc_mean", "_lnc_basis",
+_EMULATOR_ATTRS = ("coeffs_and_tangents", "n_components", "_norm_mean", "_norm_basis", "_lnc_mean", "_lnc_basis",
                    "lncont_baseline", "_planck_num", "_hc_k_over_wave")
 _VERIFIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -60,8 +60,8 @@ def emulator_flux_and_jacobian(model, labels: torch.Tensor) -> tuple[torch.Tenso
     x = labels.detach().to(torch.float32)
     n, n_lab = x.shape
     k = int(model.n_components)
-    c, dc = jvp_stacked(lambda z: torch.cat(model._coeffs(z), dim=1), x)  # (N, K+Kc), (N, K+Kc, L)
-    dct = dc.permute(1, 0, 2).reshape(-1, n * n_lab)  # (K+Kc, N·L), columns (point, label)
+    c, dc = model.coeffs_and_tangents(x, torch.eye(n_lab))  # (N, K+Kc), (N, L, K+Kc)
+    dct = dc.permute(2, 0, 1).reshape(-1, n * n_lab)  # (K+Kc, N·L), columns (point, label)
     ct = c.T
     raw = torch.addmm(model._norm_mean[:, None], model._norm_basis.T, ct[:k])  # (n_model, N)
     keep = raw > 0  # the emulator clips the normalised flux at 0

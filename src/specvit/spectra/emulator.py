@@ -138,6 +138,39 @@ class SpectralEmulator(SpectralModel):
         c = self.net(self._scale(x.to(torch.float32)))
         return c[:, : self.n_components], c[:, self.n_components :]
 
+    def coeffs_and_tangents(self, labels: torch.Tensor, tangents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PCA coefficients c (N, K + K_c) and their directional derivatives dc (N, F, K + K_c), float32.
+
+        ``tangents`` (F, L) are directions in label units (``torch.eye(L)``: the full Jacobian).
+        For the Linear/SiLU MLP the primal runs once and the F tangents as one (N·F)-row
+        product per layer (forward-mode AD would repeat the primal F times); any other
+        ``net`` uses forward-mode AD. No range check. Used by the Fisher ceiling and the
+        fast template fit for their analytic Jacobians.
+        """
+        x = labels.detach().to(torch.float32)
+        n, f = x.shape[0], tangents.shape[0]
+        layers = list(self.net.mlp) if isinstance(getattr(self.net, "mlp", None), torch.nn.Sequential) else []
+        if not layers or not isinstance(layers[0], torch.nn.Linear) or \
+                not all(isinstance(m, (torch.nn.Linear, torch.nn.SiLU)) for m in layers):
+            import torch.autograd.forward_ad as fwad
+
+            xs, ts = x.repeat(f, 1), tangents.to(torch.float32).repeat_interleave(n, 0)
+            with torch.no_grad(), fwad.dual_level():
+                c, dc = fwad.unpack_dual(torch.cat(self._coeffs(fwad.make_dual(xs, ts)), dim=1))
+            dc = torch.zeros_like(c) if dc is None else dc
+            return c[:n], dc.reshape(f, n, -1).transpose(0, 1)
+        dh = tangents.to(torch.float32) / (self._hi - self._lo)  # (F, L) tangents of the scaled labels
+        h = self._scale(x)
+        with torch.no_grad():
+            for layer in layers:
+                if isinstance(layer, torch.nn.Linear):
+                    dh = dh @ layer.weight.T  # (F, d) while the same for every row, then (N, F, d)
+                else:  # SiLU: d silu(z) = σ(z) (1 + z (1 − σ(z))) dz
+                    sig = torch.sigmoid(h)
+                    dh = dh * (sig * (1 + h * (1 - sig)))[:, None, :]
+                h = layer(h)  # the primal exactly as self.net computes it
+        return h, (dh.expand(n, f, dh.shape[-1]) if dh.ndim == 2 else dh)
+
     def norm_torch(self, x: torch.Tensor) -> torch.Tensor:
         a, _ = self._coeffs(x)
         return self._clip_norm(self._norm_mean + a @ self._norm_basis)
