@@ -95,3 +95,18 @@ def test_cli_spectrum_writes_csv_and_plot(tmp_path, capsys):
     with pytest.warns(UserWarning, match="extrapolating"):
         assert main(["spectrum", "--teff", "6100", "--logg", "2", "--out", str(tmp_path / "z.csv"),
                      "--extrapolate"]) == 0
+
+
+def test_paschen_lines_strengthen_with_teff_and_are_deepest_in_giants(model):
+    """Hydrogen Paschen lines (line-list version 2): P12 and P14 cores deepen from 4500 K to 6000 K
+    (n = 3 population ~ exp(-12.09 eV / kT)) and are deeper in a giant than in a dwarf at 6000 K
+    (less Stark broadening at low electron density). Emulator v1 (no hydrogen) fails this."""
+    from specvit.spectra.synthesis.hydrogen import vacuum_wavelength_A
+
+    lab = np.array([[6000.0, 2.0, -1.0, 0.0, 0.0], [4500.0, 2.0, -1.0, 0.0, 0.0], [6000.0, 4.5, -1.0, 0.0, 0.0]])
+    n = model.normalized_flux(lab)
+    for m in (12, 14):
+        core = np.abs(model.wave - vacuum_wavelength_A(3, m)) < 1.0
+        depth = 1.0 - np.median(n[:, core], axis=1)
+        assert depth[0] > 0.08 and depth[0] > 3 * depth[1], (m, depth)
+        assert depth[0] > 2 * depth[2], (m, depth)

@@ -146,8 +146,10 @@ def test_compute_information_fast_equals_reference(which, noise_level, toy_fwd, 
     fast = compute_information(fwd, pts, MAGS, noise_level=noise_level, chunk_size=4)
     ref = compute_information(fwd, pts, MAGS, noise_level=noise_level, chunk_size=4, reference=True)
     np.testing.assert_array_equal(fast.points, ref.points)
-    np.testing.assert_allclose(fast.snr, ref.snr, rtol=1e-6)  # medians selected in float32
-    np.testing.assert_allclose(fast.median_error, ref.median_error, rtol=1e-6)
+    # medians selected in float32 from spectra evaluated in float32 (a sum over ~70 PCA components):
+    # relative rounding of a few 1e-7 per pixel, up to ~1e-6 in the median (1.04e-6 seen with emulator v2)
+    np.testing.assert_allclose(fast.snr, ref.snr, rtol=3e-6)
+    np.testing.assert_allclose(fast.median_error, ref.median_error, rtol=3e-6)
     rtol = 1e-4 if which == "emu" else 1e-8
     for nuisance in ("3d", "5d"):
         for label in ("log_g", "T_eff", "M_H"):

@@ -37,13 +37,27 @@ def _labels(fwd, n, seed, t_min=4500.0):
 def test_on_the_model_grid_the_fast_model_is_the_exact_model(emulator):
     # R = identity: no LSF approximation left, only float32 rounding
     fwd = ForwardModel(emulator, None)
-    lab = _labels(fwd, 4, 0)
+    lab = _labels(fwd, 8, 0)
     fast = ObservedEmulator(fwd)
     mu, jac = fast.value_and_jacobian(lab)
     mu_x, jac_x = fwd.value_and_jacobian(lab)
     np.testing.assert_allclose(mu.numpy(), mu_x, rtol=2e-5, atol=1e-6)
-    rel = np.abs(jac.numpy() - jac_x).max(1) / np.abs(jac_x).max(1)  # per spectrum and label
-    assert rel.max() < 1e-3
+    jac = jac.numpy()
+    scale = np.abs(jac_x).max(1)  # (N, L)
+    # mu = F / (2 median F): where two pixels near the median differ by less than float32 rounding, the
+    # float32 path may pick the other one as the median, which changes only the coefficient of mu in
+    # d mu = nu (dF - F d median / median). So (1) on every spectrum the Jacobians agree once the
+    # component along mu is projected out, and (2) where the median pixel is unambiguous they agree outright.
+    diff = jac - jac_x
+    along = np.einsum("np,npl->nl", mu_x, diff) / np.einsum("np,np->n", mu_x, mu_x)[:, None]
+    resid = diff - mu_x[:, :, None] * along[:, None, :]
+    assert (np.abs(resid).max(1) / scale).max() < 1e-3
+    p = mu_x.shape[1]
+    s = np.sort(mu_x, axis=1)
+    gap = np.minimum(s[:, p // 2 + 1] - s[:, p // 2], s[:, p // 2] - s[:, p // 2 - 1]) / s[:, p // 2]
+    clear = gap > 1e-5  # ~100 float32 ulps: the float32 path cannot reorder the median pixel
+    assert clear.sum() >= 3, gap
+    assert (np.abs(diff).max(1) / scale)[clear].max() < 1e-3
 
 
 def test_observed_grid_model_matches_the_exact_observer(fwd):
@@ -81,10 +95,12 @@ def test_fast_fit_equals_exact_fit_on_the_same_spectra(fwd):
     d = np.abs(fast.labels - exact.labels) / exact.sigma
     assert np.median(d) < 0.01 and np.all(d < 0.25), d
     # Laplace sigma from the fast Jacobian: 1 % where both fits stopped at the same labels; where they
-    # differ along the flat direction the curvature is taken at a different point (v1: 2.4 % at 0.2 sigma)
+    # differ along the flat direction the curvature is taken at a different point (v1: 2.4 % at 0.2 sigma).
+    # The observed-grid LSF approximation itself moves the weakest-constrained sigma ([C/M] of a
+    # metal-poor 5300 K giant) by 1.09 % with emulator v2 (v1: < 1 %), hence 1.5 %.
     same = d.max(1) < 0.05
     assert same.sum() >= len(d) // 2
-    np.testing.assert_allclose(fast.sigma[same], exact.sigma[same], rtol=0.01)
+    np.testing.assert_allclose(fast.sigma[same], exact.sigma[same], rtol=0.015)
     np.testing.assert_allclose(fast.sigma, exact.sigma, rtol=0.05)
     assert np.all(np.abs(fast.labels - truth) < 5 * fast.sigma)
     # without the exact polish the fit stays at the fast model's optimum: close, but not identical

@@ -59,6 +59,10 @@ def register(subparsers) -> None:
     q.add_argument("--select", action="store_true",
                    help="choose the network size by k-fold cross-validation on the training rows")
     q.add_argument("--version", default=None, help="version string stored in the weights (default: file stem)")
+    q.add_argument("--transfer-from", type=Path, default=None, metavar="OLD_DIR",
+                   help="spectra of the same design synthesised with an older line list: label sets found only "
+                        "there join the training set, carried over by a model of ln(new/old) learned from the "
+                        "label sets in both (see docs/emulator.md)")
     q.set_defaults(func=_cmd_emulator_train)
     q = sub.add_parser("validate", help="emulator vs held-out synthesised spectra: rms / max error, per region")
     q.add_argument("--spectra", type=Path, required=True)
@@ -145,7 +149,7 @@ def _cmd_emulator_train(args) -> int:
 
     report = train_from_directory(args.spectra, args.design, args.out, seed=args.seed,
                                   n_components=args.n_components, epochs=args.epochs, version=args.version,
-                                  select=args.select)
+                                  select=args.select, transfer_from=args.transfer_from)
     if args.report:
         from specvit.atomic import write_text_atomic
 

@@ -249,8 +249,22 @@ CANDIDATES = (dict(width=64, depth=2, weight_decay=1e-4), dict(width=64, depth=2
 
 
 def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, n_components=None, epochs=None,
-                         version: str | None = None, select: bool = False, folds: int = 5) -> dict:
+                         version: str | None = None, select: bool = False, folds: int = 5,
+                         transfer_from=None) -> dict:
+    """Train on ``spectra_dir`` (and, with ``transfer_from``, on older-line-list spectra carried over).
+
+    ``transfer_from``: a directory of the same design synthesised with an older line list; label sets
+    found only there are added to the training set through
+    :func:`specvit.spectra.linelist_transfer.transfer_dataset` (a model of ln(new/old) learned from the
+    label sets in both). Validation is always against exact spectra of ``spectra_dir``; the transferred
+    validation-split rows are reported separately (``validation_transferred``).
+    """
     data = load_spectra(spectra_dir, design_path)
+    held_out, transfer = None, None
+    if transfer_from is not None:
+        from specvit.spectra.linelist_transfer import transfer_dataset
+
+        data, held_out, transfer = transfer_dataset(data, load_spectra(transfer_from, design_path))
     cfg = EmulatorTrainConfig(seed=seed)
     if epochs is not None:
         cfg.epochs = int(epochs)
@@ -265,10 +279,20 @@ def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, 
     model.meta["version"] = version or Path(out_path).stem
     model.meta["design"] = Path(design_path).name
     model.version = model.meta["version"]
+    if transfer is not None:
+        src = data["source"][data["split"] != "val"]
+        model.meta["training_set"] = {"synthesised": int((src == "synthesised").sum()),
+                                      "transferred": int((src == "transferred").sum()),
+                                      "transferred_from": Path(transfer_from).name}
+        model.meta["linelist_transfer"] = transfer.report
     report = {"train": model.meta}
     if (data["split"] == "val").any():
         rep = validate(model, data)
         model.meta["validation"] = {"n": rep["n"], "overall": rep["overall"], "per_region": rep["per_region"]}
         report["validation"] = _jsonable(rep)
+    if held_out is not None:
+        rep = validate(model, held_out)
+        model.meta["validation_transferred"] = {"n": rep["n"], "overall": rep["overall"]}
+        report["validation_transferred"] = _jsonable(rep)
     model.save(out_path)
     return report
