@@ -182,7 +182,9 @@ class ChunkSimulator:
                              field="labels")
         return used, flux, names[ip]
 
-    def run(self, seed: int, shard: int, chunk: int, start: int, n: int, id_offset: int) -> dict:
+    def run(self, seed: int, shard: int, chunk: int, start: int, n: int, id_offset: int, out=None) -> dict:
+        """One chunk: ``{"start", "flux", "error", "params"}``. ``out = (flux, error)`` (n, 4096) arrays of
+        the stored dtype receive flux and error (simulate's workers pass views of shared memory)."""
         from specvit.observe import draw_conditions
 
         ss = np.random.SeedSequence(int(seed), spawn_key=(int(shard), int(chunk)))
@@ -190,7 +192,7 @@ class ChunkSimulator:
         lab, mflux, ip = self.model_flux(rng, n)
         cond = draw_conditions(self.cfg.observing, n, rng)
         dt = np.dtype(self.cfg.dtype)
-        obs = self.observer.observe(mflux.astype(dt, copy=False), cond)  # float32 in -> observer's float32 path
+        obs = self.observer.observe(mflux.astype(dt, copy=False), cond, out=out)  # float32 in -> float32 path
         params = {"id": np.arange(id_offset + start, id_offset + start + n, dtype=np.int64)}
         for name in LABEL_NAMES:
             params[name] = lab[:, self.model.label_names.index(name)] if name in self.model.label_names \
@@ -210,11 +212,64 @@ class ChunkSimulator:
 
 
 # --------------------------------------------------------------------------- workers
+# Workers (spawned) build the model and the observer themselves, in parallel, while the main
+# process (which never imports torch or loads the model when workers > 1) opens the output. Each
+# chunk in flight owns one slot of a shared-memory buffer: the worker's observer writes flux and
+# error straight into it, only the small params table goes through the pipe, and the main process
+# copies the slot into the HDF5 file and hands the slot to the next chunk.
 _WORKER: ChunkSimulator | None = None
+_WORKER_ERROR: BaseException | None = None
+_WORKER_SLOTS: dict = {}
+
+
+class _Slots:
+    """``n_slots`` pairs of (rows, n_wave) arrays (flux, error) in one block of memory.
+
+    ``_Slots.create`` makes a shared-memory block (``multiprocessing.shared_memory``: its pages are
+    mapped lazily, nothing is zeroed up front); workers attach to it by ``name``.
+    """
+
+    def __init__(self, buf, n_slots: int, rows: int, n_wave: int, dtype, shm=None):
+        self.n_slots, self.rows, self.n_wave, self.dtype = n_slots, rows, n_wave, np.dtype(dtype)
+        self._shm = shm
+        self._arr = np.frombuffer(buf, dtype=self.dtype, count=n_slots * 2 * rows * n_wave).reshape(
+            n_slots, 2, rows, n_wave)
+
+    @property
+    def spec(self) -> tuple:
+        """What a worker needs to attach: (name, n_slots, rows, n_wave, dtype name)."""
+        return self._shm.name, self.n_slots, self.rows, self.n_wave, self.dtype.name
+
+    @classmethod
+    def create(cls, n_slots: int, rows: int, n_wave: int, dtype) -> "_Slots":
+        from multiprocessing import shared_memory
+
+        shm = shared_memory.SharedMemory(create=True, size=n_slots * 2 * rows * n_wave * np.dtype(dtype).itemsize)
+        return cls(shm.buf, n_slots, rows, n_wave, dtype, shm=shm)
+
+    @classmethod
+    def attach(cls, spec: tuple) -> "_Slots":
+        from multiprocessing import shared_memory
+
+        name, n_slots, rows, n_wave, dtype = spec
+        shm = shared_memory.SharedMemory(name=name)
+        return cls(shm.buf, n_slots, rows, n_wave, dtype, shm=shm)
+
+    def get(self, slot: int, n: int):
+        """(flux, error) views of ``slot``, first ``n`` rows (C-contiguous)."""
+        return self._arr[slot, 0, :n], self._arr[slot, 1, :n]
+
+    def release(self, unlink: bool) -> None:
+        self._arr = None  # the views must go before the mapping
+        if self._shm is not None:
+            self._shm.close()
+            if unlink:
+                self._shm.unlink()
+            self._shm = None
 
 
 def _worker_init(cfg, model):
-    global _WORKER
+    global _WORKER, _WORKER_ERROR
     import os
 
     # one thread per worker process (the workers are the parallelism); torch reads this when it loads
@@ -225,11 +280,63 @@ def _worker_init(cfg, model):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # numpy's BLAS was loaded before the variables above were set
-    _WORKER = ChunkSimulator(cfg, model)
+    try:
+        _WORKER = ChunkSimulator(cfg, model)
+    except Exception as e:  # raised by the first task: an initializer that raises makes the pool respawn forever
+        _WORKER_ERROR = e
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
-def _worker_run(job):
-    return _WORKER.run(*job)
+def _worker_sim() -> ChunkSimulator:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
+    return _WORKER
+
+
+def _worker_meta() -> dict:
+    """What the main process needs to know about the model (it does not load it when workers > 1)."""
+    return _meta(_worker_sim())
+
+
+def _meta(sim: ChunkSimulator) -> dict:
+    return {"wave": sim.observer.wave, "wave_edges": sim.observer.wave_edges,
+            "label_names": list(sim.model.label_names),
+            "model": sim.model.describe() if hasattr(sim.model, "describe") else {"model": type(sim.model).__name__}}
+
+
+def _worker_run(job, spec: tuple, slot: int) -> dict:
+    """Run one chunk into ``slot`` of the shared memory ``spec``; return its params (flux and error stay there)."""
+    sim = _worker_sim()
+    if spec[0] not in _WORKER_SLOTS:
+        _WORKER_SLOTS[spec[0]] = _Slots.attach(spec)
+    r = sim.run(*job, out=_WORKER_SLOTS[spec[0]].get(slot, job[4]))
+    return {"start": r["start"], "slot": slot, "params": r["params"]}
+
+
+def _run_pooled(pool, slots: _Slots, jobs, write):
+    """Run ``jobs`` on ``pool`` with one shared-memory slot per chunk in flight; ``write(start, flux, error,
+    params)`` each result (any order) in this process. At most ``slots.n_slots`` chunks in flight: memory
+    flat in N, and the workers never wait for a batch to finish (a free slot takes the next chunk)."""
+    import queue
+
+    done = queue.SimpleQueue()
+    free = list(range(slots.n_slots - 1, -1, -1))
+    todo = list(reversed(jobs))
+    in_flight = 0
+    while todo or in_flight:
+        while todo and free:
+            pool.apply_async(_worker_run, (todo.pop(), slots.spec, free.pop()), callback=done.put,
+                             error_callback=done.put)
+            in_flight += 1
+        r = done.get()
+        in_flight -= 1
+        if isinstance(r, BaseException):
+            raise r
+        n = len(r["params"])
+        flux, error = slots.get(r["slot"], n)
+        write(r["start"], flux, error, r["params"])
+        free.append(r["slot"])
 
 
 # --------------------------------------------------------------------------- shards
@@ -279,19 +386,32 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
     if shards > n:
         raise InputError("more shards than spectra", field="shards", value=shards)
     paths = shard_paths(out, shards)
-    sim = ChunkSimulator(cfg, model)  # validates config + model before any file is touched
-    wave, wave_edges = sim.observer.wave, sim.observer.wave_edges
-    label_names = list(sim.model.label_names)
-    cfg_dict = config_to_dict(cfg)
-    model_desc = sim.model.describe() if hasattr(sim.model, "describe") else {"model": type(sim.model).__name__}
-    if workers > 1:
-        sim = None  # the workers hold the model; free the main process's copy (a grid can be GBs)
     sizes = _split(n, shards)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     C = cfg.chunk_size
-    bar = tqdm(total=n, unit="spec", file=sys.stderr, disable=not progress, desc="simulate")
-    pool = None
+    workers = min(workers, sum(-(-size // C) for size in sizes))  # no more workers than chunks
+    pool = slots = sim = None
+    bar = None
     try:
+        if workers > 1:
+            import multiprocessing as mp
+
+            from specvit.observe.pfs import pfs_mr_wave
+
+            # start the workers first: each builds its own model from the config (a grid file is read, not
+            # pickled; only a model object passed in by the caller is shipped) while this process goes on
+            pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(cfg, model))
+            meta = pool.apply_async(_worker_meta)
+            # one slot per chunk in flight (2 per worker: one computed, one waiting to be written)
+            slots = _Slots.create(2 * workers, min(C, max(sizes)), len(pfs_mr_wave()), np.dtype(cfg.dtype))
+            cfg_dict = config_to_dict(cfg)
+            meta = meta.get()  # validates config + model (raises their errors) before any file is touched
+        else:
+            sim = ChunkSimulator(cfg, model)  # validates config + model before any file is touched
+            meta = _meta(sim)
+            cfg_dict = config_to_dict(cfg)
+        wave, wave_edges, label_names, model_desc = meta["wave"], meta["wave_edges"], meta["label_names"], meta["model"]
+        bar = tqdm(total=n, unit="spec", file=sys.stderr, disable=not progress, desc="simulate")
         for k, (path, size) in enumerate(zip(paths, sizes)):
             key = _resume_key(cfg_dict, n, seed, k, shards, model_desc)
             if path.exists():
@@ -320,20 +440,17 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                 jobs = [(seed, k, c, s, min(C, size - s), int(offsets[k]))
                         for c, s in enumerate(range(0, size, C)) if not done[s:s + min(C, size - s)].all()]
                 bar.update(int(size - sum(j[4] for j in jobs)))
-                if workers > 1 and jobs:
-                    if pool is None:
-                        import multiprocessing as mp
 
-                        # workers build their own model from the config (a grid file is read, not pickled);
-                        # only a model object passed in by the caller is shipped to them
-                        pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init,
-                                                            initargs=(cfg, model))
-                    results = _windowed(pool, jobs, 2 * workers)
+                def write(start, flux, error, params):
+                    writer.write_rows(start, flux=flux, error=error, params=params)
+                    bar.update(len(params))
+
+                if pool is not None:
+                    _run_pooled(pool, slots, jobs, write)
                 else:
-                    results = (sim.run(*j) for j in jobs)
-                for r in results:
-                    writer.write_rows(r["start"], flux=r["flux"], error=r["error"], params=r["params"])
-                    bar.update(len(r["params"]))
+                    for j in jobs:
+                        r = sim.run(*j)
+                        write(r["start"], r["flux"], r["error"], r["params"])
                 writer.finalize()
             except SpecvitError:
                 writer.abort()  # deterministic bad input: nothing to resume
@@ -342,17 +459,14 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                 writer.close()  # killed / crashed: keep the partial file for resuming
                 raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
+        if slots is not None:
+            slots.release(unlink=True)
     return paths
-
-
-def _windowed(pool, jobs, window: int):
-    """Results of ``jobs`` (any order) with at most ``window`` chunks in flight: memory flat in N."""
-    for i in range(0, len(jobs), window):
-        yield from pool.imap_unordered(_worker_run, jobs[i:i + window])
 
 
 def _finished_key(path: Path) -> str | None:

@@ -313,17 +313,27 @@ class PFSObserver:
         return response, background, extra
 
     # ------------------------------------------------------------------ main
-    def observe(self, model_flux, conditions, *, return_components: bool = False) -> Observation:
+    def observe(self, model_flux, conditions, *, return_components: bool = False, out=None) -> Observation:
         """Observe N noiseless model spectra (N, n_model) F_lambda under ``conditions`` (N rows).
 
         Computes in float32 if ``model_flux`` is float32 (outputs float32), else in float64.
+        ``out = (flux, error)``: two C-contiguous (N, 4096) arrays of that dtype (e.g. views of
+        shared memory) that receive the normalised flux and error -- the same numbers, no copy.
         """
         f = self._check_flux(model_flux)
         dtype = f.dtype
         c = check_conditions(conditions, len(f), source="conditions")
+        if out is not None:
+            out = tuple(out)
+            shape = (len(f), len(self.wave))
+            if len(out) != 2 or any(not isinstance(o, np.ndarray) or o.shape != shape or o.dtype != dtype
+                                    or not o.flags.c_contiguous or not o.flags.writeable for o in out):
+                raise InputError(f"must be two writeable C-contiguous {dtype} arrays of shape {shape}", field="out",
+                                 value=[(getattr(o, "shape", None), str(getattr(o, "dtype", None))) for o in out])
         if len(f) == 0:
             empty = np.zeros((0, len(self.wave)), dtype)
-            return Observation(wave=self.wave, flux=empty, error=empty.copy(), snr=np.zeros(0), norm_factor=np.zeros(0),
+            flux, error = (empty, empty.copy()) if out is None else out
+            return Observation(wave=self.wave, flux=flux, error=error, snr=np.zeros(0), norm_factor=np.zeros(0),
                                mag_model=np.zeros(0), conditions=c)
         f = self._doppler(f, c["redshift"].to_numpy(float))
         f = self._redden(f, c["ext"].to_numpy(float))
@@ -353,9 +363,9 @@ class PFSObserver:
         err = np.sqrt(var, out=var)
         snr = median_rows(np.divide(obj, err, out=obj))
         nf = norm.astype(dtype)[:, None]
-        error = np.divide(err, response, out=err)
+        error = np.divide(err, response, out=err if out is None else out[1])
         error *= nf
-        flux = np.multiply(fc, nf, out=fc)
+        flux = np.multiply(fc, nf, out=fc if out is None else out[0])
         return Observation(wave=self.wave, flux=flux, error=error, snr=snr, norm_factor=norm * scale ** -1,
                            mag_model=mag_model, conditions=c, components=components)
 
