@@ -43,6 +43,22 @@ def register(subparsers) -> None:
                         "(an output directory holds one version)")
     q.set_defaults(func=_cmd_run)
 
+    q = sub.add_parser("refine", help="a refinement design: label sets where a committee of emulators disagrees most")
+    q.add_argument("--spectra", type=Path, required=True, help="directory of finished <id>.npz spectra")
+    q.add_argument("--design", type=Path, required=True, nargs="+", help="design CSV(s) of those spectra")
+    q.add_argument("--transfer-from", type=Path, default=None, metavar="OLD_DIR",
+                   help="older-line-list spectra carried over into the training set, as in `emulator train`")
+    q.add_argument("--n", type=int, required=True, help="label sets to pick")
+    q.add_argument("--seed", type=int, required=True, help="seed of the candidate pool and the committee folds")
+    q.add_argument("--prefix", default="r1", help="id prefix (default r1; must differ from the other designs)")
+    q.add_argument("--candidates", type=int, default=8192, help="candidate pool size (default 8192)")
+    q.add_argument("--members", type=int, default=5, help="committee size = folds (default 5)")
+    q.add_argument("--exclusion", type=float, default=0.1,
+                   help="damping radius in labels scaled to the box (default 0.1)")
+    q.add_argument("--epochs", type=int, default=None, help="training epochs per member (default: emulator config)")
+    q.add_argument("--out", type=Path, required=True, help="design CSV to write (+ JSON sidecar)")
+    q.set_defaults(func=_cmd_refine)
+
     # ---- emulator
     p = subparsers.add_parser("emulator", help="train / validate the neural spectral emulator",
                               description="Train or validate the Payne-style emulator on synthesised spectra.")
@@ -50,8 +66,10 @@ def register(subparsers) -> None:
     sub.required = True
     q = sub.add_parser("train", help="train the emulator on finished spectra (deterministic, seeded)")
     q.add_argument("--spectra", type=Path, required=True, help="directory of <id>.npz spectra")
-    q.add_argument("--design", type=Path, required=True, help="design CSV (its 'split' column selects validation)")
-    q.add_argument("--out", type=Path, required=True, help="output weights file (.pt)")
+    q.add_argument("--design", type=Path, required=True, nargs="+",
+                   help="design CSV(s) (their 'split' column selects validation); several, e.g. the Sobol "
+                        "design and a refinement design")
+    q.add_argument("--out", type=Path, required=True, help="output weights file (.npz)")
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--n-components", type=int, default=None, help="PCA components (default: from config)")
     q.add_argument("--epochs", type=int, default=None, help="training epochs (default: from config)")
@@ -66,7 +84,7 @@ def register(subparsers) -> None:
     q.set_defaults(func=_cmd_emulator_train)
     q = sub.add_parser("validate", help="emulator vs held-out synthesised spectra: rms / max error, per region")
     q.add_argument("--spectra", type=Path, required=True)
-    q.add_argument("--design", type=Path, required=True)
+    q.add_argument("--design", type=Path, required=True, nargs="+", help="design CSV(s)")
     q.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped emulator)")
     q.add_argument("--out", type=Path, default=None, help="write the report JSON here")
     q.add_argument("--figures", type=Path, default=None, help="directory for validation figures")
@@ -126,6 +144,31 @@ def _cmd_design(args) -> int:
     df = make_design(args.n, seed=args.seed, val_every=args.val_every, prefix=args.prefix)
     write_design(df, args.out)
     print(f"wrote {args.out} ({len(df)} rows, {int((df['split'] == 'val').sum())} validation)")
+    return 0
+
+
+def _cmd_refine(args) -> int:
+    from specvit.spectra.emulator_train import EmulatorTrainConfig, load_spectra
+    from specvit.spectra.synthesis.design import write_design
+    from specvit.spectra.synthesis.refine import refine_design
+
+    data = load_spectra(args.spectra, args.design)
+    if args.transfer_from is not None:
+        from specvit.spectra.linelist_transfer import transfer_dataset
+
+        data, _, _ = transfer_dataset(data, load_spectra(args.transfer_from, args.design))
+    taken = set(data["ids"])
+    cfg = EmulatorTrainConfig() if args.epochs is None else EmulatorTrainConfig(epochs=args.epochs)
+    df = refine_design(data, n=args.n, seed=args.seed, prefix=args.prefix, n_candidates=args.candidates,
+                       n_members=args.members, exclusion=args.exclusion, config=cfg)
+    if taken & set(df["id"]):
+        raise InputError("refinement ids collide with existing ids; choose another --prefix", field="prefix",
+                         value=args.prefix)
+    df.attrs["based_on"] = {"spectra": str(args.spectra), "designs": [Path(p).name for p in args.design],
+                            "transfer_from": None if args.transfer_from is None else str(args.transfer_from)}
+    write_design(df, args.out)
+    print(f"wrote {args.out} ({len(df)} rows, committee rms {df['committee_rms'].min():.4f}-"
+          f"{df['committee_rms'].max():.4f})")
     return 0
 
 

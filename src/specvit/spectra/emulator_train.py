@@ -45,10 +45,24 @@ class EmulatorTrainConfig:
     lncont_weight: float = 1.0
 
 
+def _designs(design_path) -> list:
+    return list(design_path) if isinstance(design_path, (list, tuple)) else [design_path]
+
+
 def load_spectra(spectra_dir, design_path):
-    """Labels, normalised flux, ln continuum, wave, split and ids of every finished design row."""
+    """Labels, normalised flux, ln continuum, wave, split and ids of every finished design row.
+
+    ``design_path``: one design CSV or a list of them (e.g. the Sobol design and a refinement
+    design of :mod:`specvit.spectra.synthesis.refine`); ids must be unique across them.
+    """
+    import pandas as pd
+
     spectra_dir = Path(spectra_dir)
-    df = read_design(design_path)
+    frames = [read_design(p) for p in _designs(design_path)]
+    df = pd.concat(frames, ignore_index=True)
+    if df["id"].duplicated().any():
+        raise InputError("the same id appears in two designs", field="id",
+                         value=str(df["id"][df["id"].duplicated()].iloc[0]))
     ids, labels, norm, lnc, split, wave, resolution = [], [], [], [], [], None, None
     split_of = dict(zip(df["id"], df["split"]))
     for sid in df["id"]:
@@ -277,7 +291,7 @@ def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, 
     if cv:
         model.meta["config_selection"] = cv
     model.meta["version"] = version or Path(out_path).stem
-    model.meta["design"] = Path(design_path).name
+    model.meta["design"] = ", ".join(Path(p).name for p in _designs(design_path))
     model.version = model.meta["version"]
     if transfer is not None:
         src = data["source"][data["split"] != "val"]
