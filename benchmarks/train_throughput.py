@@ -40,10 +40,12 @@ Note: a background spectral-synthesis job may run at nice 19 on this machine;
 it steals CPU from both models alike, but absolute figures are lower while
 it runs. Pause it for clean absolute numbers.
 
-Measured on this machine (AMD EPYC, 2 cores, AVX2 without AVX512-BF16):
-``--bf16`` autocast made SpecViT training ~10x slower (no native bf16 GEMM),
-so it is off by default; ``--compile`` needs minutes of inductor compilation
-on 2 cores before the first step.
+bf16 depends on the CPU: on an AMD EPYC with AVX2 only (2026-11-23) ``--bf16``
+autocast made SpecViT training ~10x slower (no native bf16 GEMM); on an AMD
+EPYC with AVX512-BF16 (2026-12-06) it made it 1.27x faster (23.2 vs 18.3
+samples/s). It is off by default so the ratio compares equal precision
+(``run.precision: bf16`` turns it on in training). ``--compile`` needs minutes
+of inductor compilation on 2 cores before the first step.
 """
 from __future__ import annotations
 
