@@ -14,21 +14,15 @@ from specvit.data.simulate import LabelDist, SimulateConfig, shard_paths, simula
 from specvit.errors import ConfigError, InputError
 from specvit.spectra.grid import RegularGrid
 
-NODES = {"T_eff": [3750.0, 4500.0, 5250.0, 6000.0], "log_g": [1.0, 3.0, 5.0], "M_H": [-2.5, -1.0, 0.75],
-         "a_M": [-0.25, 0.5], "C_M": [-0.75, 0.5]}
+from toymodel import TOY_GRID_NODES as NODES  # noqa: E402
+from toymodel import write_toy_grid  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory):
-    """A small 5-D grid made from the analytic ToyModel (Planck x lines), with one invalid node."""
-    from toymodel import ToyModel
-
-    toy = ToyModel(step=1.0, resolution=20000.0)
-    mesh = np.stack(np.meshgrid(*NODES.values(), indexing="ij"), -1).reshape(-1, 5)
-    flux = toy.flux(mesh).reshape(tuple(len(v) for v in NODES.values()) + (len(toy.wave),))
-    flux[1, 1, 1, 0, 0] = np.nan  # 4500 K, log g 3, [M/H] -1, a_M -0.25, C_M -0.75: invalid
-    g = RegularGrid(axes=NODES, wave=toy.wave, flux=flux.astype(np.float32), resolution=20000.0)
-    return g.save(tmp_path_factory.mktemp("grid") / "toygrid.h5")
+    """A small 5-D grid made from the analytic ToyModel (Planck x lines), with one invalid node:
+    4500 K, log g 3, [M/H] -1, a_M -0.25, C_M -0.75."""
+    return write_toy_grid(tmp_path_factory.mktemp("grid") / "toygrid.h5", invalid_node=(1, 1, 1, 0, 0))
 
 
 def _cfg(grid_file, **kw):

@@ -81,3 +81,23 @@ class HoleyModel:
         f = self.m.flux(labels, **kw)
         bad = (labels[:, 1] > 4.5)[:, None]
         return f * (1 - 2 * bad) if not hasattr(f, "detach") else f * (1 - 2 * bad.to(f.dtype))
+
+
+#: Nodes of the small 5-D test grid of :func:`write_toy_grid` (BOSZ-like spacing, few nodes).
+TOY_GRID_NODES = {"T_eff": [3750.0, 4500.0, 5250.0, 6000.0], "log_g": [1.0, 3.0, 5.0], "M_H": [-2.5, -1.0, 0.75],
+                  "a_M": [-0.25, 0.5], "C_M": [-0.75, 0.5]}
+
+
+def write_toy_grid(path, *, invalid_node=None):
+    """Save a RegularGrid of the ToyModel on TOY_GRID_NODES (R = 20,000); ``invalid_node``: an index
+    tuple whose flux is set to NaN (an invalid grid node). Returns the saved path."""
+    from specvit.spectra.grid import RegularGrid
+
+    toy = ToyModel(step=1.0, resolution=20000.0)
+    nodes = TOY_GRID_NODES
+    mesh = np.stack(np.meshgrid(*nodes.values(), indexing="ij"), -1).reshape(-1, 5)
+    flux = toy.flux(mesh).reshape(tuple(len(v) for v in nodes.values()) + (len(toy.wave),))
+    if invalid_node is not None:
+        flux[invalid_node] = np.nan
+    g = RegularGrid(axes=nodes, wave=toy.wave, flux=flux.astype(np.float32), resolution=20000.0)
+    return g.save(path)
