@@ -202,7 +202,8 @@ def transfer_dataset(new: dict, old: dict, *, pca_tol: float = 5e-5, iters: int 
             f"normalised flux median {r['loo_rms_norm']['median']:.2e} mean {r['loo_rms_norm']['mean']:.2e} max "
             f"{r['loo_rms_norm']['max']:.2e} (unchanged old spectrum: mean {r['change_rms_norm']['mean']:.2e}, "
             f"max {r['change_rms_norm']['max']:.2e})")
-    only_old = np.array([j for s, j in pos_old.items() if s not in set(new["ids"])], dtype=int)
+    new_ids = set(new["ids"])
+    only_old = np.array([j for s, j in pos_old.items() if s not in new_ids], dtype=int)
     only_old.sort()
     transferred = old["norm"][only_old].astype(np.float64) * np.exp(tr.ln_ratio(old["labels"][only_old])) \
         if len(only_old) else np.zeros((0, len(old["wave"])))
