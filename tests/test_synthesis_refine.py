@@ -104,6 +104,11 @@ def test_cli_refine_then_train_on_two_designs(tmp_path, capsys):
                "--n", "4", "--seed", "1", "--candidates", "256", "--members", "3", "--epochs", "100",
                "--out", str(tmp_path / "refine.csv")])
     assert rc == 0
+    capsys.readouterr()
+    rc = main(["synthesis", "refine", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+               "--n", "2", "--seed", "1", "--candidates", "64", "--members", "2", "--epochs", "10", "--prefix", "v1",
+               "--out", str(tmp_path / "clash.csv")])  # ids v1-00000.. exist already
+    assert rc != 0 and "collide" in capsys.readouterr().err and not (tmp_path / "clash.csv").exists()
     ref = read_design(tmp_path / "refine.csv")
     assert len(ref) == 4 and ref["id"].str.startswith("r1-").all()
     assert json.loads((tmp_path / "refine.json").read_text())["method"].startswith("query by committee")
