@@ -5,9 +5,13 @@ where it exists (``synthesis/spectra_v2``), otherwise the line-list-1 spectrum c
 line-list transfer fitted on the training-split pairs (as in ``specvit emulator train
 --transfer-from``). Prints the rms of the normalised flux per spectrum, summarised.
 
-    .venv/bin/python docs/figures/emulator_v1_v2_comparison.py
+    .venv/bin/python docs/figures/emulator_v1_v2_comparison.py [MORE_WEIGHTS.npz ...]
+
+Extra weight files given on the command line are compared the same way.
 """
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +32,7 @@ own = v1["norm"][[int(np.flatnonzero(v1["ids"] == s)[0]) for s in ids]].astype(n
 e1 = load_emulator("src/specvit/data_files/emulator/emulator_v1.npz")
 e2 = load_emulator("src/specvit/data_files/emulator/emulator_v2.npz")
 p1, p2 = e1.normalized_flux(labels, extrapolate=True), e2.normalized_flux(labels, extrapolate=True)
+extra = {Path(w).stem: load_emulator(w).normalized_flux(labels, extrapolate=True) for w in sys.argv[1:]}
 
 
 def rms(a, b):
@@ -36,9 +41,13 @@ def rms(a, b):
 
 print(f"{len(ids)} held-out label sets: {int(exact.sum())} with an exact line-list-2 spectrum, "
       f"{len(held_out['ids'])} carried over")
-for name, r in (("v1 vs line-list-1 PySME (its own physics)", rms(p1, own)),
-                ("v1 vs line-list-2 truth", rms(p1, truth)), ("v2 vs line-list-2 truth", rms(p2, truth))):
+rows = [("v1 vs line-list-1 PySME (its own physics)", rms(p1, own)),
+        ("v1 vs line-list-2 truth", rms(p1, truth)), ("v2 vs line-list-2 truth", rms(p2, truth))]
+rows += [(f"{k} vs line-list-2 truth", rms(p, truth)) for k, p in extra.items()]
+for name, r in rows:
     print(f"{name:42s} median {np.median(r):.4f}  rms-mean {np.sqrt((r ** 2).mean()):.4f}  max {r.max():.4f}")
 hot = labels[:, 0] >= 5000
-for name, p in (("v1", p1), ("v2", p2)):
+cool = labels[:, 0] < 4250
+for name, p in (("v1", p1), ("v2", p2), *extra.items()):
     print(f"{name}, T_eff >= 5000 K: " + ", ".join(f"{x:.4f}" for x in rms(p, truth)[hot]))
+    print(f"{name}, T_eff < 4250 K: " + ", ".join(f"{x:.4f}" for x in rms(p, truth)[cool]))
