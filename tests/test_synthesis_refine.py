@@ -78,8 +78,15 @@ def test_refine_targets_the_unsampled_region_and_is_deterministic():
     assert a.equals(b)
     assert list(a["id"]) == [f"r1-{i:05d}" for i in range(8)] and set(a["split"]) == {"train"}
     lab = a[list(LABEL_NAMES)].to_numpy()
+    for j, k in enumerate(LABEL_NAMES):  # candidates inside the label box by default
+        lo, hi = DEFAULT_LABEL_BOUNDS[k]
+        assert np.all((lab[:, j] >= lo - 1e-6) & (lab[:, j] <= hi + 1e-6))
+    # with the margin, picks may leave the label box but stay in the training box
+    m = refine_design(data, n=8, seed=5, n_candidates=512, n_members=3, config=FAST, log=None, include_margin=True)
+    lab_m = m[list(LABEL_NAMES)].to_numpy()
     for j, k in enumerate(LABEL_NAMES):
-        assert np.all((lab[:, j] >= BOX[k][0] - 1e-6) & (lab[:, j] <= BOX[k][1] + 1e-6))
+        assert np.all((lab_m[:, j] >= BOX[k][0] - 1e-6) & (lab_m[:, j] <= BOX[k][1] + 1e-6))
+    assert not np.array_equal(lab_m, lab)
     # the committee disagrees where it has no data: most picks are hotter than every training spectrum
     assert np.all(lab[:, 0] > 4700.0), lab[:, 0]  # at random: 0.44 ** 8 = 0.1 %
 

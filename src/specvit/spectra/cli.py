@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     q.add_argument("--exclusion", type=float, default=0.1,
                    help="damping radius in labels scaled to the box (default 0.1)")
     q.add_argument("--epochs", type=int, default=None, help="training epochs per member (default: emulator config)")
+    q.add_argument("--include-margin", action="store_true",
+                   help="draw candidates from the widened training box, not only the label box (the committee "
+                        "then favours extrapolation; see docs/emulator.md)")
     q.add_argument("--out", type=Path, required=True, help="design CSV to write (+ JSON sidecar)")
     q.set_defaults(func=_cmd_refine)
 
@@ -160,7 +163,8 @@ def _cmd_refine(args) -> int:
     taken = set(data["ids"])
     cfg = EmulatorTrainConfig() if args.epochs is None else EmulatorTrainConfig(epochs=args.epochs)
     df = refine_design(data, n=args.n, seed=args.seed, prefix=args.prefix, n_candidates=args.candidates,
-                       n_members=args.members, exclusion=args.exclusion, config=cfg)
+                       n_members=args.members, exclusion=args.exclusion, include_margin=args.include_margin,
+                       config=cfg)
     if taken & set(df["id"]):
         raise InputError("refinement ids collide with existing ids; choose another --prefix", field="prefix",
                          value=args.prefix)

@@ -9,9 +9,10 @@ committee of emulators (query by committee; Seung, Opper & Sompolinsky 1992):
 1. train ``n_members`` emulators on the training rows, each leaving out a different
    fold (the k-fold split of :func:`~specvit.spectra.emulator_train.cross_validate`), with
    the shipped architecture and a per-member seed;
-2. for every candidate (a scrambled-Sobol pool over the widened training box, T_eff
-   uniform in 5040/T_eff as in :mod:`.design`), the disagreement is the rms over pixels of
-   the standard deviation of the members' normalised flux;
+2. for every candidate (a scrambled-Sobol pool over the label box users work in,
+   ``DEFAULT_LABEL_BOUNDS``, T_eff uniform in 5040/T_eff as in :mod:`.design`; with
+   ``include_margin`` over the widened training box instead), the disagreement is the rms
+   over pixels of the standard deviation of the members' normalised flux;
 3. pick greedily: the highest score, then damp the scores of candidates near it by
    ``1 - exp(-d^2 / 2 r^2)`` (d = Euclidean distance in labels scaled to the box, r =
    ``exclusion``), so one batch does not pile into a single corner.
@@ -19,6 +20,11 @@ committee of emulators (query by committee; Seung, Opper & Sompolinsky 1992):
 On the shipped training set (v2, 207 spectra) the committee disagreement at the 22
 held-out label sets has a Spearman rank correlation of 0.89 with the actual error of the
 emulator there (docs/emulator.md), so the score is a measured proxy for the error.
+
+Why candidates stay inside the box by default: a committee disagrees most where it
+extrapolates. The first refinement design (r1, 2026-12-06) drew candidates from the widened
+training box, and 57 of its 64 picks fell in the margin (T_eff < 3750 K, [C/M] > +0.5, ...);
+an emulator trained with them was not better inside the box (docs/emulator.md).
 
 The output is a design CSV (``id, split, labels..., committee_rms``; every row ``train``:
 validation stays with the Sobol design) in greedy order, so any prefix is the best batch
@@ -99,9 +105,16 @@ def greedy_select(candidates: np.ndarray, scores: np.ndarray, n: int, *, box: di
 
 
 def refine_design(data: dict, *, n: int, seed: int, prefix: str = "r1", n_candidates: int = 8192,
-                  n_members: int = 5, exclusion: float = 0.1, config=None, log=print) -> pd.DataFrame:
-    """The ``n`` label sets of a refinement design (see module docstring), in greedy order."""
-    box = {k: (lo - DEFAULT_MARGIN[k], hi + DEFAULT_MARGIN[k]) for k, (lo, hi) in DEFAULT_LABEL_BOUNDS.items()}
+                  n_members: int = 5, exclusion: float = 0.1, include_margin: bool = False, config=None,
+                  log=print) -> pd.DataFrame:
+    """The ``n`` label sets of a refinement design (see module docstring), in greedy order.
+
+    Candidates come from ``DEFAULT_LABEL_BOUNDS``; ``include_margin=True`` widens them to the
+    training box (bounds + ``DEFAULT_MARGIN``), where the committee's spread is dominated by
+    extrapolation.
+    """
+    margin = DEFAULT_MARGIN if include_margin else {k: 0.0 for k in DEFAULT_MARGIN}
+    box = {k: (lo - margin[k], hi + margin[k]) for k, (lo, hi) in DEFAULT_LABEL_BOUNDS.items()}
     cand = _sobol(n_candidates, box, seed)
     members = committee(data, n_members=n_members, config=config, seed=seed, log=log)
     scores = disagreement(members, cand)
@@ -113,7 +126,7 @@ def refine_design(data: dict, *, n: int, seed: int, prefix: str = "r1", n_candid
     df.attrs.update(seed=seed, method="query by committee (greedy, damped)", n_members=n_members,
                     n_candidates=n_candidates, exclusion=exclusion, n_train=int((data["split"] != "val").sum()),
                     candidate_score_median=float(np.median(scores)), candidate_score_max=float(scores.max()),
-                    bounds=dict(DEFAULT_LABEL_BOUNDS), margin=dict(DEFAULT_MARGIN))
+                    bounds=dict(DEFAULT_LABEL_BOUNDS), margin=dict(margin), include_margin=include_margin)
     if log:
         log(f"refine: {n} of {n_candidates} candidates; committee rms of the picks {scores[idx].min():.4f}-"
             f"{scores[idx].max():.4f} (all candidates: median {np.median(scores):.4f})")
