@@ -151,15 +151,11 @@ def _cmd_design(args) -> int:
 
 
 def _cmd_refine(args) -> int:
-    from specvit.spectra.emulator_train import EmulatorTrainConfig, load_spectra
+    from specvit.spectra.emulator_train import EmulatorTrainConfig, load_training_set
     from specvit.spectra.synthesis.design import write_design
     from specvit.spectra.synthesis.refine import refine_design
 
-    data = load_spectra(args.spectra, args.design)
-    if args.transfer_from is not None:
-        from specvit.spectra.linelist_transfer import transfer_dataset
-
-        data, _, _ = transfer_dataset(data, load_spectra(args.transfer_from, args.design))
+    data, _, _ = load_training_set(args.spectra, args.design, transfer_from=args.transfer_from)
     taken = set(data["ids"])
     cfg = EmulatorTrainConfig() if args.epochs is None else EmulatorTrainConfig(epochs=args.epochs)
     df = refine_design(data, n=args.n, seed=args.seed, prefix=args.prefix, n_candidates=args.candidates,

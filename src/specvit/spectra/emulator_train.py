@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 from specvit.errors import InputError
 from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
 from specvit.spectra.emulator import EmulatorNet, SpectralEmulator, ln_pi_planck
-from specvit.spectra.synthesis.design import DEFAULT_MARGIN, read_design
+from specvit.spectra.synthesis.design import read_design, training_box
 from specvit.spectra.synthesis.store import read_spectrum
 
 
@@ -117,8 +117,9 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
     an = (yn - n_mean) @ n_basis.T
     ac = (yc - c_mean) @ c_basis.T
     bounds = dict(DEFAULT_LABEL_BOUNDS)
-    lo = np.array([bounds[n][0] - DEFAULT_MARGIN[n] for n in LABEL_NAMES])
-    hi = np.array([bounds[n][1] + DEFAULT_MARGIN[n] for n in LABEL_NAMES])
+    box = training_box()
+    lo = np.array([box[n][0] for n in LABEL_NAMES])
+    hi = np.array([box[n][1] for n in LABEL_NAMES])
     k, kc = n_basis.shape[0], c_basis.shape[0]
     net = EmulatorNet(n_labels=len(LABEL_NAMES), n_out=k + kc, width=cfg.width, depth=cfg.depth)
     # initialise deterministically from the seeded generator
@@ -164,18 +165,24 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
     )
 
 
-def cross_validate(data: dict, config: EmulatorTrainConfig, *, folds: int = 5, seed: int = 0) -> float:
-    """K-fold cross-validated pixel rms of the normalised flux on the TRAINING rows only."""
+def fold_models(data: dict, config: EmulatorTrainConfig, *, folds: int, seed: int, vary_seed: bool = False):
+    """Yield ``(left_out_rows, model)`` per fold: the training rows are permuted with ``seed`` and split
+    into ``folds`` parts; each model is trained on the training rows outside its part (held-out rows never
+    enter). ``vary_seed``: fold k trains with seed ``config.seed + k`` (a committee), else with ``config``."""
     tr = np.flatnonzero(data["split"] != "val")
     order = np.random.default_rng(seed).permutation(tr)
-    parts = np.array_split(order, min(folds, len(order)))
-    sq, n = 0.0, 0
-    for part in parts:
+    for k, part in enumerate(np.array_split(order, min(folds, len(order)))):
         split = np.array(["val"] * len(data["split"]), dtype=object)
         split[np.setdiff1d(tr, part)] = "train"
-        sub = dict(data, split=split)
-        sub_eval = dict(data, split=np.where(np.isin(np.arange(len(split)), part), "cv", "x"))
-        model = train_emulator(sub, config, log=None)
+        cfg = replace(config, seed=config.seed + k) if vary_seed else config
+        yield part, train_emulator(dict(data, split=split), cfg, log=None)
+
+
+def cross_validate(data: dict, config: EmulatorTrainConfig, *, folds: int = 5, seed: int = 0) -> float:
+    """K-fold cross-validated pixel rms of the normalised flux on the TRAINING rows only."""
+    sq, n = 0.0, 0
+    for part, model in fold_models(data, config, folds=folds, seed=seed):
+        sub_eval = dict(data, split=np.where(np.isin(np.arange(len(data["split"])), part), "cv", "x"))
         rep = validate(model, sub_eval, which="cv")
         r = np.asarray(rep["rms_per_spectrum"])
         sq += float(np.sum(r ** 2))
@@ -262,6 +269,18 @@ CANDIDATES = (dict(width=64, depth=2, weight_decay=1e-4), dict(width=64, depth=2
               dict(width=128, depth=3, weight_decay=0.0), dict(width=256, depth=3, weight_decay=0.0))
 
 
+def load_training_set(spectra_dir, design_path, *, transfer_from=None, log=print):
+    """``(data, held_out, transfer)``: :func:`load_spectra` of ``spectra_dir``; with ``transfer_from`` (the
+    same design(s) synthesised with an older line list) the older-only label sets join it through
+    :func:`specvit.spectra.linelist_transfer.transfer_dataset`, else ``held_out`` and ``transfer`` are None."""
+    data = load_spectra(spectra_dir, design_path)
+    if transfer_from is None:
+        return data, None, None
+    from specvit.spectra.linelist_transfer import transfer_dataset
+
+    return transfer_dataset(data, load_spectra(transfer_from, design_path), log=log)
+
+
 def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, n_components=None, epochs=None,
                          version: str | None = None, select: bool = False, folds: int = 5,
                          transfer_from=None) -> dict:
@@ -273,12 +292,7 @@ def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, 
     label sets in both). Validation is always against exact spectra of ``spectra_dir``; the transferred
     validation-split rows are reported separately (``validation_transferred``).
     """
-    data = load_spectra(spectra_dir, design_path)
-    held_out, transfer = None, None
-    if transfer_from is not None:
-        from specvit.spectra.linelist_transfer import transfer_dataset
-
-        data, held_out, transfer = transfer_dataset(data, load_spectra(transfer_from, design_path))
+    data, held_out, transfer = load_training_set(spectra_dir, design_path, transfer_from=transfer_from)
     cfg = EmulatorTrainConfig(seed=seed)
     if epochs is not None:
         cfg.epochs = int(epochs)

@@ -41,13 +41,15 @@ import numpy as np
 import torch
 
 from specvit.errors import InputError
-from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
-from specvit.spectra.synthesis.design import DEFAULT_MARGIN
+from specvit.labels import LABEL_NAMES
+from specvit.spectra.synthesis.design import training_box
 
 
 def _scaled(labels: np.ndarray) -> np.ndarray:
-    lo = np.array([DEFAULT_LABEL_BOUNDS[n][0] - DEFAULT_MARGIN[n] for n in LABEL_NAMES])
-    hi = np.array([DEFAULT_LABEL_BOUNDS[n][1] + DEFAULT_MARGIN[n] for n in LABEL_NAMES])
+    """Labels scaled to [-0.5, 0.5] over the emulator's training box."""
+    box = training_box()
+    lo = np.array([box[n][0] for n in LABEL_NAMES])
+    hi = np.array([box[n][1] for n in LABEL_NAMES])
     return (np.asarray(labels, dtype=np.float64) - lo) / (hi - lo) - 0.5
 
 

@@ -25,6 +25,12 @@ from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
 DEFAULT_MARGIN = {"T_eff": 100.0, "log_g": 0.1, "M_H": 0.1, "a_M": 0.05, "C_M": 0.05}
 
 
+def training_box(margin: dict | None = None) -> dict:
+    """``DEFAULT_LABEL_BOUNDS`` widened by ``margin`` (default ``DEFAULT_MARGIN``; ``{}`` = the label box)."""
+    margin = DEFAULT_MARGIN if margin is None else margin
+    return {k: (lo - margin.get(k, 0.0), hi + margin.get(k, 0.0)) for k, (lo, hi) in DEFAULT_LABEL_BOUNDS.items()}
+
+
 def _sobol(n: int, bounds: dict, seed: int) -> np.ndarray:
     from scipy.stats import qmc
 

@@ -34,35 +34,32 @@ of that size; ``specvit synthesis run --design FILE`` synthesises it like any de
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from specvit.errors import InputError
 from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
-from specvit.spectra.synthesis.design import DEFAULT_MARGIN, _sobol
+from specvit.spectra.synthesis.design import DEFAULT_MARGIN, _sobol, training_box
 
 
 def committee(data: dict, *, n_members: int = 5, config=None, seed: int = 0, log=print) -> list:
-    """``n_members`` emulators, each trained without one fold of the training rows."""
-    from specvit.spectra.emulator_train import EmulatorTrainConfig, train_emulator
+    """``n_members`` emulators, each trained without one fold of the training rows (seed ``config.seed + k``)."""
+    from specvit.spectra.emulator_train import EmulatorTrainConfig, fold_models
 
     if n_members < 2:
         raise InputError("a committee needs at least 2 members", field="n_members", value=n_members)
     cfg = config or EmulatorTrainConfig()
-    tr = np.flatnonzero(data["split"] != "val")
-    if len(tr) < 2 * n_members:
-        raise InputError("too few training spectra for this committee", field="n_train", value=int(len(tr)))
-    parts = np.array_split(np.random.default_rng(seed).permutation(tr), n_members)
+    n_train = int((data["split"] != "val").sum())
+    if n_train < 2 * n_members:
+        raise InputError("too few training spectra for this committee", field="n_train", value=n_train)
     members = []
-    for k, part in enumerate(parts):
-        split = np.asarray(data["split"], dtype=object).copy()
-        split[part] = "val"  # left out of this member (train_emulator trains on split != "val")
-        t0 = time.time()
-        members.append(train_emulator({**data, "split": split}, replace(cfg, seed=cfg.seed + k), log=None))
+    t0 = time.time()
+    for k, (part, model) in enumerate(fold_models(data, cfg, folds=n_members, seed=seed, vary_seed=True)):
+        members.append(model)
         if log:
-            log(f"committee member {k + 1}/{n_members}: {len(tr) - len(part)} spectra ({time.time() - t0:.0f} s)")
+            log(f"committee member {k + 1}/{n_members}: {n_train - len(part)} spectra ({time.time() - t0:.0f} s)")
+            t0 = time.time()
     return members
 
 
@@ -113,8 +110,8 @@ def refine_design(data: dict, *, n: int, seed: int, prefix: str = "r1", n_candid
     training box (bounds + ``DEFAULT_MARGIN``), where the committee's spread is dominated by
     extrapolation.
     """
-    margin = DEFAULT_MARGIN if include_margin else {k: 0.0 for k in DEFAULT_MARGIN}
-    box = {k: (lo - margin[k], hi + margin[k]) for k, (lo, hi) in DEFAULT_LABEL_BOUNDS.items()}
+    margin = DEFAULT_MARGIN if include_margin else {}
+    box = training_box(margin)
     cand = _sobol(n_candidates, box, seed)
     members = committee(data, n_members=n_members, config=config, seed=seed, log=log)
     scores = disagreement(members, cand)
@@ -126,7 +123,8 @@ def refine_design(data: dict, *, n: int, seed: int, prefix: str = "r1", n_candid
     df.attrs.update(seed=seed, method="query by committee (greedy, damped)", n_members=n_members,
                     n_candidates=n_candidates, exclusion=exclusion, n_train=int((data["split"] != "val").sum()),
                     candidate_score_median=float(np.median(scores)), candidate_score_max=float(scores.max()),
-                    bounds=dict(DEFAULT_LABEL_BOUNDS), margin=dict(margin), include_margin=include_margin)
+                    bounds=dict(DEFAULT_LABEL_BOUNDS), margin={k: margin.get(k, 0.0) for k in DEFAULT_MARGIN},
+                    include_margin=include_margin)
     if log:
         log(f"refine: {n} of {n_candidates} candidates; committee rms of the picks {scores[idx].min():.4f}-"
             f"{scores[idx].max():.4f} (all candidates: median {np.median(scores):.4f})")
