@@ -115,7 +115,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args._child:
         kind, path, model, buf, lim, out = args._child
-        args.model = model
         print(json.dumps(child(kind, path, model, int(buf), int(lim) or None, out)))
         return 0
 

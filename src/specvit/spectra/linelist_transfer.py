@@ -173,7 +173,8 @@ def fit_transfer(labels: np.ndarray, norm_old: np.ndarray, norm_new: np.ndarray,
 def transfer_dataset(new: dict, old: dict, *, pca_tol: float = 5e-5, iters: int = 300, log=print):
     """Training data for an emulator of the NEW line list from exact NEW spectra plus transferred OLD ones.
 
-    ``new`` and ``old`` are dicts from :func:`specvit.spectra.emulator_train.load_spectra` of one design.
+    ``new`` and ``old`` are dicts from :func:`specvit.spectra.emulator_train.load_spectra` of the same
+    design(s).
     The transfer is fitted on pairs outside the validation split only. Returns ``(data, held_out,
     transfer)``: ``data`` = every exact new spectrum (its split as in the design) plus every training-
     split old-only label set transferred (``data["source"]`` says which); ``held_out`` = the
@@ -204,9 +205,7 @@ def transfer_dataset(new: dict, old: dict, *, pca_tol: float = 5e-5, iters: int 
             f"normalised flux median {r['loo_rms_norm']['median']:.2e} mean {r['loo_rms_norm']['mean']:.2e} max "
             f"{r['loo_rms_norm']['max']:.2e} (unchanged old spectrum: mean {r['change_rms_norm']['mean']:.2e}, "
             f"max {r['change_rms_norm']['max']:.2e})")
-    new_ids = set(new["ids"])
-    only_old = np.array([j for s, j in pos_old.items() if s not in new_ids], dtype=int)
-    only_old.sort()
+    only_old = np.flatnonzero(~np.isin(old["ids"], new["ids"]))
     transferred = old["norm"][only_old].astype(np.float64) * np.exp(tr.ln_ratio(old["labels"][only_old])) \
         if len(only_old) else np.zeros((0, len(old["wave"])))
 
