@@ -116,6 +116,13 @@ def test_cpu_dropout_has_dropout_semantics():
     assert torch.equal(d(x), y)  # reproducible from torch's seed
     d.eval()
     assert torch.equal(d(x), x)
+    pairs = kept.flatten().float().view(-1, 2)  # elements 2i and 2i+1 come from the two halves of one 64-bit draw
+    for half in (pairs[:, 0], pairs[:, 1]):
+        assert abs(half.mean().item() - (1 - p)) < 5 * (p * (1 - p) / half.numel()) ** 0.5
+    corr = torch.corrcoef(pairs.T)[0, 1].item()  # independent halves: correlation ~ N(0, 1/sqrt(n))
+    assert abs(corr) < 5 / pairs.shape[0] ** 0.5
+    odd = Dropout(0.5).train()(torch.ones(7, 3))  # odd element count
+    assert odd.shape == (7, 3) and set(odd.unique().tolist()) <= {0.0, 2.0}
     d16 = Dropout(p).train()  # bf16 activations: the mask is still drawn in float32
     rate16 = (d16(torch.ones(1000, 1000, dtype=torch.bfloat16)) != 0).float().mean().item()
     assert abs(rate16 - (1 - p)) < 1.5e-3
