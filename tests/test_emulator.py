@@ -172,6 +172,17 @@ def test_cli_emulator_train_and_validate_on_spectrum_files(tmp_path, capsys):
     assert rc == 0
     assert json.loads((tmp_path / "val.json").read_text())["n"] == 3
     assert (tmp_path / "fig" / "emulator_validation.png").exists()
+    from specvit.spectra.emulator_train import CANDIDATES
+
+    rc = main(["emulator", "train", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+               "--out", str(tmp_path / "sel.npz"), "--epochs", "3", "--select", "--folds", "2",
+               "--report", str(tmp_path / "sel.json")])
+    assert rc == 0
+    sel = json.loads((tmp_path / "sel.json").read_text())["train"]["config_selection"]
+    assert sel["folds"] == 2 and len(sel["cv_rms"]) == len(sel["candidates"]) == len(CANDIDATES)
+    chosen = load_emulator(tmp_path / "sel.npz").meta
+    best = CANDIDATES[int(np.argmin(sel["cv_rms"]))]
+    assert chosen["train_config"]["width"] == best["width"] and chosen["train_config"]["depth"] == best["depth"]
 
 
 def test_config_selection_by_cross_validation_uses_training_rows_only(toy_data):

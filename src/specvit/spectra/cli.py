@@ -78,7 +78,9 @@ def register(subparsers) -> None:
     q.add_argument("--epochs", type=int, default=None, help="training epochs (default: from config)")
     q.add_argument("--report", type=Path, default=None, help="write the validation report JSON here")
     q.add_argument("--select", action="store_true",
-                   help="choose the network size by k-fold cross-validation on the training rows")
+                   help="choose the network size by k-fold cross-validation on the training rows "
+                        "(candidates: specvit.spectra.emulator_train.CANDIDATES)")
+    q.add_argument("--folds", type=int, default=5, help="folds of --select (default 5)")
     q.add_argument("--version", default=None, help="version string stored in the weights (default: file stem)")
     q.add_argument("--transfer-from", type=Path, default=None, metavar="OLD_DIR",
                    help="spectra of the same design synthesised with an older line list: label sets found only "
@@ -192,7 +194,7 @@ def _cmd_emulator_train(args) -> int:
 
     report = train_from_directory(args.spectra, args.design, args.out, seed=args.seed,
                                   n_components=args.n_components, epochs=args.epochs, version=args.version,
-                                  select=args.select, transfer_from=args.transfer_from)
+                                  select=args.select, folds=args.folds, transfer_from=args.transfer_from)
     if args.report:
         from specvit.atomic import write_text_atomic
 

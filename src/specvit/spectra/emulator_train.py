@@ -265,8 +265,13 @@ def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None) 
 
 
 #: Candidate configurations compared by cross-validation when ``select=True``.
+#: Network sizes ``--select`` chooses among by cross-validation (all at the run's epochs). The first
+#: four were the whole list up to emulator v2 (which chose 256 x 3); the deeper and wider ones were
+#: added for v3's larger training set, where 256 x 3 underfits (training pixel-rms 2.0e-3).
 CANDIDATES = (dict(width=64, depth=2, weight_decay=1e-4), dict(width=64, depth=2, weight_decay=1e-2),
-              dict(width=128, depth=3, weight_decay=0.0), dict(width=256, depth=3, weight_decay=0.0))
+              dict(width=128, depth=3, weight_decay=0.0), dict(width=256, depth=3, weight_decay=0.0),
+              dict(width=256, depth=4, weight_decay=0.0), dict(width=512, depth=3, weight_decay=0.0),
+              dict(width=512, depth=4, weight_decay=0.0))
 
 
 def load_training_set(spectra_dir, design_path, *, transfer_from=None, log=print):
