@@ -75,6 +75,9 @@ def child(kind: str, path: str, model: str, buffer_rows: int, limit_mb: int | No
             _ = float(flux[-1, -1] + err[-1, -1])
         else:
             from specvit.cli import main
+            from specvit.malloc import apply_default_policy
+
+            apply_default_policy()  # what the `specvit` command does at start-up (SPECVIT_MALLOC=system: off)
 
             cfg = Path(out_dir).with_suffix(".yaml")
             cfg.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,11 @@ wall time of the first compiled step (compilation) -- not in any rate.
 
     python benchmarks/train_throughput.py [--json] [--batch 16] [--steps 5]
         [--threads N] [--compile] [--ablation] [--bf16] [--hf-attn sdpa|eager]
-        [--optimizer default|foreach|fused]
+        [--optimizer default|foreach|fused] [--malloc keep|system]
+
+``--malloc keep`` (default) applies :func:`specvit.malloc.keep_freed_memory` to the
+process, as the ``specvit`` command does, so both models reuse freed activation memory
+instead of faulting it in again each step; ``system`` measures glibc's default.
 
 Note: a background spectral-synthesis job may run at nice 19 on this machine;
 it steals CPU from both models alike, but absolute figures are lower while
@@ -123,8 +127,15 @@ def main(argv=None) -> int:
                          "'default' is torch's CPU default, a per-tensor loop)")
     ap.add_argument("--ablation", action="store_true",
                     help="also time SpecViT with the full last block and torch's bernoulli dropout")
+    ap.add_argument("--malloc", default="keep", choices=["keep", "system"],
+                    help="process memory policy for both models (default keep: what the specvit command does, "
+                         "specvit.malloc; system: glibc's default, which re-faults freed activations every step)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.malloc == "keep":
+        from specvit.malloc import keep_freed_memory
+
+        keep_freed_memory()
 
     from specvit.models import create_model
 
@@ -139,7 +150,7 @@ def main(argv=None) -> int:
     print(f"params: specvit_p16_h256_l6 {n_params(ours):,}  HF ViTModel+head {n_params(ref):,} "
           f"(ratio {n_params(ours) / n_params(ref):.4f})")
     print(f"torch {torch.__version__}, threads {threads}, batch {args.batch}, cpu {platform.processor() or platform.machine()}, "
-          f"os.cpu_count {os.cpu_count()}, optimizer AdamW {args.optimizer}")
+          f"os.cpu_count {os.cpu_count()}, optimizer AdamW {args.optimizer}, malloc {args.malloc}")
     print("note: a background job at nice 19 may share the CPU; the models are timed in alternating rounds.")
     x = 1.0 + 0.1 * torch.randn(args.batch, 4096, generator=gen)
     y = torch.randn(args.batch, 1, generator=gen)
@@ -214,7 +225,7 @@ def main(argv=None) -> int:
             **({"specvit_full_samples_per_s": round(sps["full"], 2), "specvit_full_ratio_vs_hf": round(sps["full"] / sps_ref, 4),
                 "specvit_full_cpu_time_ratio_vs_hf": round(cpu_ratios["full"], 4)}
                if "full" in sps else {}),
-            "torch_version": torch.__version__, "seed": args.seed,
+            "torch_version": torch.__version__, "seed": args.seed, "malloc": args.malloc,
         }))
     return 0
 
