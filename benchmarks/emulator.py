@@ -179,7 +179,14 @@ def main(argv=None) -> int:
     p.add_argument("--spectra", type=Path, default=None, help="synthesised spectra dir (PySME cost reference)")
     p.add_argument("--pause-pgid", type=int, default=None, help="SIGSTOP this process group during the benchmark")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--malloc", default="system", choices=["system", "keep"],
+                   help="process memory policy (default system: what library code gets; keep: what the specvit "
+                        "command applies, specvit.malloc -- freed result arrays are reused, not faulted in again)")
     args = p.parse_args(argv)
+    if args.malloc == "keep":
+        from specvit.malloc import keep_freed_memory
+
+        keep_freed_memory()
     if args.pause_pgid:
         os.killpg(args.pause_pgid, signal.SIGSTOP)
     try:
@@ -188,6 +195,7 @@ def main(argv=None) -> int:
         if args.pause_pgid:
             os.killpg(args.pause_pgid, signal.SIGCONT)
     out["paused_pgid"] = args.pause_pgid
+    out["malloc"] = args.malloc
     for k, v in out.items():
         print(f"{k:34s} {v:.4g}" if isinstance(v, float) else f"{k:34s} {v}")
     if args.json:
