@@ -175,11 +175,11 @@ def test_cli_emulator_train_and_validate_on_spectrum_files(tmp_path, capsys):
     from specvit.spectra.emulator_train import CANDIDATES
 
     rc = main(["emulator", "train", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
-               "--out", str(tmp_path / "sel.npz"), "--epochs", "3", "--select", "--folds", "2",
+               "--out", str(tmp_path / "sel.npz"), "--epochs", "3", "--select", "--folds", "2", "--cv-rows", "inside",
                "--report", str(tmp_path / "sel.json")])
     assert rc == 0
     sel = json.loads((tmp_path / "sel.json").read_text())["train"]["config_selection"]
-    assert sel["folds"] == 2 and len(sel["cv_rms"]) == len(sel["candidates"]) == len(CANDIDATES)
+    assert sel["folds"] == 2 and sel["rows"] == "inside" and len(sel["cv_rms"]) == len(sel["candidates"]) == len(CANDIDATES)
     chosen = load_emulator(tmp_path / "sel.npz").meta
     best = CANDIDATES[int(np.argmin(sel["cv_rms"]))]
     assert chosen["train_config"]["width"] == best["width"] and chosen["train_config"]["depth"] == best["depth"]
@@ -195,3 +195,30 @@ def test_config_selection_by_cross_validation_uses_training_rows_only(toy_data):
     poisoned["norm"][toy_data["split"] == "val"] = 50.0
     best, scores = select_config(poisoned, [bad, good], folds=3, log=None)
     assert best is good and scores[1] < scores[0] < 1.0
+
+
+def test_cross_validation_can_score_only_rows_inside_the_label_box(toy_data, monkeypatch):
+    import specvit.spectra.emulator_train as et
+
+    inside = et.inside_label_box(toy_data["labels"])
+    train = toy_data["split"] != "val"
+    assert (train & ~inside).sum() > 5 and (train & inside).sum() > 5  # the design's margin rows exist
+    scored = []
+    real_validate = et.validate
+
+    def recording_validate(model, data, which="val"):
+        scored.extend(np.flatnonzero(data["split"] == which).tolist())
+        return real_validate(model, data, which=which)
+
+    monkeypatch.setattr(et, "validate", recording_validate)
+    cfg = EmulatorTrainConfig(seed=1, width=16, depth=2, epochs=2, max_components=4, n_cont_components=2)
+    et.cross_validate(toy_data, cfg, folds=3, rows="inside")
+    assert sorted(scored) == np.flatnonzero(train & inside).tolist()  # each inside training row once, nothing else
+    scored.clear()
+    et.cross_validate(toy_data, cfg, folds=3, rows="all")
+    assert sorted(scored) == np.flatnonzero(train).tolist()
+    with pytest.raises(InputError, match="cv_rows"):
+        et.cross_validate(toy_data, cfg, folds=3, rows="margin")
+    outside_only = dict(toy_data, split=np.where(inside, "val", toy_data["split"]))
+    with pytest.raises(InputError, match="no training row"):
+        et.cross_validate(outside_only, cfg, folds=3, rows="inside")

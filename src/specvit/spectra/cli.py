@@ -81,6 +81,9 @@ def register(subparsers) -> None:
                    help="choose the network size by k-fold cross-validation on the training rows "
                         "(candidates: specvit.spectra.emulator_train.CANDIDATES)")
     q.add_argument("--folds", type=int, default=5, help="folds of --select (default 5)")
+    q.add_argument("--cv-rows", choices=["all", "inside"], default="all",
+                   help="left-out rows that score --select: all (default) or only those inside the label box "
+                        "(the margin rows outside it dominate the pooled rms)")
     q.add_argument("--version", default=None, help="version string stored in the weights (default: file stem)")
     q.add_argument("--transfer-from", type=Path, default=None, metavar="OLD_DIR",
                    help="spectra of the same design synthesised with an older line list: label sets found only "
@@ -194,7 +197,8 @@ def _cmd_emulator_train(args) -> int:
 
     report = train_from_directory(args.spectra, args.design, args.out, seed=args.seed,
                                   n_components=args.n_components, epochs=args.epochs, version=args.version,
-                                  select=args.select, folds=args.folds, transfer_from=args.transfer_from)
+                                  select=args.select, folds=args.folds, cv_rows=args.cv_rows,
+                                  transfer_from=args.transfer_from)
     if args.report:
         from specvit.atomic import write_text_atomic
 
