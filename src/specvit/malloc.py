@@ -27,7 +27,6 @@ that imports specvit as a library is left alone (call the function yourself).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -41,8 +40,9 @@ def _glibc():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols already loaded in this process (libc among them)
         libc.gnu_get_libc_version  # noqa: B018 -- present only in glibc (not musl)
+        libc.mallopt  # noqa: B018
     except (OSError, AttributeError):
         return None
     return libc
