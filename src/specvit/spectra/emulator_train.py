@@ -290,7 +290,6 @@ def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None) 
     return _jsonable(rep)
 
 
-#: Candidate configurations compared by cross-validation when ``select=True``.
 #: Network sizes ``--select`` chooses among by cross-validation (all at the run's epochs). The first
 #: four were the whole list up to emulator v2 (which chose 256 x 3); the deeper and wider ones were
 #: added for v3's larger training set, where 256 x 3 underfits (training pixel-rms 2.0e-3).
