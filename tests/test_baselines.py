@@ -10,7 +10,7 @@ from specvit.baselines.common import DataConfig, iter_noisy_chunks, noisy_chunk
 from specvit.baselines.ridge import RidgeConfig, RidgeModel, RidgeStats, run_ridge, solve_path
 import specvit.cli
 from specvit.config import load_config
-from specvit.data.noise import fixed_noisy_flux
+from specvit.observe.noise import fixed_noisy_flux
 from specvit.data.pfsspec import open_dataset, write_dataset
 from specvit.errors import ConfigError, InputError
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from specvit.data.noise import fixed_noisy_flux, fixed_normal, noisy_flux
+from specvit.observe.noise import fixed_noisy_flux, fixed_normal, noisy_flux
 from specvit.errors import InputError
 
 

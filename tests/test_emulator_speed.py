@@ -16,7 +16,8 @@ import torch
 
 from specvit.errors import InputError
 from specvit.spectra import default_model
-from specvit.spectra.emulator import HC_OVER_K_A_K, EmulatorNet, SpectralEmulator
+from specvit.physics import HC_OVER_K_A_K
+from specvit.spectra.emulator import EmulatorNet, SpectralEmulator
 
 PI_2HC2_PER_A = np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8
 

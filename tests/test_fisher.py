@@ -6,7 +6,7 @@ import torch
 from specvit.errors import InputError
 from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_matrices, fisher_matrix, prior_weights, r2_max,
                                         resolve_free, schur_complement, van_trees_bound)
-from specvit.fisher.jacobian import ForwardModel, jacobian, jacobian_autograd, jacobian_fd
+from specvit.observe.forward import ForwardModel, jacobian, jacobian_autograd, jacobian_fd
 from specvit.labels import LABEL_NAMES
 
 
@@ -175,8 +175,8 @@ def test_autograd_jacobian_matches_finite_differences(small_toy):
     assert np.all(np.abs(j_ad - j_fd).max(axis=(0, 1)) / scale < 1e-5)
     # the stacked forward-mode pass equals reverse-mode autograd row by row
     x = torch.as_tensor(lab[:1])
-    j_rev = torch.autograd.functional.jacobian(lambda t: fwd.torch(t)[0], x)[:, 0, :].numpy()
-    np.testing.assert_allclose(jacobian_autograd(fwd.torch, lab[:1])[0], j_rev, rtol=1e-9, atol=1e-12 * scale.max())
+    j_rev = torch.autograd.functional.jacobian(lambda t: fwd.mu(t)[0], x)[:, 0, :].numpy()
+    np.testing.assert_allclose(jacobian_autograd(fwd.mu, lab[:1])[0], j_rev, rtol=1e-9, atol=1e-12 * scale.max())
 
 
 def test_fd_steps_stay_in_box(small_toy):

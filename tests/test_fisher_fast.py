@@ -15,9 +15,8 @@ import torch
 
 from specvit.fisher.ceiling import MagnitudeNoise, compute_information, default_forward, magnitude_errors
 from specvit.fisher.information import crlb_bound, fisher_from_weights, fisher_matrices, resolve_free
-from specvit.fisher.jacobian import ForwardModel
-from specvit.fisher.model_jacobian import (autograd_flux_and_jacobian, emulator_flux_and_jacobian,
-                                           model_flux_and_jacobian)
+from specvit.observe.forward import ForwardModel
+from specvit.observe.forward import autograd_flux_and_jacobian, model_flux_and_jacobian
 from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
 
 MAGS = [18.0, 21.0, 22.5]
@@ -75,7 +74,7 @@ def toy_fwd():
 def test_emulator_analytic_jacobian_equals_autograd(clip):
     model = random_emulator(seed=3, clip=clip)
     x = torch.as_tensor(_points(16, seed=1))
-    f, df = emulator_flux_and_jacobian(model, x)  # (n_model, N), (n_model, N, L)
+    f, df = model.flux_and_jacobian(x)  # (n_model, N), (n_model, N, L)
     f_ad, df_ad = autograd_flux_and_jacobian(model, x)
     if clip:
         assert (f == 0).any()  # the clipped branch is exercised
@@ -84,19 +83,23 @@ def test_emulator_analytic_jacobian_equals_autograd(clip):
     assert torch.all((df - df_ad.to(df.dtype)).abs().amax(dim=(0, 1)) / scale < 1e-5)
 
 
-def test_emulator_route_falls_back_to_autograd_if_the_flux_form_changes():
+def test_model_flux_and_jacobian_uses_the_closed_form_or_autograd():
     model = random_emulator(seed=4)
-    orig = model.flux
-
-    def changed(labels, **kw):  # an emulator whose evaluation no longer matches the analytic form
-        return orig(labels, **kw) * 1.01
-
-    model.flux = changed
     x = torch.as_tensor(_points(4, seed=2))
-    with pytest.warns(UserWarning, match="no longer matches"):
-        f, df = model_flux_and_jacobian(model, x)
+    f, df = model_flux_and_jacobian(model, x)  # the emulator's own chain rule
+    f_cf, df_cf = model.flux_and_jacobian(x)
+    assert torch.equal(df, df_cf)
+
+    class NoClosedForm:  # any other differentiable model: forward-mode autograd through its flux
+        label_names, bounds = model.label_names, model.bounds
+
+        def flux(self, labels):
+            return model.flux(labels)
+
+    f2, df2 = model_flux_and_jacobian(NoClosedForm(), x)
     f_ad, df_ad = autograd_flux_and_jacobian(model, x)
-    np.testing.assert_allclose(df.numpy(), df_ad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(df2.numpy(), df_ad.numpy(), rtol=0, atol=0)
+    assert np.abs(df2.numpy() - df_cf.numpy()).max() <= 1e-5 * np.abs(df_ad.numpy()).max()
 
 
 @pytest.mark.parametrize("which", ["toy", "emu"])
@@ -124,7 +127,7 @@ def test_observed_jacobian_fd_route_equals_reference(toy_fwd):
 def test_magnitude_noise_equals_the_observer(toy_fwd):
     pts = _points(4, seed=7)
     oj = toy_fwd.observed_jacobian(pts)
-    var = MagnitudeNoise(toy_fwd.observer, MAGS).variance(oj)
+    var = MagnitudeNoise(toy_fwd.observer, MAGS).variance(oj.model_flux, oj.mu, oj.median)
     mu, err = magnitude_errors(toy_fwd.observer, toy_fwd.model_flux(pts), MAGS)
     np.testing.assert_allclose(np.sqrt(var), err, rtol=1e-10)
     np.testing.assert_allclose(oj.mu, mu, rtol=1e-10)

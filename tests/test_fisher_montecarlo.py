@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specvit.fisher.jacobian import ForwardModel
+from specvit.observe.forward import ForwardModel
 from specvit.fisher.montecarlo import plot_validation, validate_crlb
 
 

@@ -16,7 +16,8 @@ from specvit.observe import (
     draw_conditions,
 )
 from specvit.observe.atmosphere import airmass
-from specvit.observe.photometry import AB_ZERO_FNU, C_A_PER_S, SyntheticPhotometry
+from specvit.observe.photometry import SyntheticPhotometry
+from specvit.physics import AB_ZERO_FNU, C_LIGHT_A_S
 from specvit.observe.reference import PlanckModel
 
 WAVE = np.arange(7000.0, 8950.0, 0.1)  # fine model grid, vacuum
@@ -111,7 +112,7 @@ def test_flux_conservation(obs_fine):
 
 def test_ab_magnitude_of_flat_fnu_source():
     phot = SyntheticPhotometry(np.arange(6000.0, 9500.0, 0.5))
-    f = AB_ZERO_FNU * C_A_PER_S / phot.wave**2 * 10 ** (-0.4 * 21.3)
+    f = AB_ZERO_FNU * C_LIGHT_A_S / phot.wave**2 * 10 ** (-0.4 * 21.3)
     assert phot.ab_mag(f[None])[0] == pytest.approx(21.3, abs=1e-4)
 
 

@@ -8,7 +8,7 @@ from specvit.baselines.templatefit import (TemplateFitConfig, fit_grid, fit_lm, 
 from specvit.config import load_config
 from specvit.errors import ConfigError, InputError
 from specvit.fisher.information import crlb_bound, fisher_matrix
-from specvit.fisher.jacobian import ForwardModel, jacobian
+from specvit.observe.forward import ForwardModel, jacobian
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from specvit.baselines.observed_emulator import ObservedEmulator, supports_obser
 from specvit.baselines.templatefit import TemplateFitConfig, fit_lm
 from specvit.config import load_config
 from specvit.errors import InputError
-from specvit.fisher.jacobian import ForwardModel
+from specvit.observe.forward import ForwardModel
 
 FREE = ["T_eff", "log_g", "M_H", "a_M", "C_M"]
 

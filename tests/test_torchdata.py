@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from specvit.data.noise import fixed_normal
+from specvit.observe.noise import fixed_normal
 from specvit.data.torchdata import LabelScaler, SpectraStream
 from specvit.errors import InputError
 from test_train_data import write_dataset

@@ -3,7 +3,7 @@ in chunks from lazy dataset files, the prediction table and the output folder.
 
 Noise (SPEC section 3): stored flux is noiseless; a noisy spectrum is
 ``flux + noise_level * error * z``. Every ``z`` here is the counter-based fixed draw of
-:func:`specvit.data.noise.fixed_noisy_flux`, a pure function of (seed, global row,
+:func:`specvit.observe.noise.fixed_noisy_flux`, a pure function of (seed, global row,
 pixel). So
 
 * validation and test use ``eval_noise_seed`` (default 42): every model that uses
@@ -124,7 +124,7 @@ def _row_file(ds, row: int):
 
 def noisy_chunk(ds, start: int, stop: int, *, noise_level: float, seed: int) -> np.ndarray:
     """Noisy float32 flux of rows ``start:stop`` with the fixed draw keyed by (seed, row)."""
-    from specvit.data.noise import fixed_noisy_flux
+    from specvit.observe.noise import fixed_noisy_flux
 
     flux = np.asarray(ds.flux[start:stop], dtype=np.float32)
     error = np.asarray(ds.error[start:stop], dtype=np.float32)

@@ -6,7 +6,7 @@ The emulator (:mod:`specvit.spectra.emulator`) writes the model-grid flux as
 
 and the observer maps it with one linear operator R (LSF + pixel integration, rows
 summing to 1; ``PFSObserver.resample_matrix``), then divides by the median
-(:class:`specvit.fisher.jacobian.ForwardModel`). Exactly, f = R(n · C): every
+(:class:`specvit.observe.forward.ForwardModel`). Exactly, f = R(n · C): every
 evaluation and every Jacobian column costs an (n_model = 10,357)-pixel PCA product,
 exponential and sparse product per spectrum. Here the bases are pushed through R once::
 
@@ -39,11 +39,11 @@ import scipy.sparse as sp
 import torch
 
 from specvit.errors import InputError
-from specvit.fisher.jacobian import NORMALISED_MEDIAN
+from specvit.physics import HC_OVER_K_A_K, LN_PI_2HC2_PER_A, dln_pi_planck_dteff
+from specvit.observe.observer import NORMALISED_MEDIAN
 
-#: h c / k_B in Angstrom K (as in :mod:`specvit.spectra.emulator`).
-_HC_OVER_K_A_K = 1.4387769e8
-_REQUIRED = ("_coeffs", "_norm_mean", "_norm_basis", "_lnc_mean", "_lnc_basis", "lncont_baseline", "wave")
+_REQUIRED = ("coefficients", "coeffs_and_tangents", "norm_mean", "norm_basis", "lncont_mean", "lncont_basis",
+             "lncont_baseline", "wave")
 
 
 def supports_observed_basis(forward) -> bool:
@@ -58,7 +58,7 @@ class ObservedEmulator:
 
     Parameters
     ----------
-    forward : :class:`~specvit.fisher.jacobian.ForwardModel` whose model is a
+    forward : :class:`~specvit.observe.forward.ForwardModel` whose model is a
         :class:`~specvit.spectra.emulator.SpectralEmulator` (or has its PCA attributes);
         ``forward.observer`` None means the model's own grid (R = identity: then only
         the clip approximation remains).
@@ -82,17 +82,16 @@ class ObservedEmulator:
             a = np.asarray(torch.as_tensor(a).double().numpy())
             return torch.as_tensor(np.asarray(r @ a.T).T.copy(), dtype=dtype)
 
-        self.n_basis = push(m._norm_basis)  # (K, P)
-        self.n_mean = push(m._norm_mean[None])[0]  # (P,)
-        self.c_basis = push(m._lnc_basis)  # (K_c, P)
-        self.c_mean = push(m._lnc_mean[None])[0]
+        self.n_basis = push(m.norm_basis)  # (K, P)
+        self.n_mean = push(m.norm_mean[None])[0]  # (P,)
+        self.c_basis = push(m.lncont_basis)  # (K_c, P)
+        self.c_mean = push(m.lncont_mean[None])[0]
         rows = np.asarray(r.sum(axis=1)).ravel()
         self.wave_eff = np.asarray(r @ wave).ravel() / rows  # λ_eff = R λ / R 1, Angstrom
         self.planck = m.lncont_baseline == "planck"
-        x = _HC_OVER_K_A_K / self.wave_eff
-        self._hck_over_wave = torch.as_tensor(x, dtype=dtype)
-        self._ln_planck_num = torch.as_tensor(np.log(np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8)
-                                              - 5 * np.log(self.wave_eff * 1e-8), dtype=dtype)
+        self._wave_eff_t = torch.as_tensor(self.wave_eff, dtype=dtype)
+        self._hck_over_wave = torch.as_tensor(HC_OVER_K_A_K / self.wave_eff, dtype=dtype)
+        self._ln_planck_num = torch.as_tensor(LN_PI_2HC2_PER_A - 5 * np.log(self.wave_eff * 1e-8), dtype=dtype)
         self.n_pix = len(self.wave_eff)
         self.n_components = int(self.n_basis.shape[0])
 
@@ -102,7 +101,7 @@ class ObservedEmulator:
         x = labels.to(self.dtype)
         if tangents is None:
             with torch.no_grad():
-                a, b = self.model._coeffs(x)
+                a, b = self.model.coefficients(x)
             return a.to(self.dtype), b.to(self.dtype), None, None
         c, dc = self.model.coeffs_and_tangents(x, tangents)
         k, t = self.n_components, self.dtype
@@ -113,9 +112,8 @@ class ObservedEmulator:
         return self._ln_planck_num - torch.log(torch.expm1(self._hck_over_wave / teff[:, None]))
 
     def _dln_planck_dT(self, teff: torch.Tensor) -> torch.Tensor:
-        """∂ ln πB_λ / ∂T at λ_eff, (N, P), per K: x / (T (1 − e^−x)), x = hc / (λ k T)."""
-        x = self._hck_over_wave / teff[:, None]
-        return x / (teff[:, None] * -torch.expm1(-x))
+        """∂ ln πB_λ / ∂T at λ_eff, (N, P), per K."""
+        return dln_pi_planck_dteff(self._wave_eff_t, teff[:, None])
 
     def flux(self, labels, free_idx=None, *, jacobian: bool = False, tangent_scale=None):
         """Un-normalised f̃ (N, P) and, if asked, ∂f̃/∂θ_free (N, F, P), in the pixel dtype.

@@ -4,7 +4,7 @@ Model of a spectrum y with 1-σ errors e (noise_level · error)::
 
     m(θ, c) = μ(θ) · Σ_k c_k P_k(x),    χ² = Σ_p ((y_p − m_p) / e_p)²
 
-μ(θ) is the noiseless normalised observed flux (:class:`specvit.fisher.jacobian.ForwardModel`),
+μ(θ) is the noiseless normalised observed flux (:class:`specvit.observe.forward.ForwardModel`),
 P_k are Legendre polynomials of degree ≤ ``flux_correction_degree`` over the
 pixel index mapped to [−1, 1] (a low-order multiplicative flux correction,
 solved linearly at every step: variable projection, Golub & Pereyra 1973;
@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from specvit.errors import InputError
-from specvit.fisher.jacobian import jvp_stacked
+from specvit.observe.forward import jvp_stacked
 from specvit.labels import LABEL_NAMES, canonical_label
 
 #: Default grid spacing of the ``grid`` mode: the BOSZ node spacing (SPEC section 2).
@@ -203,7 +203,7 @@ class _Problem:
         return fixed * keep + (self.lower + u * (self.upper - self.lower)) @ select
 
     def mu(self, u):
-        return self.forward.torch(self.labels(u))
+        return self.forward.mu(self.labels(u))
 
     def mu_and_jac(self, u):
         """μ (B, P) and ∂μ/∂u (B, P, F) by forward-mode AD, u in box units [0, 1]."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from specvit.baselines.observed_emulator import ObservedEmulator
-from specvit.fisher.jacobian import NORMALISED_MEDIAN
+from specvit.observe.observer import NORMALISED_MEDIAN
 
 #: Gauss–Newton predicted χ² decrease below which a search row is done (≈ (0.1 σ)²; the float32
 #: fast model resolves χ² to ~1e-3).

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from specvit.data.noise import fixed_normal, fixed_noisy_flux, noisy_flux
+from specvit.observe.noise import fixed_normal, fixed_noisy_flux, noisy_flux  # the noise lives in observe/
 from specvit.data.pfsspec import (
     MASK_DEFAULT,
     MASK_EXTRAPOLATED,

@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from specvit.data.noise import fixed_normal
+from specvit.observe.noise import batch_noise, fixed_normal
 from specvit.errors import InputError
 from specvit.labels import canonical_label
 
@@ -110,27 +110,6 @@ def select_labels(params, names: Sequence[str], *, n_rows: int, source) -> np.nd
         raise InputError(f"non-finite label in row {i}", file=source, field=f"dataset/params/{names[j]}",
                          value=float(out[i, j]))
     return out
-
-
-# --------------------------------------------------------------------------- noise
-def batch_noise(seed: int, epoch: int, rank: int, batch: int, shape, device="cpu") -> torch.Tensor:
-    """Fresh training noise N(0,1), float32, for one batch; a pure function of its position.
-
-    A ``torch.Generator`` on ``device`` seeded from ``SeedSequence([seed, epoch, rank, batch])``, so on a
-    GPU the noise is drawn on the GPU (the draws differ between CPU and CUDA, but each is reproducible).
-    """
-    key = int(np.random.SeedSequence([int(seed), int(epoch), int(rank), int(batch), 0x7EA1]).generate_state(1, np.uint64)[0])
-    g = torch.Generator(device=device)
-    g.manual_seed(key >> 1)
-    return torch.randn(tuple(shape), generator=g, device=device, dtype=torch.float32)
-
-
-def fixed_noise(seed: int, rows: np.ndarray, n_pixels: int) -> np.ndarray:
-    """Fixed N(0,1) noise for dataset rows ``rows`` (validation/test): a pure function of (seed, row, pixel).
-
-    The one definition shared with the baselines: :func:`specvit.data.noise.fixed_normal`.
-    """
-    return fixed_normal(rows, n_pixels, seed, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- the stream
@@ -325,7 +304,7 @@ class SpectraStream(torch.utils.data.IterableDataset):
             if self.train:
                 z = batch_noise(self.seed, epoch, self.rank, b, tuple(flux.shape), device=self.device)
             else:
-                z = torch.from_numpy(fixed_noise(self.seed, rows, flux.shape[1])).to(self.device)
+                z = torch.from_numpy(fixed_normal(rows, flux.shape[1], self.seed, dtype=np.float32)).to(self.device)
             flux_t = flux_t + self.noise_level * err_t * z
         labels = self.labels[rows]
         out = {

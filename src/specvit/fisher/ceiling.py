@@ -30,8 +30,10 @@ from specvit.errors import InputError
 from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
 from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_from_weights, fisher_matrices,
                                         prior_weights, resolve_free, van_trees_bound)
-from specvit.fisher.jacobian import NORMALISED_MEDIAN, ForwardModel
+from specvit.observe.forward import ForwardModel
+from specvit.observe.observer import NORMALISED_MEDIAN
 from specvit.labels import canonical_label
+from specvit.observe.noise import MagnitudeNoise, magnitude_errors
 
 #: Grid spacing of the paper's BOSZ nodes (SPEC section 2), label units; also the default FD steps.
 BOSZ_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.25}
@@ -192,84 +194,6 @@ class InformationSet:
     n_dropped: int = 0  #: points dropped because the model flux is non-finite or <= 0 there
 
 
-def magnitude_errors(observer, model_flux: np.ndarray, mags: Sequence[float], setup: dict | None = None):
-    """Normalised noiseless flux (N, P) and its error (M, N, P) at each magnitude.
-
-    One call of ``observer.observe`` at ``mags[0]`` under the calibration setup (or
-    ``setup`` overrides of it), then the analytic scaling described in the module
-    docstring (the object term scales with ν, the background with ν²).
-    """
-    from specvit.observe import calibration_conditions
-
-    mags = np.asarray(mags, dtype=np.float64)
-    cond = calibration_conditions([mags[0]], len(model_flux))
-    for k, v in (setup or {}).items():
-        if k not in cond.columns:
-            raise InputError("unknown observing-condition column", field=k, value=v)
-        cond[k] = v
-    obs = observer.observe(model_flux, cond)
-    response, background, _ = observer.response_and_background(cond.iloc[:1])
-    r, b = response[0], background[0]
-    nu = obs.norm_factor[None, :, None] * 10 ** (0.4 * (mags - mags[0]))[:, None, None]  # (M, N, 1)
-    mu = np.clip(obs.flux, 0.0, None)[None]
-    err = np.sqrt(mu * nu / r + b * nu**2 / r**2)
-    return obs.flux, err
-
-
-class MagnitudeNoise:
-    """The observer's normalised error at M magnitudes, from quantities the Jacobian step already has.
-
-    Same formula as :func:`magnitude_errors` (σ² = μν/R + Bν²/R², ν(m) = (0.5 / median(R F)) ·
-    10^{0.4 (m − m_model)}), but the response R and background B are computed once for the
-    (fixed) calibration setup, and the resampled flux R F and its median are reused instead
-    of observing the spectra again. Only valid for redshift 0 and no reddening (the setup
-    is checked); ``magnitude_errors`` / ``PFSObserver.observe`` is the reference.
-    """
-
-    def __init__(self, observer, mags: Sequence[float], setup: dict | None = None):
-        from specvit.observe import calibration_conditions
-
-        self.observer = observer
-        self.mags = np.asarray(mags, dtype=np.float64)
-        cond = calibration_conditions([self.mags[0]], 1)
-        for k, v in (setup or {}).items():
-            if k not in cond.columns:
-                raise InputError("unknown observing-condition column", field=k, value=v)
-            cond[k] = v
-        if float(cond["redshift"].iloc[0]) != 0.0 or float(cond["ext"].iloc[0]) != 0.0:
-            raise InputError("the fast error model needs redshift 0 and no reddening (use magnitude_errors)",
-                             field="setup", value={"redshift": float(cond["redshift"].iloc[0]),
-                                                   "ext": float(cond["ext"].iloc[0])})
-        response, background, _ = observer.response_and_background(cond)
-        self.inv_response = 1.0 / response[0]  # (P,) model-flux units per electron, at unit flux scale
-        self.background = background[0]  # (P,) electrons²
-
-    @staticmethod
-    def applies(setup: dict | None) -> bool:
-        s = setup or {}
-        return float(s.get("redshift", 0.0)) == 0.0 and float(s.get("ext", 0.0)) == 0.0
-
-    def variance(self, oj) -> np.ndarray:
-        """(M, N, P) variance σ² of the normalised flux for an :class:`ObservedJacobian` ``oj``."""
-        phot = self.observer.photometry.photon_integral(oj.model_flux)
-        if not np.all(phot > 0):
-            i = int(np.flatnonzero(~(phot > 0))[0])
-            raise InputError(f"model flux has no positive flux in the HSC i band (row {i})", field="model_flux")
-        mag_model = -2.5 * np.log10(phot / self.observer.photometry.ab_norm)
-        nu = (NORMALISED_MEDIAN / oj.median)[None, :] * 10 ** (0.4 * (self.mags[:, None] - mag_model[None, :]))
-        nu = nu[:, :, None]  # (M, N, 1)
-        # σ² = ν (μ⁺/R + ν B/R²): three passes over (M, N, P)
-        var = nu * (self.background * self.inv_response**2)
-        var += np.clip(oj.mu, 0.0, None) * self.inv_response
-        var *= nu
-        return var
-
-    @property
-    def strictly_positive(self) -> bool:
-        """True if σ² > 0 and finite at every pixel for any flux (background > 0, finite response)."""
-        return bool(np.all(self.background > 0) and np.all(np.isfinite(self.inv_response)))
-
-
 def _middle_pair(a: np.ndarray) -> np.ndarray:
     """The two middle order statistics along the last axis (…, 2), float64 (np.median averages them).
 
@@ -365,7 +289,7 @@ def _compute_information_fast(forward, points, mags, *, method, steps, noise_lev
         n = len(oj.mu)
         if n == 0:
             continue
-        w = noise.variance(oj)
+        w = noise.variance(oj.model_flux, oj.mu, oj.median)
         if noise_level != 1.0:
             w *= noise_level**2
         if noise.strictly_positive:

@@ -1,7 +1,7 @@
 """Fisher information, Schur-complement marginalisation, Cramér–Rao and van Trees bounds.
 
 Everything here is plain linear algebra over a batch of points; the Jacobian
-and the noise come from :mod:`specvit.fisher.jacobian` and the observer.
+and the noise come from :mod:`specvit.observe.forward` and the observer.
 
 For Gaussian noise with a fixed covariance Σ = diag((noise_level · error)²),
 the Fisher information of the labels θ (Kay 1993, eq. 3.31) is

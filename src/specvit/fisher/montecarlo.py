@@ -31,7 +31,7 @@ import pandas as pd
 
 from specvit.errors import InputError
 from specvit.fisher.information import crlb_bound, fisher_matrix, resolve_free
-from specvit.fisher.jacobian import ForwardModel, jacobian
+from specvit.observe.forward import ForwardModel, jacobian
 
 
 def _fisher_at(forward: ForwardModel, points: np.ndarray, err: np.ndarray) -> np.ndarray:

@@ -19,8 +19,6 @@ import numpy as np
 
 from specvit.errors import InputError
 
-H_C_ERG_A = 1.98644586e-8  # h c in erg * Angstrom
-
 
 def data_path(name: str) -> Path:
     return Path(str(resources.files("specvit") / "data_files" / "observe" / name))

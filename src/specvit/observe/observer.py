@@ -32,7 +32,8 @@ from specvit.observe.conditions import check_conditions
 from specvit.observe.config import InstrumentConfig
 from specvit.observe.lsf import air_to_vacuum, lsf_sigma_A, resample_matrix
 from specvit.observe.pfs import pfs_mr_wave, pfs_mr_wave_edges
-from specvit.observe.photometry import AB_ZERO_FNU, C_A_PER_S, SyntheticPhotometry
+from specvit.observe.photometry import SyntheticPhotometry
+from specvit.physics import AB_ZERO_FNU, C_LIGHT_A_S, H_C_ERG_A, planck_shape
 
 #: Median of the normalised flux (SPEC section 3).
 NORMALISED_MEDIAN = 0.5
@@ -95,10 +96,6 @@ class Observation:
     mag_model: np.ndarray
     conditions: pd.DataFrame
     components: dict = field(default_factory=dict)
-
-
-def _planck_shape(wave_A, teff):
-    return 1.0 / (wave_A**5 * np.expm1(1.438777e8 / (wave_A * teff)))
 
 
 class PFSObserver:
@@ -170,7 +167,7 @@ class PFSObserver:
         self.throughput = ins.throughput(w, cfg)
         self.area_cm2 = ins.collecting_area_cm2(cfg)
         #: electrons per (erg/s/cm^2/A) per second, before atmosphere, fibre loss and vignetting
-        self.base_response = w / atm.H_C_ERG_A * self.dlam * self.area_cm2 * self.throughput
+        self.base_response = w / H_C_ERG_A * self.dlam * self.area_cm2 * self.throughput
         kw, kk = atm.load_extinction(cfg.extinction_file)
         self.extinction_k = np.interp(w, kw, kk)
         # transmission 10^(-0.4 k X) tabulated on an airmass grid, interpolated linearly in X
@@ -193,9 +190,11 @@ class PFSObserver:
         self._sky_max3 = np.maximum(np.maximum(self.sky_rate, np.r_[self.sky_rate[1:], self.sky_rate[-1]]),
                                     np.r_[self.sky_rate[0], self.sky_rate[:-1]])
         self._sky_mean = float(self.sky_rate.mean())
+        #: (sky-subtraction floor * max of the sky rate over 3 pixels)^2, per pixel
+        self.sky_floor2 = (cfg.sky_subtraction_floor * self._sky_max3) ** 2
         # moonlight per unit 10^(-0.4 V): solar shape normalised at 5500 A
-        f_v = AB_ZERO_FNU * C_A_PER_S / _V_WAVE_A**2
-        shape = _planck_shape(w, _SUN_TEFF_K) / _planck_shape(_V_WAVE_A, _SUN_TEFF_K)
+        f_v = AB_ZERO_FNU * C_LIGHT_A_S / _V_WAVE_A**2
+        shape = planck_shape(w, _SUN_TEFF_K) / planck_shape(_V_WAVE_A, _SUN_TEFF_K)
         self.moon_rate_v0 = f_v * shape * self.base_response  # per arcsec^2
         # fibre aperture loss is smooth in wavelength: evaluate at the arm ends, interpolate linearly
         # (<= 0.15% error for seeing 0.5-1.5", airmass 1-1.41)
@@ -264,9 +263,10 @@ class PFSObserver:
             self._cache[key] = arr.astype(dtype)
         return self._cache[key]
 
-    def response_and_background(self, conditions, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Per spectrum and pixel: electrons per unit F_lambda (erg/s/cm^2/A), and the variance
-        (electrons^2) of everything that is not the object. Depends on the conditions only."""
+    def condition_factors(self, conditions) -> dict:
+        """Per-spectrum scalars (N,) of the response and background (float64): the conditions' part of
+        the noise model. ``response = T(X) * base * (a + b u)``, ``background = sky_fac * (sky_rate +
+        sky_fac * floor²) + const + moon_fac * moon_rate`` (see :meth:`response_and_background`)."""
         cfg = self.instrument
         c = conditions
         X = atm.airmass(c["target_zenith_angle"].to_numpy(float))
@@ -278,18 +278,6 @@ class PFSObserver:
         fwhm = ins.delivered_fwhm_arcsec(c["seeing"].to_numpy(float)[:, None], X[:, None], self._fib_wave[None, :])
         fib = ins.fibre_fraction(fwhm, diam[:, None], cfg)  # (N, 2) at the two ends of the arm
         tv = t_tot * vig
-        # response = base * t * v * transmission(X) * (fibre_blue + (fibre_red - fibre_blue) * u)
-        a = (tv * fib[:, 0]).astype(dtype)[:, None]
-        b = (tv * (fib[:, 1] - fib[:, 0])).astype(dtype)[:, None]
-        base = self._as(dtype, "base_response", self.base_response)
-        key = ("base_u", np.dtype(dtype).str)
-        if key not in self._cache:
-            self._cache[key] = base * self._fib_u.astype(dtype)
-        response = self._transmission(X, dtype)
-        tmp = np.multiply(base, a)  # response *= base * a + (base * u) * b, same operations in place
-        scratch = np.multiply(self._cache[key], b)
-        tmp += scratch
-        response *= tmp
         area = np.pi / 4 * diam**2  # arcsec^2
         sky_fac = (X if cfg.sky_scales_with_airmass else np.ones_like(X)) * tv * area
         v_moon = atm.moon_v_surface_brightness(c["moon_phase"].to_numpy(float), c["moon_zenith_angle"].to_numpy(float),
@@ -299,9 +287,29 @@ class PFSObserver:
         const = (cfg.stray_light_fraction * self._sky_mean * sky_fac
                  + n_exp * cfg.extraction_pixels * cfg.read_noise_e**2
                  + cfg.extraction_pixels * cfg.dark_e_per_pix_s * t_tot)
+        # response = base * t * v * transmission(X) * (fibre_blue + (fibre_red - fibre_blue) * u)
+        return {"airmass": X, "a": tv * fib[:, 0], "b": tv * (fib[:, 1] - fib[:, 0]), "sky_fac": sky_fac,
+                "moon_fac": moon_fac, "const": const}
+
+    def response_and_background(self, conditions, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Per spectrum and pixel: electrons per unit F_lambda (erg/s/cm^2/A), and the variance
+        (electrons^2) of everything that is not the object. Depends on the conditions only."""
+        fac = self.condition_factors(conditions)
+        X, sky_fac, moon_fac, const = fac["airmass"], fac["sky_fac"], fac["moon_fac"], fac["const"]
+        a = fac["a"].astype(dtype)[:, None]
+        b = fac["b"].astype(dtype)[:, None]
+        base = self._as(dtype, "base_response", self.base_response)
+        key = ("base_u", np.dtype(dtype).str)
+        if key not in self._cache:
+            self._cache[key] = base * self._fib_u.astype(dtype)
+        response = self._transmission(X, dtype)
+        tmp = np.multiply(base, a)  # response *= base * a + (base * u) * b, same operations in place
+        scratch = np.multiply(self._cache[key], b)
+        tmp += scratch
+        response *= tmp
         # sky + (floor * max3(sky))^2 + const, with sky = sky_fac * sky_rate
         sf = sky_fac.astype(dtype)[:, None]
-        fl2 = self._as(dtype, "floor2", (cfg.sky_subtraction_floor * self._sky_max3) ** 2)
+        fl2 = self._as(dtype, "floor2", self.sky_floor2)
         background = np.multiply(sf, fl2, out=tmp)  # sf * (sky_rate + sf * fl2), in place
         background += self._as(dtype, "sky_rate", self.sky_rate)
         background *= sf

@@ -18,8 +18,8 @@ import functools
 
 import numpy as np
 
-C_A_PER_S = 2.99792458e18  # speed of light, Angstrom / s
-AB_ZERO_FNU = 3631e-23  # erg / s / cm^2 / Hz
+from specvit.physics import AB_ZERO_FNU, C_LIGHT_A_S
+
 _WINDOW_A = 60.0
 #: allowed power-law index of the extension (Planck slopes in the red for T >= 2000 K)
 ALPHA_RANGE = (-5.0, 6.0)
@@ -50,7 +50,7 @@ class SyntheticPhotometry:
         # AB reference over the whole filter
         fine = np.linspace(fw[0], fw[-1], 20001)
         Tf = np.interp(fine, fw, fr)
-        self.ab_norm = np.trapezoid(AB_ZERO_FNU * C_A_PER_S / fine**2 * Tf * fine, fine)
+        self.ab_norm = np.trapezoid(AB_ZERO_FNU * C_LIGHT_A_S / fine**2 * Tf * fine, fine)
         # extension grids outside the model range
         self.blue = self._ext_grid(fw, fr, fw[0], w[0], ext_step_A)
         self.red = self._ext_grid(fw, fr, w[-1], fw[-1], ext_step_A)
@@ -83,8 +83,14 @@ class SyntheticPhotometry:
         return A, np.array([w[m1].mean(), w[m2].mean()])
 
     def _extension(self, f_win, grid, lam):
-        """Integral of the power-law extension given the two window means ``f_win`` (N, 2)."""
+        """Integral of the power-law extension given the two window means ``f_win`` (N, 2), numpy or torch."""
         mid, wt = grid
+        if not isinstance(f_win, np.ndarray):  # torch, float64, on f_win's device
+            mid, wt = (f_win.new_tensor(a) for a in (mid, wt))
+            f = f_win.clamp(min=1e-300)
+            alpha = (f[:, 1] / f[:, 0]).log() / np.log(lam[1] / lam[0])
+            alpha = alpha.clamp(*ALPHA_RANGE)
+            return (f[:, :1] * (mid[None, :] / lam[0]) ** alpha[:, None]) @ wt
         f = np.clip(f_win, 1e-300, None)
         alpha = np.log(f[:, 1] / f[:, 0]) / np.log(lam[1] / lam[0])
         # A window inside a molecular band (TiO at 7050-7250 A in cool stars) can make the fitted
@@ -96,7 +102,7 @@ class SyntheticPhotometry:
         return ext @ wt
 
     @property
-    def _projector(self) -> np.ndarray:
+    def projector(self) -> np.ndarray:
         """(n_wave, 5): in-band weights, blue window means (2), red window means (2)."""
         if not hasattr(self, "_proj"):
             self._proj = np.column_stack([self.weights, self.win_blue[0], self.win_red[0]])
@@ -105,12 +111,20 @@ class SyntheticPhotometry:
     def photon_integral(self, flux) -> np.ndarray:
         """int F_lambda T lambda dlambda over the whole filter (N,), with the power-law extension."""
         flux = np.atleast_2d(flux)
-        proj = flux @ self._projector.astype(flux.dtype, copy=False)  # one BLAS call
-        total = proj[:, 0].astype(float)
+        proj = flux @ self.projector.astype(flux.dtype, copy=False)  # one BLAS call
+        return self.integral_from_projection(proj)
+
+    def integral_from_projection(self, proj):
+        """The photon integral (N,) from ``flux @ projector`` (N, 5): numpy (float64) or torch (float64, same device)."""
+        if not isinstance(proj, np.ndarray):
+            proj = proj.double()
+        total = proj[:, 0].astype(float) if isinstance(proj, np.ndarray) else proj[:, 0]
         if self.blue is not None:
-            total = total + self._extension(proj[:, 1:3].astype(float), self.blue, self.win_blue[1])
+            total = total + self._extension(proj[:, 1:3].astype(float) if isinstance(proj, np.ndarray) else proj[:, 1:3],
+                                            self.blue, self.win_blue[1])
         if self.red is not None:
-            total = total + self._extension(proj[:, 3:5].astype(float), self.red, self.win_red[1])
+            total = total + self._extension(proj[:, 3:5].astype(float) if isinstance(proj, np.ndarray) else proj[:, 3:5],
+                                            self.red, self.win_red[1])
         return total
 
     def ab_mag(self, flux) -> np.ndarray:

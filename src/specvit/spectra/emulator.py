@@ -35,6 +35,7 @@ Weights: one ``.npz`` per version (``format_version``, arrays only, no pickle) i
 """
 from __future__ import annotations
 
+import copy
 import json
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from specvit.errors import InputError
+from specvit.physics import HC_OVER_K_A_K, LN_PI_2HC2_PER_A, ln_pi_planck, pi_planck_numerator
 from specvit.spectra.base import SpectralModel
 
 FORMAT_VERSION = 1
@@ -52,21 +54,6 @@ PLANCK_NODES = 8
 #: Rows per block of the fast path: the float32 (rows, n_wave) buffers stay in the 1 MB L2 cache
 #: (16-32 rows were fastest single-threaded, 256 rows ~1.5x slower; ``benchmarks/emulator.py --chunks``).
 FAST_CHUNK_ROWS = 32
-#: h c / k_B in Angstrom K, and 2 h c^2 in erg A^4 s^-1 cm^-2 (so B_lambda is per Angstrom).
-HC_OVER_K_A_K = 1.4387769e8
-
-
-def ln_pi_planck(wave_A, teff_K):
-    """ln(pi B_lambda(T)) in erg s-1 cm-2 A-1 for wavelengths in Angstrom (numpy or torch, broadcasting).
-
-    B_lambda = 2 h c^2 / lambda^5 / (exp(h c / (lambda k T)) - 1); with lambda in cm this is per cm,
-    times 1e-8 per Angstrom.
-    """
-    lib = torch if isinstance(teff_K, torch.Tensor) else np
-    lam_cm = wave_A * 1e-8
-    x = HC_OVER_K_A_K / (wave_A * teff_K)
-    return (np.log(np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8) - 5 * lib.log(lam_cm)
-            - lib.log(lib.expm1(x)))
 _REQUIRED = ("format_version", "wave_A", "label_names", "label_lo", "label_hi", "train_lo", "train_hi", "resolution",
              "norm_mean", "norm_basis", "lncont_mean", "lncont_basis", "n_hidden_layers")
 
@@ -126,7 +113,7 @@ class SpectralEmulator(SpectralModel):
         self.lncont_baseline = lncont_baseline
         self._wave_t = t(self.wave)
         # pi B_lambda = planck_num / expm1(hc/k / (lambda T)); planck_num = pi 2 h c^2 / lambda^5 (per A)
-        self._planck_num = t(np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8 / (self.wave * 1e-8) ** 5)
+        self._planck_num = t(pi_planck_numerator(self.wave))
         self._hc_k_over_wave = t(HC_OVER_K_A_K / self.wave)
         self._fast = None  # fused float32 tables of evaluate(), built on first use
 
@@ -171,6 +158,74 @@ class SpectralEmulator(SpectralModel):
                 h = layer(h)  # the primal exactly as self.net computes it
         return h, (dh.expand(n, f, dh.shape[-1]) if dh.ndim == 2 else dh)
 
+    # ---- the closed form's pieces, public for the forward model (specvit.observe.forward)
+    @property
+    def norm_mean(self) -> torch.Tensor:
+        """Mean continuum-normalised flux (n_wave,), float32."""
+        return self._norm_mean
+
+    @property
+    def norm_basis(self) -> torch.Tensor:
+        """Principal components of the normalised flux (K, n_wave), float32."""
+        return self._norm_basis
+
+    @property
+    def lncont_mean(self) -> torch.Tensor:
+        """Mean of ln C − ln πB_λ(T_eff) (n_wave,), float32 (ln C itself without the Planck baseline)."""
+        return self._lnc_mean
+
+    @property
+    def lncont_basis(self) -> torch.Tensor:
+        """Principal components of ln C (K_c, n_wave), float32."""
+        return self._lnc_basis
+
+    def coefficients(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PCA coefficients (a (N, K), b (N, K_c)) of labels (N, L) in label units, float32, differentiable."""
+        return self._coeffs(labels)
+
+    def pi_planck(self, teff_K: torch.Tensor) -> torch.Tensor:
+        """πB_λ(T_eff) on ``wave`` (N, n_wave), erg s⁻¹ cm⁻² Å⁻¹, float32: one expm1 per pixel."""
+        return self._planck_num / torch.expm1(self._hc_k_over_wave / teff_K.to(torch.float32).reshape(-1, 1))
+
+    def dln_pi_planck_dteff(self, teff_K: torch.Tensor) -> torch.Tensor:
+        """∂ ln πB_λ / ∂T_eff on ``wave`` (N, n_wave), per K, float32: (x / T) eˣ / (eˣ − 1), x = h c / (λ k T)."""
+        teff = teff_K.to(torch.float32).reshape(-1, 1)
+        x = self._hc_k_over_wave / teff
+        return x / teff * (1.0 + 1.0 / torch.expm1(x))
+
+    def flux_and_jacobian(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """F and ∂F/∂θ by the chain rule of the closed form, pixel-major, float32, no autograd through pixels.
+
+        With F = max(n̄ + a B, 0) · exp(c̄ + b D) · πB_λ(T_eff) and (a, b) = MLP(θ):
+
+            ∂F/∂θ_l = 1[n > 0] · C · (∂a/∂θ_l B) + F · (∂b/∂θ_l D + δ_{l,T_eff} ∂ln πB_λ/∂T),
+
+        exact; only the small MLP Jacobian comes from :meth:`coeffs_and_tangents`. Returns
+        F (n_wave, N) and ∂F/∂θ (n_wave, N, L), label units; pixel-major so that a sparse
+        LSF matrix applies without a transposed copy. No range check (the caller checks).
+        Tested against forward-mode autograd through :meth:`flux_torch`.
+        """
+        x = labels.detach().to(torch.float32)
+        n, n_lab = x.shape
+        k = self.n_components
+        c, dc = self.coeffs_and_tangents(x, torch.eye(n_lab))  # (N, K+Kc), (N, L, K+Kc)
+        dct = dc.permute(2, 0, 1).reshape(-1, n * n_lab)  # (K+Kc, N·L), columns (point, label)
+        ct = c.T
+        raw = torch.addmm(self._norm_mean[:, None], self._norm_basis.T, ct[:k])  # (n_wave, N)
+        keep = raw > 0  # the clip at 0 of the normalised flux
+        cont = torch.exp(torch.addmm(self._lnc_mean[:, None], self._lnc_basis.T, ct[k:]))
+        planck = self.lncont_baseline == "planck"
+        if planck:  # the Planck baseline takes T_eff from the first label column
+            cont = cont * self.pi_planck(x[:, 0]).T
+        flux = raw.clamp(min=0.0) * cont
+        djac = (self._norm_basis.T @ dct[:k]).view(-1, n, n_lab)
+        djac.mul_((cont * keep)[:, :, None])
+        dln = (self._lnc_basis.T @ dct[k:]).view(-1, n, n_lab)
+        if planck:
+            dln[:, :, 0].add_(self.dln_pi_planck_dteff(x[:, 0]).T)
+        djac.addcmul_(dln, flux[:, :, None])
+        return flux, djac
+
     def norm_torch(self, x: torch.Tensor) -> torch.Tensor:
         a, _ = self._coeffs(x)
         return self._clip_norm(self._norm_mean + a @ self._norm_basis)
@@ -194,8 +249,7 @@ class SpectralEmulator(SpectralModel):
         """C = pi B_lambda(T_eff) * exp(mean_c + b D): one exp and one expm1 per pixel."""
         c = torch.exp(self._lnc_mean + b @ self._lnc_basis)
         if self.lncont_baseline == "planck":
-            teff = x[:, :1].to(torch.float32)
-            c = c * (self._planck_num / torch.expm1(self._hc_k_over_wave / teff))
+            c = c * self.pi_planck(x[:, 0])
         return c
 
     def lncont_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +285,7 @@ class SpectralEmulator(SpectralModel):
         offset = self._lnc_mean.numpy().astype(np.float64)
         u_mid, nodes = 0.0, np.zeros(0)
         if self.lncont_baseline == "planck":
-            offset = offset + np.log(np.pi * 2 * 6.62607015e-27 * 2.99792458e10 ** 2 * 1e-8) - 5 * np.log(w * 1e-8)
+            offset = offset + LN_PI_2HC2_PER_A - 5 * np.log(w * 1e-8)
         c0 = float(np.mean(offset))
         offset = offset - c0
         if self.lncont_baseline == "planck":
@@ -273,6 +327,37 @@ class SpectralEmulator(SpectralModel):
             r = one
         f32 = lambda v: np.ascontiguousarray(v, dtype=np.float32)  # noqa: E731
         return f32(np.hstack([r, r * a])), f32(c), f32(r)
+
+    def flux_fused_torch(self, labels: torch.Tensor) -> torch.Tensor:
+        """F_λ (N, n_wave) float32 by the fused path of :meth:`evaluate`, in torch on ``labels``' device; no autograd.
+
+        The same two products and one exp2 per pixel as the numpy fast path (its tables moved to the
+        device once), for the forward model's batched simulation on any device. Agrees with
+        :meth:`flux_torch` to float32 rounding (tested).
+        """
+        dev = labels.device
+        key = ("fused", str(dev))
+        cache = self.__dict__.setdefault("_device_tables", {})
+        if key not in cache:
+            tab = self._fast_tables()
+            cache[key] = {k: torch.as_tensor(tab[k], device=dev) for k in ("norm_basis", "ln_basis")}
+            cache[key].update({k: torch.as_tensor(np.atleast_1d(tab[k]), dtype=torch.float64, device=dev)
+                               for k in ("c0", "hc_k_u_mid", "hc_k_nodes")})
+            cache[key]["net"] = self.net if dev.type == "cpu" else copy.deepcopy(self.net).to(dev)
+        tab = cache[key]
+        with torch.no_grad():
+            x = labels.detach()
+            ab = tab["net"](self._scale(x.to(torch.float32)))
+            a, b = ab[:, : self.n_components].double(), ab[:, self.n_components:].double()
+            teff = x[:, :1].double()
+            one = torch.ones_like(teff)
+            if self.lncont_baseline == "planck":
+                r = torch.exp(tab["c0"] - tab["hc_k_u_mid"] / teff)
+                c = torch.cat([one, b, -1.0 / teff, -torch.log1p(-torch.exp(-tab["hc_k_nodes"][None, :] / teff))], 1)
+            else:
+                r, c = torch.exp(tab["c0"]) * one, torch.cat([one, b], 1)
+            flux = (c.float() @ tab["ln_basis"]).exp2_()
+            return flux.mul_((torch.cat([r, r * a], 1).float() @ tab["norm_basis"]).clamp_(min=0.0))
 
     def _evaluate_block(self, arr: np.ndarray, out: np.ndarray, what: str, rows: int) -> None:
         """Evaluate rows ``arr`` into ``out`` in blocks of ``rows``, single-threaded (runs in a worker thread)."""

@@ -25,7 +25,8 @@ import torch
 
 from specvit.errors import InputError
 from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
-from specvit.spectra.emulator import EmulatorNet, SpectralEmulator, ln_pi_planck
+from specvit.physics import ln_pi_planck
+from specvit.spectra.emulator import EmulatorNet, SpectralEmulator
 from specvit.spectra.synthesis.design import read_design, training_box
 from specvit.spectra.synthesis.store import read_spectrum
 

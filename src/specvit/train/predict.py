@@ -13,7 +13,7 @@ the ``snr`` column / training noise level), and flags:
 
 Noise: by default the stored flux is used as it is (observed spectra, or a
 noiseless test of a simulated set); ``noise_level=X`` adds fixed noise per row
-(:func:`specvit.data.noise.fixed_normal` with ``seed``) exactly as validation
+(:func:`specvit.observe.noise.fixed_normal` with ``seed``) exactly as validation
 does. The CSV is written atomically, with a ``.json`` sidecar recording the
 model, input, noise level, seed and command.
 """
@@ -29,7 +29,7 @@ import torch
 
 from specvit.atomic import atomic_path, write_text_atomic
 from specvit.config import provenance
-from specvit.data.noise import fixed_normal
+from specvit.observe.noise import fixed_normal
 from specvit.errors import InputError
 from specvit.train.losses import split_output
 

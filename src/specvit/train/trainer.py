@@ -317,7 +317,7 @@ class Trainer:
         seeded by ``run.seed``) over the first ``max_rows`` training rows, read in chunks.
         Every rank computes the same numbers, so DDP replicas agree.
         """
-        from specvit.data.noise import noisy_flux
+        from specvit.observe.noise import noisy_flux
         from specvit.models.inputnorm import input_standardizers
 
         layers = input_standardizers(self.model)

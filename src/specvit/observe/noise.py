@@ -1,4 +1,9 @@
-"""Gaussian noise for noiseless datasets: fresh per batch, or fixed per row.
+"""The noise model of an observed PFS spectrum, and its random draws: the one place both are written.
+
+The variance (what :class:`~specvit.observe.observer.PFSObserver` computes in electrons, here
+in normalised flux units, for the Fisher ceiling and the template fit) is
+:class:`MagnitudeNoise`: σ² = μ ν / R + B ν² / R², with R the electrons per unit flux, B the
+variance of everything that is not the object, and ν the normalisation (flux units → normalised).
 
 Stored flux is noiseless and ``error`` is the 1-sigma at noise level 1
 (SPEC section 3), so a noisy spectrum is ``flux + noise_level * error * z``
@@ -22,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from specvit.errors import InputError
+from specvit.observe.observer import NORMALISED_MEDIAN
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -144,3 +150,96 @@ def fixed_noisy_flux(flux, error, noise_level, rows, seed: int):
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
+
+
+def batch_noise(seed: int, epoch: int, rank: int, batch: int, shape, device="cpu"):
+    """Fresh training noise N(0, 1), float32, for one batch; a pure function of its position.
+
+    A ``torch.Generator`` on ``device`` seeded from ``SeedSequence([seed, epoch, rank, batch])``, so on a
+    GPU the noise is drawn on the GPU (the draws differ between CPU and CUDA, but each is reproducible).
+    """
+    import torch
+
+    key = int(np.random.SeedSequence([int(seed), int(epoch), int(rank), int(batch), 0x7EA1]).generate_state(1, np.uint64)[0])
+    g = torch.Generator(device=device)
+    g.manual_seed(key >> 1)
+    return torch.randn(tuple(shape), generator=g, device=device, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- the variance
+def _setup_conditions(mag: float, setup: dict | None, n: int = 1):
+    from specvit.observe.conditions import calibration_conditions
+
+    cond = calibration_conditions([mag], n)
+    for k, v in (setup or {}).items():
+        if k not in cond.columns:
+            raise InputError("unknown observing-condition column", field=k, value=v)
+        cond[k] = v
+    return cond
+
+
+def magnitude_errors(observer, model_flux: np.ndarray, mags, setup: dict | None = None):
+    """Normalised noiseless flux (N, P) and its error (M, N, P) at each magnitude (the reference route).
+
+    One call of ``observer.observe`` at ``mags[0]`` under the calibration setup (or ``setup``
+    overrides of it), then the analytic scaling: the object term scales with ν, the background
+    with ν² (σ² = μ ν / R + B ν² / R², ν(m) = ν(m₀) 10^{0.4 (m − m₀)}).
+    """
+    mags = np.asarray(mags, dtype=np.float64)
+    cond = _setup_conditions(float(mags[0]), setup, len(model_flux))
+    obs = observer.observe(model_flux, cond)
+    response, background, _ = observer.response_and_background(cond.iloc[:1])
+    r, b = response[0], background[0]
+    nu = obs.norm_factor[None, :, None] * 10 ** (0.4 * (mags - mags[0]))[:, None, None]  # (M, N, 1)
+    mu = np.clip(obs.flux, 0.0, None)[None]
+    err = np.sqrt(mu * nu / r + b * nu**2 / r**2)
+    return obs.flux, err
+
+
+class MagnitudeNoise:
+    """The observer's normalised error at M magnitudes, for spectra whose resampled flux is already known.
+
+    Same formula as :func:`magnitude_errors` (σ² = μν/R + Bν²/R², ν(m) = (0.5 / median(R F)) ·
+    10^{0.4 (m − m_model)}), but the response R and background B are computed once for the
+    (fixed) setup, and the resampled flux R F and its median are reused instead of observing the
+    spectra again. Only valid for redshift 0 and no reddening (the setup is checked);
+    ``magnitude_errors`` / ``PFSObserver.observe`` is the reference.
+    """
+
+    def __init__(self, observer, mags, setup: dict | None = None):
+        self.observer = observer
+        self.mags = np.asarray(mags, dtype=np.float64)
+        cond = _setup_conditions(float(self.mags[0]), setup)
+        if float(cond["redshift"].iloc[0]) != 0.0 or float(cond["ext"].iloc[0]) != 0.0:
+            raise InputError("the fast error model needs redshift 0 and no reddening (use magnitude_errors)",
+                             field="setup", value={"redshift": float(cond["redshift"].iloc[0]),
+                                                   "ext": float(cond["ext"].iloc[0])})
+        response, background, _ = observer.response_and_background(cond)
+        self.inv_response = 1.0 / response[0]  # (P,) model-flux units per electron, at unit flux scale
+        self.background = background[0]  # (P,) electrons²
+
+    @staticmethod
+    def applies(setup: dict | None) -> bool:
+        s = setup or {}
+        return float(s.get("redshift", 0.0)) == 0.0 and float(s.get("ext", 0.0)) == 0.0
+
+    def variance(self, model_flux: np.ndarray, mu: np.ndarray, median: np.ndarray) -> np.ndarray:
+        """(M, N, P) variance σ² of the normalised flux μ (N, P), given the model flux (N, n_model) and the
+        median of the resampled flux (N,) in model units."""
+        phot = self.observer.photometry.photon_integral(model_flux)
+        if not np.all(phot > 0):
+            i = int(np.flatnonzero(~(phot > 0))[0])
+            raise InputError(f"model flux has no positive flux in the HSC i band (row {i})", field="model_flux")
+        mag_model = -2.5 * np.log10(phot / self.observer.photometry.ab_norm)
+        nu = (NORMALISED_MEDIAN / median)[None, :] * 10 ** (0.4 * (self.mags[:, None] - mag_model[None, :]))
+        nu = nu[:, :, None]  # (M, N, 1)
+        # σ² = ν (μ⁺/R + ν B/R²): three passes over (M, N, P)
+        var = nu * (self.background * self.inv_response**2)
+        var += np.clip(mu, 0.0, None) * self.inv_response
+        var *= nu
+        return var
+
+    @property
+    def strictly_positive(self) -> bool:
+        """True if σ² > 0 and finite at every pixel for any flux (background > 0, finite response)."""
+        return bool(np.all(self.background > 0) and np.all(np.isfinite(self.inv_response)))

@@ -1,0 +1,58 @@
+"""Physical constants and the Planck function: the one place specvit writes them.
+
+CGS units with wavelengths in Angstrom, as everywhere in specvit. The SI 2019 defining
+constants h, c and k are exact; the values below are those constants (h c and h c / k
+to the 9 and 8 significant digits the code has always used).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Planck constant, erg s (exact, SI 2019).
+H_PLANCK_ERG_S = 6.62607015e-27
+#: Speed of light, cm / s (exact).
+C_LIGHT_CM_S = 2.99792458e10
+#: Speed of light, Angstrom / s.
+C_LIGHT_A_S = 2.99792458e18
+#: Boltzmann constant, erg / K (exact, SI 2019).
+K_BOLTZMANN_ERG_K = 1.380649e-16
+#: h c, erg Angstrom (photon energy = H_C_ERG_A / lambda_A).
+H_C_ERG_A = 1.98644586e-8
+#: Second radiation constant h c / k_B, Angstrom K.
+HC_OVER_K_A_K = 1.4387769e8
+#: AB magnitude zero point, erg / s / cm^2 / Hz.
+AB_ZERO_FNU = 3631e-23
+#: ln(pi 2 h c^2) with the per-Angstrom factor 1e-8: ln pi B_lambda = this - 5 ln(lambda_cm) - ln(e^x - 1).
+LN_PI_2HC2_PER_A = float(np.log(np.pi * 2 * H_PLANCK_ERG_S * C_LIGHT_CM_S**2 * 1e-8))
+
+
+def pi_planck_numerator(wave_A):
+    """pi 2 h c^2 / lambda^5 per Angstrom (numpy, float64): pi B_lambda = this / (e^x - 1), x = hc / (lambda k T)."""
+    wave_A = np.asarray(wave_A, dtype=np.float64)
+    return np.pi * 2 * H_PLANCK_ERG_S * C_LIGHT_CM_S**2 * 1e-8 / (wave_A * 1e-8) ** 5
+
+
+def ln_pi_planck(wave_A, teff_K):
+    """ln(pi B_lambda(T)), B_lambda in erg s-1 cm-2 A-1 sr-1, wavelengths in Angstrom (numpy or torch, broadcasting).
+
+    B_lambda = 2 h c^2 / lambda^5 / (exp(h c / (lambda k T)) - 1).
+    """
+    import torch
+
+    lib = torch if isinstance(teff_K, torch.Tensor) or isinstance(wave_A, torch.Tensor) else np
+    x = HC_OVER_K_A_K / (wave_A * teff_K)
+    return LN_PI_2HC2_PER_A - 5 * lib.log(wave_A * 1e-8) - lib.log(lib.expm1(x))
+
+
+def dln_pi_planck_dteff(wave_A, teff_K):
+    """d ln B_lambda / dT = (x / T) e^x / (e^x - 1), x = h c / (lambda k T), per K (numpy or torch, broadcasting)."""
+    import torch
+
+    lib = torch if isinstance(teff_K, torch.Tensor) or isinstance(wave_A, torch.Tensor) else np
+    x = HC_OVER_K_A_K / (wave_A * teff_K)
+    return x / teff_K * (1.0 + 1.0 / lib.expm1(x))
+
+
+def planck_shape(wave_A, teff_K):
+    """lambda^-5 / (e^x - 1): the Planck spectrum up to a constant (numpy)."""
+    return 1.0 / (wave_A**5 * np.expm1(HC_OVER_K_A_K / (wave_A * teff_K)))
