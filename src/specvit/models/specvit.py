@@ -85,7 +85,8 @@ class Conv1dTokenizer(nn.Module):
     A one-channel convolution is a matrix product over the patch windows, so the
     forward is one GEMM of the conv weight with the windows: the same numbers as
     ``conv(flux[:, None]).transpose(1, 2)``, written straight into the token layout.
-    Patch count and edge padding: :func:`.tokenizers.patch_layout`.
+    Patch count and edge padding: :func:`.tokenizers.patch_layout`. The windows come from
+    ``unfold``, not an einops rearrange: with ``stride < patch_size`` they overlap.
     """
 
     def __init__(self, *, n_pixels: int, patch_size: int, stride: int, hidden: int):
