@@ -183,6 +183,7 @@ class SpecViT(nn.Module):
             raise TypeError("give SpecViT either config= or keyword options, not both")
         self.config = c = config if config is not None else SpecViTConfig.from_options(**options)
         stride = c.stride or c.patch_size
+        # The order below is the order of random initialisation: changing it changes the weights a seed gives.
         self.input_norm = InputStandardizer(n_pixels=c.n_pixels) if c.input_norm else None
         self.chunk_norm = None
         if c.chunk_norm is not None:
