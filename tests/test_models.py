@@ -186,3 +186,56 @@ def test_paper_baseline_sizes():
     cnn = create_model("cnn_paper")
     assert sum(isinstance(l, torch.nn.Conv1d) for l in cnn.features) == 4
     assert cnn(flux(2, 4096)).shape == (2, 1)
+
+
+def test_config_passed_in_builds_the_same_model():
+    from specvit.models import SpecViT
+    from specvit.models.specvit import SpecViTConfig
+
+    opts = dict(n_pixels=N_PIX, hidden=16, depth=1, heads=2, mlp_dim=32, pos_encoding="wavelength", wave=WAVE)
+    torch.manual_seed(0)
+    a = SpecViT(**opts)
+    torch.manual_seed(0)
+    b = SpecViT(config=SpecViTConfig.from_options(**opts))
+    assert a.config == b.config and isinstance(a.config.wave, tuple)  # arrays become tuples
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(TypeError, match="either"):
+        SpecViT(config=a.config, hidden=8)
+    with pytest.raises(InputError, match="hiddden"):
+        SpecViT(hiddden=8)
+    for field, value in [("pool", "max"), ("tokenizer", "fft"), ("pos_encoding", "alibi")]:
+        with pytest.raises(InputError, match=field):
+            SpecViTConfig(**{field: value})
+
+
+def test_registry_model_class():
+    from specvit.models import SpecViT, model_class
+
+    assert model_class("specvit_tiny") is SpecViT and model_class("cnn_small").__name__ == "CNN1D"
+    with pytest.raises(InputError, match="specvit_tiny"):
+        model_class("vit_does_not_exist")
+
+
+def test_sinusoidal_encoding_is_the_fixed_vaswani_table():
+    m = tiny(pos_encoding="sinusoidal", stride=12)
+    assert not any("pos" in n for n, _ in m.named_parameters())  # nothing to train
+    table = m.pos.table[0]  # (1 + 17 tokens, D = 32): CLS at position 0
+    assert table.shape == (18, 32)
+    p, i = 5, 3  # channel i: sin(p / 10000**(i / 16)), channel 16 + i: the cosine
+    angle = torch.tensor(p / 10000 ** (i / 16), dtype=torch.float64)
+    assert torch.isclose(table[p, i], torch.sin(angle).float()) and torch.isclose(table[p, 16 + i], torch.cos(angle).float())
+    assert torch.equal(table[0, :16], torch.zeros(16)) and torch.equal(table[0, 16:], torch.ones(16))
+
+
+def test_chunk_stats_reach_each_token_from_its_own_chunk():
+    torch.manual_seed(0)
+    m = tiny(chunk_norm="zscore", chunk_size=64, stride=12)  # 17 patches centred at 7.5 + 12 k (clipped to 199)
+    centres = torch.clamp(7.5 + 12 * torch.arange(17), max=N_PIX - 1)
+    assert torch.equal(m.chunk_stats.token_chunk, (centres // 64).long())  # chunks of pixels 0-63, 64-127, ...
+    tokens = torch.zeros(1, 17, 32)
+    stats = torch.zeros(1, 4, 2)
+    stats[0, 1] = torch.tensor([2.0, -1.0])  # only chunk 1 (pixels 64-127) has non-zero statistics
+    out = m.chunk_stats(tokens, stats)
+    moved = (out - m.chunk_stats.bias).abs().sum(-1)[0] > 0
+    assert moved.tolist() == (m.chunk_stats.token_chunk == 1).tolist()
+    assert not any("chunk_stats" in k for k in tiny().state_dict())  # off without chunk_norm

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from specvit.models import GaussianOutput, create_model
-from specvit.models.blocks import Block
+from specvit.models.specvit import Block
 
 N_PIX = 200
 WAVE = np.geomspace(7100.0, 8850.0, N_PIX)

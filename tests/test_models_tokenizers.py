@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from specvit.models import create_model
-from specvit.models.tokenizers import Conv1dTokenizer, SlidingWindowTokenizer
+from specvit.models.specvit import Conv1dTokenizer
+from specvit.models.tokenizers import SlidingWindowTokenizer
 
 
 @pytest.mark.parametrize("n_pixels,patch,stride", [(4096, 16, 16), (200, 16, 12), (97, 8, 3)])

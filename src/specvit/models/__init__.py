@@ -19,10 +19,10 @@ from __future__ import annotations
 from specvit.models.cnn import CNN1D
 from specvit.models.heads import GaussianOutput
 from specvit.models.mlp import MLP
-from specvit.models.registry import create_model, list_models, model_defaults, register_model
+from specvit.models.registry import create_model, list_models, model_class, model_defaults, register_model
 from specvit.models.specvit import SpecViT
 
-__all__ = ["create_model", "list_models", "register_model", "model_defaults", "SpecViT", "CNN1D", "MLP", "GaussianOutput"]
+__all__ = ["create_model", "list_models", "register_model", "model_defaults", "model_class", "SpecViT", "CNN1D", "MLP", "GaussianOutput"]
 
 register_model("specvit_p16_h256_l6", SpecViT, patch_size=16, hidden=256, depth=6, heads=8, mlp_dim=1024)
 register_model("specvit_p8_h128_l8", SpecViT, patch_size=8, hidden=128, depth=8, heads=4, mlp_dim=512)

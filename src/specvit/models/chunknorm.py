@@ -14,8 +14,9 @@ shorter) and each chunk is normalised on its own:
 Normalising removes absolute information (the slope/level of the continuum
 carries T_eff). The layer therefore also returns the per-chunk statistics,
 (mean, log std) or (continuum level, log std of x / continuum), shape
-(B, n_chunks, 2); SpecViT adds ``Linear(2, D)`` of its chunk's statistics to
-every token when ``chunk_stats=True`` so that nothing is lost.
+(B, n_chunks, 2); with ``chunk_stats=True`` SpecViT adds ``Linear(2, D)`` of
+its chunk's statistics to every token (:class:`ChunkStatsEmbedding`) so that
+nothing is lost.
 """
 from __future__ import annotations
 
@@ -103,3 +104,18 @@ class ChunkNorm(nn.Module):
         out = x / cont
         _, var = self._masked_moments(self._chunks(out))
         return out, torch.stack([level, 0.5 * torch.log(var + self.eps**2)], dim=-1)
+
+
+class ChunkStatsEmbedding(nn.Linear):
+    """``Linear(2, D)`` of the statistics of each token's chunk, added to the token (``chunk_stats=True``).
+
+    A token's chunk is the chunk holding its patch centre (``token_centres``, fractional pixel index).
+    """
+
+    def __init__(self, *, chunk_norm: ChunkNorm, token_centres: torch.Tensor, dim: int):
+        super().__init__(2, dim)
+        self.register_buffer("token_chunk", chunk_norm.chunk_index(token_centres), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (B, T, D), ``stats`` (B, n_chunks, 2) from :class:`ChunkNorm` -> (B, T, D)."""
+        return tokens + super().forward(stats[:, self.token_chunk])

@@ -34,10 +34,10 @@ def _n_params(m) -> int:
 
 def cmd_list(args) -> int:
     from specvit.models import create_model, list_models
-    from specvit.models.registry import _lookup
+    from specvit.models.registry import model_class
 
     for name in list_models(args.pattern):
-        print(f"{name:24s} {_lookup(name)[0].__name__:8s} {_n_params(create_model(name)):>12,d} params")
+        print(f"{name:24s} {model_class(name).__name__:8s} {_n_params(create_model(name)):>12,d} params")
     return 0
 
 

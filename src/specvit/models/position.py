@@ -1,11 +1,13 @@
-"""Position encodings for the token sequence (CLS first when there is one).
+"""Position encodings besides the paper's learned table (which lives in :mod:`specvit.models.specvit`).
 
-* ``LearnedPosition``: a trainable (1, n_positions, D) table (the paper: 257 x 256).
-* ``SinusoidalPosition``: the fixed sin/cos table of Vaswani et al. (2017).
-* ``RotaryEmbedding``: RoPE (Su et al. 2021, arXiv:2104.09864): q and k of every
+Token order: CLS first when there is one. Chosen by ``SpecViTConfig.pos_encoding``
+through :func:`build_position`:
+
+* ``"sinusoidal"``: ``SinusoidalPosition``, the fixed sin/cos table of Vaswani et al. (2017).
+* ``"rope"``: ``RotaryEmbedding``, RoPE (Su et al. 2021, arXiv:2104.09864): q and k of every
   head are rotated by angles proportional to the token index, so attention
   scores depend on relative position; nothing is added to the tokens.
-* ``WavelengthPosition``: physics-informed (the paper's planned "PIPE"): each
+* ``"wavelength"``: ``WavelengthPosition``, physics-informed (the paper's planned "PIPE"): each
   patch's central wavelength lambda (Angstrom) enters as multi-scale sin/cos
   features of ``ln(lambda / 1 A)`` with periods from ``min_period_lnwave`` (1e-4,
   i.e. 30 km/s) to ``max_period_lnwave`` (10), mapped by a trainable Linear.
@@ -35,17 +37,9 @@ def sinusoid_table(positions: torch.Tensor, dim: int, *, max_period: float = 100
     return table.float()
 
 
-class LearnedPosition(nn.Module):
-    def __init__(self, *, n_positions: int, dim: int):
-        super().__init__()
-        self.table = nn.Parameter(torch.zeros(1, n_positions, dim))
-        nn.init.trunc_normal_(self.table, std=0.02)
-
-    def forward(self, x: torch.Tensor, **_) -> torch.Tensor:
-        return x + self.table
-
-
 class SinusoidalPosition(nn.Module):
+    """Fixed (1, n_positions, D) sin/cos table added to the tokens (no parameters)."""
+
     def __init__(self, *, n_positions: int, dim: int):
         super().__init__()
         self.register_buffer("table", sinusoid_table(torch.arange(n_positions), dim)[None], persistent=False)
@@ -126,3 +120,21 @@ class WavelengthPosition(nn.Module):
         if self.has_cls:
             pe = torch.cat([self.cls.expand(pe.shape[0], -1, -1).to(x.dtype), pe], dim=1)
         return x + pe
+
+
+def build_position(
+    kind: str, *, n_positions: int, dim: int, heads: int, wave_A, patch_size: int, stride: int, has_cls: bool
+) -> tuple[nn.Module | None, RotaryEmbedding | None]:
+    """``(encoding added to the tokens, rotary embedding applied in attention)``, one of them None.
+
+    ``kind``: ``"sinusoidal"``, ``"rope"`` or ``"wavelength"``; ``n_positions`` tokens (CLS included),
+    width ``dim`` split over ``heads``; ``wave_A`` (Angstrom, n_pixels), ``patch_size``, ``stride``
+    (pixels) and ``has_cls`` for the wavelength encoding.
+    """
+    if kind == "sinusoidal":
+        return SinusoidalPosition(n_positions=n_positions, dim=dim), None
+    if kind == "rope":
+        return None, RotaryEmbedding(n_positions=n_positions, head_dim=dim // heads)
+    if kind == "wavelength":
+        return WavelengthPosition(wave_A=wave_A, dim=dim, patch_size=patch_size, stride=stride, has_cls=has_cls), None
+    raise InputError("unknown pos_encoding (known: sinusoidal, rope, wavelength)", field="pos_encoding", value=kind)

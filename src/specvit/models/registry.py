@@ -39,6 +39,11 @@ def model_defaults(name: str) -> dict[str, Any]:
     return dict(_lookup(name)[1])
 
 
+def model_class(name: str) -> Callable[..., Any]:
+    """The class registered under ``name`` (its ``Config`` lists the options ``create_model`` accepts)."""
+    return _lookup(name)[0]
+
+
 def _lookup(name: str):
     try:
         return _REGISTRY[name]
@@ -81,10 +86,23 @@ class ModelConfig:
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]):
         """Build from a constructor's ``locals()`` (extra names such as ``self`` are ignored)."""
-        values = {}
-        for f in dataclasses.fields(cls):
-            v = arguments[f.name]
-            if hasattr(v, "tolist"):  # numpy / torch arrays (e.g. a wavelength grid)
-                v = v.tolist()
-            values[f.name] = tuple(v) if isinstance(v, list) else v
-        return cls(**values)
+        return cls(**{f.name: _plain(arguments[f.name]) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_options(cls, **options):
+        """Build from keyword options; missing fields take their defaults, arrays and lists become tuples.
+
+        An unknown option raises :class:`specvit.errors.InputError` naming it and listing the known ones.
+        """
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise InputError(f"unknown option (known: {', '.join(known)})", field=unknown[0], value=options[unknown[0]])
+        return cls(**{k: _plain(v) for k, v in options.items()})
+
+
+def _plain(value):
+    """Numpy / torch arrays and lists -> tuples of Python numbers (hashable, JSON-serialisable config values)."""
+    if hasattr(value, "tolist"):  # numpy / torch arrays (e.g. a wavelength grid)
+        value = value.tolist()
+    return tuple(value) if isinstance(value, list) else value

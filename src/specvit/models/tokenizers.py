@@ -1,10 +1,12 @@
-"""Tokenizers: a spectrum (B, n_pixels) -> patch tokens (B, n_tokens, hidden).
+"""Patch layout, and the sliding-window (SW) tokenizer of the paper's sweep.
 
-Two ways to compute the same thing -- one linear map per patch of ``patch_size``
-pixels, moved by ``stride`` pixels (SPEC section 5):
+A tokenizer maps a spectrum (B, n_pixels) to patch tokens (B, n_tokens, hidden):
+one linear map per patch of ``patch_size`` pixels, moved by ``stride`` pixels
+(SPEC section 5). Two ways to compute it, chosen by ``SpecViTConfig.tokenizer``:
 
-* ``"c1d"``: ``Conv1d(1, hidden, kernel_size=patch_size, stride=stride)``;
-* ``"sw"`` (sliding window): ``flux.unfold(-1, patch_size, stride)`` then
+* ``"c1d"`` (the paper's): ``Conv1d(1, hidden, kernel_size=patch_size, stride=stride)``,
+  :class:`specvit.models.specvit.Conv1dTokenizer`;
+* ``"sw"`` (sliding window, here): ``flux.unfold(-1, patch_size, stride)`` then
   ``Linear(patch_size, hidden)``.
 
 With tied weights (``linear.weight == conv.weight[:, 0, :]``) they give
@@ -21,7 +23,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specvit.errors import InputError
@@ -47,31 +48,16 @@ def pad_right(x: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.cat([x, x[..., -1:].expand(*x.shape[:-1], pad)], dim=-1)
 
 
+def patch_windows(flux: torch.Tensor, *, patch_size: int, stride: int, pad: int) -> torch.Tensor:
+    """(B, n_pixels) -> (B, n_tokens, patch_size) windows (a view of the edge-padded flux; one spectrum each)."""
+    return pad_right(flux, pad).unfold(-1, patch_size, stride)
+
+
 def patch_centres(n_pixels: int, patch_size: int, stride: int) -> torch.Tensor:
     """Centre of each patch in (fractional) pixel index, clipped to the last pixel."""
     n_tokens, _ = patch_layout(n_pixels, patch_size, stride)
     c = torch.arange(n_tokens, dtype=torch.float64) * stride + (patch_size - 1) / 2
     return c.clamp(max=n_pixels - 1)
-
-
-class Conv1dTokenizer(nn.Module):
-    """C1D: ``Conv1d(1, hidden, kernel=patch_size, stride=stride)`` on the padded spectrum.
-
-    A one-channel convolution is a matrix product over the patch windows; the forward
-    computes it as ``unfold`` + one GEMM with the conv weight, which gives the same
-    numbers as ``self.conv(x)`` and writes the (B, T, D) token layout directly
-    (no channels-first output and transpose copy).
-    """
-
-    def __init__(self, *, n_pixels: int, patch_size: int, stride: int, hidden: int):
-        super().__init__()
-        self.n_tokens, self.pad = patch_layout(n_pixels, patch_size, stride)
-        self.patch_size, self.stride = patch_size, stride
-        self.conv = nn.Conv1d(1, hidden, kernel_size=patch_size, stride=stride)
-
-    def forward(self, flux: torch.Tensor) -> torch.Tensor:
-        windows = pad_right(flux, self.pad).unfold(-1, self.patch_size, self.stride)  # (B, T, P)
-        return F.linear(windows, self.conv.weight.flatten(1), self.conv.bias)  # == conv(x[:, None]).transpose(1, 2)
 
 
 class SlidingWindowTokenizer(nn.Module):
@@ -84,16 +70,6 @@ class SlidingWindowTokenizer(nn.Module):
         self.linear = nn.Linear(patch_size, hidden)
 
     def forward(self, flux: torch.Tensor) -> torch.Tensor:
-        windows = pad_right(flux, self.pad).unfold(-1, self.patch_size, self.stride)  # (B, T, P): one spectrum each
-        return self.linear(windows)
+        """``flux`` (B, n_pixels) -> tokens (B, n_tokens, hidden)."""
+        return self.linear(patch_windows(flux, patch_size=self.patch_size, stride=self.stride, pad=self.pad))
 
-
-TOKENIZERS = {"c1d": Conv1dTokenizer, "sw": SlidingWindowTokenizer}
-
-
-def build_tokenizer(kind: str, **kwargs) -> nn.Module:
-    try:
-        cls = TOKENIZERS[kind]
-    except KeyError:
-        raise InputError(f"unknown tokenizer (known: {', '.join(TOKENIZERS)})", field="tokenizer", value=kind) from None
-    return cls(**kwargs)

@@ -78,9 +78,9 @@ def adamw_impl(device: torch.device) -> dict:
 def build_model(cfg: TrainConfig, *, n_pixels: int, wave: np.ndarray | None):
     """``create_model(cfg.model.name, n_labels=, gaussian=, **overrides)`` with n_pixels/wave from the data."""
     from specvit.models import create_model
-    from specvit.models.registry import _lookup
+    from specvit.models.registry import model_class, model_defaults
 
-    cls, defaults = _lookup(cfg.model.name)
+    cls, defaults = model_class(cfg.model.name), model_defaults(cfg.model.name)
     cfg_cls = getattr(cls, "Config", None)
     fields = {f for f in getattr(cfg_cls, "__dataclass_fields__", {})} if cfg_cls is not None else set()
     kw = dict(cfg.model.overrides)
