@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from specvit.baselines.observed_emulator import ObservedEmulator, supports_observed_basis
+from specvit.observe.observed_emulator import ObservedEmulator, supports_observed_basis
 from specvit.baselines.templatefit import TemplateFitConfig, fit_lm
 from specvit.config import load_config
 from specvit.errors import InputError

@@ -16,7 +16,7 @@ Two modes:
   spectrum, labels bounded to the model box; for differentiable models. For the PCA
   emulator the default (``method="observed"``, :mod:`specvit.baselines.templatefit_fast`)
   searches with the emulator's bases pushed through the observer once
-  (:mod:`specvit.baselines.observed_emulator`) and finishes with Gauss–Newton steps on
+  (:mod:`specvit.observe.observed_emulator`) and finishes with Gauss–Newton steps on
   the exact model's residual (exact χ²; labels within ~0.01 σ of the exact minimum,
   ~10× faster). ``method="exact"``: every step with the exact model and its
   forward-mode AD Jacobian (one JVP per free label; steps projected into the box).
@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from specvit.baselines.templatefit_fast import lm_observed, solve_spd
 from specvit.errors import InputError
 from specvit.observe.forward import jvp_stacked
 from specvit.labels import LABEL_NAMES, canonical_label
@@ -170,18 +171,6 @@ def legendre_basis(n_pix: int, degree: int, dtype=torch.float64) -> torch.Tensor
     return torch.stack(cols[: degree + 1], dim=1) if degree >= 0 else torch.zeros(n_pix, 0, dtype=dtype)
 
 
-def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batched solve a x = b for SPD a (..., K, K), b (..., K) or (..., K, M), after diagonal scaling."""
-    vec = b.ndim == a.ndim - 1
-    if vec:
-        b = b[..., None]
-    scale = torch.diagonal(a, dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
-    a_s = a * scale[..., :, None] * scale[..., None, :]
-    eye = torch.eye(a.shape[-1], dtype=a.dtype)
-    x = torch.linalg.solve(a_s + 1e-12 * eye, b * scale[..., :, None]) * scale[..., :, None]
-    return x[..., 0] if vec else x
-
-
 class _Problem:
     """χ² with the flux correction profiled out, for a batch of (spectrum, start) rows."""
 
@@ -222,7 +211,7 @@ class _Problem:
         else:
             a = (mu[:, :, None] * self.basis[None]).numpy()  # (B, P, K)
             awt = (a * self.w.numpy()[:, :, None]).transpose(0, 2, 1)
-            c = _solve_spd(torch.from_numpy(np.matmul(awt, a)),
+            c = solve_spd(torch.from_numpy(np.matmul(awt, a)),
                            torch.from_numpy(np.matmul(awt, self.y.numpy()[:, :, None])[..., 0]))
             m = mu * (self.basis @ c.T).T
         chi2 = (self.w * (self.y - m) ** 2).sum(1)
@@ -242,8 +231,8 @@ class _Problem:
         huu, gu = h[:, :nf, :nf], g[:, :nf]
         if k:
             huc, hcc, gc = h[:, :nf, nf:], h[:, nf:, nf:], g[:, nf:]
-            huu = huu - huc @ _solve_spd(hcc, huc.transpose(1, 2))
-            gu = gu - (huc @ _solve_spd(hcc, gc)[:, :, None])[..., 0]
+            huu = huu - huc @ solve_spd(hcc, huc.transpose(1, 2))
+            gu = gu - (huc @ solve_spd(hcc, gc)[:, :, None])[..., 0]
         return huu, gu
 
 
@@ -327,7 +316,6 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
         starts.append(np.clip((init - lower.numpy()) / (upper - lower).numpy(), 0, 1))
     s = len(starts)
     if observed:
-        from specvit.baselines.templatefit_fast import lm_observed
 
         if polish_steps < 0:
             raise InputError("polish_steps must be >= 0", field="polish_steps", value=polish_steps)
@@ -373,7 +361,7 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
 
 
 def _resolve_method(forward, method: str) -> str:
-    from specvit.baselines.observed_emulator import supports_observed_basis
+    from specvit.observe.observed_emulator import supports_observed_basis
 
     if method not in ("auto", "observed", "exact"):
         raise InputError("unknown LM method (auto, observed, exact)", field="method", value=method)

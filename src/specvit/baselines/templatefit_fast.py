@@ -4,7 +4,7 @@ Two phases (:func:`specvit.baselines.templatefit.fit_lm` with ``method="observed
 default for a PCA emulator):
 
 1. **Search** — batched Levenberg–Marquardt (Marquardt 1963) on every (spectrum, start)
-   row with the fast model μ̃ of :class:`~specvit.baselines.observed_emulator.ObservedEmulator`
+   row with the fast model μ̃ of :class:`~specvit.observe.observed_emulator.ObservedEmulator`
    (PCA bases pushed through the observer once; float32). The Legendre
    flux-correction coefficients are profiled out at every step (variable projection,
    Golub & Pereyra 1973): their Gram matrix is one product with the precomputed
@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specvit.baselines.observed_emulator import ObservedEmulator
+from specvit.observe.observed_emulator import ObservedEmulator
 from specvit.observe.observer import NORMALISED_MEDIAN
 
 #: Gauss–Newton predicted χ² decrease below which a search row is done (≈ (0.1 σ)²; the float32
@@ -75,7 +75,7 @@ class _Rows:
         gram = (wmu * mu) @ self.pairs  # (n, K²)
         gram = gram.double().reshape(-1, self.k, self.k)
         rhs = ((wmu * y) @ self.basis).double()
-        c = _solve_spd(gram, rhs)
+        c = solve_spd(gram, rhs)
         poly = c.to(self.y.dtype) @ self.basis.T  # (n, P)
         r = y - mu * poly
         return gram, poly, r, (w * r * r).double().sum(1)
@@ -97,15 +97,21 @@ class _Rows:
         g = prod[:, :, -1]
         if self.k:
             huc = prod[:, :, : self.k]
-            h = h - huc @ _solve_spd(gram, huc.transpose(1, 2))
+            h = h - huc @ solve_spd(gram, huc.transpose(1, 2))
         # g_c = Σ w r μ P_k vanishes at the profiled coefficients, so g needs no Schur term
         return 0.5 * (h + h.transpose(1, 2)), g
 
 
-def _solve_spd(a, b):
-    from specvit.baselines.templatefit import _solve_spd as solve
-
-    return solve(a, b)
+def solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched solve a x = b for SPD a (..., K, K), b (..., K) or (..., K, M), after diagonal scaling."""
+    vec = b.ndim == a.ndim - 1
+    if vec:
+        b = b[..., None]
+    scale = torch.diagonal(a, dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
+    a_s = a * scale[..., :, None] * scale[..., None, :]
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    x = torch.linalg.solve(a_s + 1e-12 * eye, b * scale[..., :, None]) * scale[..., :, None]
+    return x[..., 0] if vec else x
 
 
 def _exact_mu(forward, labels) -> torch.Tensor:
@@ -144,7 +150,7 @@ def _damped_step(h, g, lam):
 
 def _predicted_decrease(h, g):
     """gᵀ H⁻¹ g: the χ² decrease of a full Gauss–Newton step (χ² units)."""
-    return (g * _solve_spd(h, g)).sum(1)
+    return (g * solve_spd(h, g)).sum(1)
 
 
 def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, max_iter, polish_steps,

@@ -142,12 +142,13 @@ class ChunkSimulator:
     """Everything needed to make one chunk: the model, the observer and the config."""
 
     def __init__(self, cfg: SimulateConfig, model=None):
-        from specvit.observe import PFSObserver
+        from specvit.observe.forward import ForwardModel
 
         self.cfg = cfg
         self.model = build_model(cfg) if model is None else model
         _check_prior(cfg, self.model)
-        self.observer = PFSObserver.for_model(self.model, cfg.instrument)
+        self.forward = ForwardModel.for_model(self.model, cfg.instrument)
+        self.observer = self.forward.observer
         self.is_grid = hasattr(self.model, "interpolate")
         # models that can write the stored dtype directly (the emulator's float32 path) skip a
         # float64 round trip; the values are the same float32 numbers either way
@@ -192,7 +193,7 @@ class ChunkSimulator:
         lab, mflux, ip = self.model_flux(rng, n)
         cond = draw_conditions(self.cfg.observing, n, rng)
         dt = np.dtype(self.cfg.dtype)
-        obs = self.observer.observe(mflux.astype(dt, copy=False), cond, out=out)  # float32 in -> float32 path
+        obs = self.forward.observe(lab, cond, model_flux=mflux.astype(dt, copy=False), dtype=dt, out=out)
         params = {"id": np.arange(id_offset + start, id_offset + start + n, dtype=np.int64)}
         for name in LABEL_NAMES:
             params[name] = lab[:, self.model.label_names.index(name)] if name in self.model.label_names \

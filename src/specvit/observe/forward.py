@@ -169,16 +169,23 @@ class ForwardModel:
         return self.label_names.index(name)
 
     # ------------------------------------------------------------------ full observation
-    def observe(self, labels, conditions, *, dtype=np.float32, out=None, return_components: bool = False):
+    def observe(self, labels, conditions, *, model_flux=None, dtype=np.float32, out=None,
+                return_components: bool = False):
         """numpy route: :class:`~specvit.observe.observer.Observation` of N label sets under ``conditions``.
 
-        The model flux in ``dtype`` (the emulator's fused float32 path), then ``PFSObserver.observe``.
+        The model flux in ``dtype`` (the emulator's fused float32 path), then ``PFSObserver.observe``
+        (float32 in → float32 arithmetic). ``model_flux`` (N, n_model): the model's flux for ``labels``
+        when the caller already has it (``simulate`` interpolating a grid with redraws); the labels
+        are then not evaluated again. ``out = (flux, error)`` receives the result (shared memory).
         """
         if self.observer is None:
             raise InputError("observe needs an observer", field="observer")
-        lab = np.asarray(labels, dtype=np.float64)
-        self.check_labels(lab)
-        f = self.model.flux(lab, dtype=np.dtype(dtype)) if _accepts_dtype(self.model) else self.model.flux(lab)
+        if model_flux is None:
+            lab = np.asarray(labels, dtype=np.float64)
+            self.check_labels(lab)
+            f = self.model.flux(lab, dtype=np.dtype(dtype)) if _accepts_dtype(self.model) else self.model.flux(lab)
+        else:
+            f = model_flux
         f = f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)
         return self.observer.observe(f.astype(dtype, copy=False), conditions, out=out,
                                      return_components=return_components)
@@ -205,12 +212,12 @@ class ForwardModel:
         with torch.no_grad():
             fused = getattr(self.model, "flux_fused_torch", None)  # the emulator's fast path, on the device
             f = (fused(x) if fused is not None else self.model.flux(x)).to(dt)  # (N, n_model), model units
-            z = torch.as_tensor(c["redshift"].to_numpy(float), dtype=dt, device=dev)
+            z = torch.as_tensor(c["redshift"].to_numpy(float), dtype=torch.float64, device=dev)
             if bool((z != 0).any()):  # F_obs(λ) = F(λ / (1 + z)), linear interpolation on the model grid
-                w = t["model_wave"]
+                w = t["model_wave64"]  # positions in float64 (float32 steps are 5e-4 A at 8000 A)
                 xw = w[None, :] / (1.0 + z[:, None])
                 j = (torch.searchsorted(w, xw) - 1).clamp(0, w.shape[0] - 2)
-                frac = ((xw - w[j]) / (w[j + 1] - w[j])).clamp(0.0, 1.0)
+                frac = ((xw - w[j]) / (w[j + 1] - w[j])).clamp(0.0, 1.0).to(dt)
                 f = f.gather(1, j) * (1 - frac) + f.gather(1, j + 1) * frac
             ebv = c["ext"].to_numpy(float)
             if np.any(ebv > 0):
@@ -256,7 +263,7 @@ class ForwardModel:
             T = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
             m = obs.resample_matrix.tocsr()
             self._torch_cache[key] = {
-                "model_wave": T(obs.model_wave),
+                "model_wave64": torch.as_tensor(obs.model_wave, dtype=torch.float64, device=device),
                 "ccm_a": T(atm.ccm89_a_lambda_over_av(obs.model_wave) * 3.1),
                 "projector": T(obs.photometry.projector),
                 "resample": torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.long, device=device),

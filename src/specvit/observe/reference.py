@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
+from specvit.physics import HC_OVER_K_A_K, pi_planck_numerator
 from specvit.spectra.base import SpectralModel
-
-H_C_OVER_K_A_K = 1.438777e8  # h c / k, Angstrom K
 
 
 class PlanckModel(SpectralModel):
@@ -29,5 +28,4 @@ class PlanckModel(SpectralModel):
         self.check_labels(lab, extrapolate=extrapolate)
         t = lab[:, :1]
         w = self.wave[None, :]
-        # 2 h c^2 = 1.191042e27 erg A^4 / s (per steradian, per A); x pi -> surface flux
-        return np.pi * 1.191042e27 / (w**5 * np.expm1(H_C_OVER_K_A_K / (w * t)))
+        return pi_planck_numerator(w) / np.expm1(HC_OVER_K_A_K / (w * t))  # pi B_lambda: surface flux per A
