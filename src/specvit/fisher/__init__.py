@@ -6,7 +6,7 @@
 >>> ceiling_by_magnitude(iset, label="log_g", nuisance="5d")["22.5"]["r2max_median"]
 """
 from specvit.fisher.ceiling import (InformationSet, MagnitudeNoise, ceiling_by_magnitude, ceiling_by_snr_bin,
-                                    compute_information, default_forward, load_model, magnitude_errors, make_points,
+                                    compute_information, default_forward, magnitude_errors, make_points,
                                     summarise)
 from specvit.fisher.information import (Bound, BayesBound, SmoothBoxPrior, crlb_bound, fisher_from_weights,
                                         fisher_matrix, prior_weights, r2_max, resolve_free, schur_complement,
@@ -19,6 +19,6 @@ __all__ = [
     "fisher_matrix", "schur_complement", "crlb_bound", "r2_max", "van_trees_bound", "SmoothBoxPrior", "prior_weights",
     "resolve_free", "Bound", "BayesBound", "ForwardModel", "jacobian", "jacobian_autograd", "jacobian_fd",
     "jvp_stacked", "InformationSet", "compute_information", "ceiling_by_magnitude", "ceiling_by_snr_bin",
-    "summarise", "default_forward", "load_model", "make_points", "magnitude_errors", "MagnitudeNoise",
+    "summarise", "default_forward", "make_points", "magnitude_errors", "MagnitudeNoise",
     "fisher_from_weights", "ObservedJacobian", "model_flux_and_jacobian",
 ]

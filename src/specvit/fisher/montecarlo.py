@@ -293,10 +293,11 @@ def main(argv=None) -> int:
     import json
 
     from specvit.atomic import atomic_path
-    from specvit.fisher.ceiling import default_forward, load_model, magnitude_errors
+    from specvit.fisher.ceiling import default_forward, magnitude_errors
+    from specvit.spectra import load_spectral_model
 
     ap = argparse.ArgumentParser(prog="python -m specvit.fisher.montecarlo", description=main.__doc__.splitlines()[0])
-    ap.add_argument("--model", default="default", help="'default', MODULE:FACTORY or a grid .h5")
+    ap.add_argument("--model", default="default", help="'default', MODULE:FACTORY, an emulator .npz or a grid .h5")
     ap.add_argument("--mags", type=float, nargs="*", default=[], help="magnitudes (PFS observer errors)")
     ap.add_argument("--snr", type=float, nargs="*", default=[], help="constant SNRs instead (no observer)")
     ap.add_argument("--points", type=str, nargs="+", default=["4500,2.5,-0.5,0,0", "5500,4.0,-1.5,0,0"],
@@ -319,7 +320,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if bool(args.mags) == bool(args.snr):
         raise InputError("give either --mags (observer) or --snr (constant SNR)", field="--mags/--snr")
-    model = load_model(args.model)
+    model = load_spectral_model(args.model)
     fwd, obs = default_forward(model, use_observer=bool(args.mags))
     rng = np.random.default_rng(args.seed)
     frames, scan, scan_title = [], None, ""
