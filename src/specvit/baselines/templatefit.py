@@ -42,9 +42,7 @@ import torch
 from specvit.errors import InputError
 from specvit.fisher.jacobian import jvp_stacked
 from specvit.labels import LABEL_NAMES, canonical_label
-
-#: Default grid spacing of the ``grid`` mode: the BOSZ node spacing (SPEC section 2).
-DEFAULT_GRID_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.25}
+from specvit.spectra.bosz import BOSZ_STEPS  # default grid spacing of the ``grid`` mode
 
 
 @dataclass
@@ -114,7 +112,7 @@ class TemplateFitConfig:
     noise_seed: int = 0
     seed: int = 42
     batch_size: int = 256
-    grid_steps: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GRID_STEPS))
+    grid_steps: dict[str, float] = field(default_factory=lambda: dict(BOSZ_STEPS))
     parabolic_refine: bool = True
     max_spectra: int = 0
     use_observer: bool = True
@@ -497,7 +495,7 @@ def fit_grid(forward, flux, error, *, free=("T_eff", "log_g", "M_H"), fixed_valu
     the model is differentiable, else from the axis curvature alone (conditional σ).
     """
     names, free, free_idx, y, w, fixed = _prepare(forward, flux, error, noise_level, free, fixed_values or {})
-    steps = {**DEFAULT_GRID_STEPS, **(steps or {})}
+    steps = {**BOSZ_STEPS, **(steps or {})}
     axes, nodes = grid_nodes(forward, free, steps, fixed)
     shape = tuple(len(a) for a in axes)
     mu_nodes = forward.numpy(nodes)

@@ -32,9 +32,7 @@ from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_from_
 from specvit.fisher.jacobian import NORMALISED_MEDIAN, ForwardModel
 from specvit.labels import canonical_label
 from specvit.spectra import load_spectral_model
-
-#: Grid spacing of the paper's BOSZ nodes (SPEC section 2), label units; also the default FD steps.
-BOSZ_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.25}
+from specvit.spectra.bosz import BOSZ_STEPS  # the grid spacing of the paper's nodes; also the default FD steps
 
 
 # ---------------------------------------------------------------------------------------------
