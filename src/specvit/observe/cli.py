@@ -43,10 +43,10 @@ def write_noise_figure(model, instrument, path) -> None:
 
     labels = np.array([[FIGURE_LABELS.get(n, 0.0) for n in model.label_names]])
     res = noise_vs_wavelength(PFSObserver.for_model(model, instrument), model.flux(labels))
-    fig = plot_noise_vs_wavelength(res)
+    fig = plot_noise_vs_wavelength(res["wave"], dict(zip(res["mags"], res["error"])), flux=res["flux"],
+                                   snr=dict(zip(res["mags"], res["snr"])))
     fig.suptitle(f"{type(model).__name__}: Teff 4500 K, log g 2.5, [M/H] -1; 4 x 900 s, seeing 1.0\", "
                  "zenith 22.5 deg, new moon", fontsize=9)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format=str(path).rsplit(".", 1)[-1])
 
