@@ -138,8 +138,7 @@ def _templatefit(cfg: QuickstartConfig, paths: dict, out: Path):
     import pandas as pd
 
     from specvit.atomic import atomic_path
-    from specvit.baselines.cli import templatefit_table
-    from specvit.baselines.templatefit import TemplateFitConfig, run_templatefit
+    from specvit.baselines.templatefit import TemplateFitConfig, run_templatefit, templatefit_table
     from specvit.evaluate.metrics import evaluate_predictions
 
     pred_path = out / "predictions.csv"
