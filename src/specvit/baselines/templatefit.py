@@ -640,7 +640,7 @@ def finish_templatefit(cfg, df) -> None:
     from pathlib import Path
 
     from specvit.baselines.common import write_csv, write_json
-    from specvit.evaluate.metrics import evaluate_predictions
+    from specvit.scores import evaluate_predictions
 
     output = getattr(cfg, "output", "")
     if not output:

@@ -31,9 +31,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from specvit.errors import InputError
-from specvit.evaluate.snr_bins import SNR_BIN_EDGES
 from specvit.labels import LABELS
 from specvit.observe.calibrate import plot_noise_vs_wavelength  # figure 5 (re-exported)
+from specvit.snr_bins import SNR_BIN_EDGES
 
 #: Okabe & Ito (2008) colour-blind-safe palette.
 OKABE_ITO = {
@@ -160,7 +160,7 @@ def snr_bin_centres(edges=SNR_BIN_EDGES) -> np.ndarray:
 # 1. R² vs SNR with the ceiling bands
 # --------------------------------------------------------------------------------------------
 def r2_bins_from_metrics(metrics: Mapping, label: str = "log_g") -> dict[str, np.ndarray]:
-    """Per-bin arrays ``{"r2", "lo", "hi", "n", "edges"}`` from :func:`specvit.evaluate.metrics.evaluate_predictions`.
+    """Per-bin arrays ``{"r2", "lo", "hi", "n", "edges"}`` from :func:`specvit.scores.evaluate_predictions`.
 
     Empty bins (``None`` in the metrics) become NaN, so the plot shows a gap.
     """
@@ -184,7 +184,7 @@ def ceilings_from_fisher(by_snr_bin: Mapping, edges=SNR_BIN_EDGES) -> dict[str, 
     CRLB: per-bin median and p10-p90 of R²_max over the points; Bayesian (van Trees): the
     per-bin value ``r2max_bayes`` (one number per bin, drawn as a line). Empty bins -> NaN.
     """
-    from specvit.evaluate.snr_bins import snr_bin_labels
+    from specvit.snr_bins import snr_bin_labels
 
     names = snr_bin_labels(edges)
     known = [n for n in names if n in by_snr_bin]
@@ -222,7 +222,7 @@ def plot_r2_vs_snr(
     models : {name: {"r2": (n_bins,), "lo": (n_bins,), "hi": (n_bins,)}} or {name: metrics}
         R² per bin (NaN for an empty bin), optional bootstrap band ``lo``-``hi``
         (e.g. 10th-90th percentile of 200 resamples); or directly the dict returned by
-        :func:`specvit.evaluate.metrics.evaluate_predictions` (see :func:`r2_bins_from_metrics`).
+        :func:`specvit.scores.evaluate_predictions` (see :func:`r2_bins_from_metrics`).
     ceilings : {name: {"median": (n_bins,), "p10": (n_bins,), "p90": (n_bins,), "kind": "crlb"|"bayes"}}
         Ceiling R² per bin: median over the points in the bin and its p10-p90
         range. ``kind`` picks the style; if absent it is guessed from the name

@@ -221,7 +221,7 @@ def predict_model_dir(model_dir, data_path, *, labels, noise_level: float, noise
 
 def _run_neural(cfg: ScalingConfig, rc, out: Path, log) -> dict:
     from specvit.baselines.common import write_csv
-    from specvit.evaluate.metrics import evaluate_predictions
+    from specvit.scores import evaluate_predictions
     from specvit.train.trainer import Trainer
 
     result = Trainer(rc).fit()

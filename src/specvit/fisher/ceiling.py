@@ -26,11 +26,11 @@ from typing import Sequence
 import numpy as np
 
 from specvit.errors import InputError
-from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
 from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_from_weights, fisher_matrices,
                                         prior_weights, resolve_free, van_trees_bound)
 from specvit.fisher.jacobian import NORMALISED_MEDIAN, ForwardModel
 from specvit.labels import canonical_label
+from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
 from specvit.spectra import load_spectral_model
 from specvit.spectra.bosz import BOSZ_STEPS  # the grid spacing of the paper's nodes; also the default FD steps
 

@@ -115,7 +115,7 @@ def register(subparsers) -> None:
     p.add_argument("--bound", default="both", choices=["crlb", "bayes", "both"],
                    help="Cramer-Rao (unbiased estimators), van Trees (any estimator) or both (default)")
     p.add_argument("--by", default="mag", choices=["mag", "snr"],
-                   help="summaries per magnitude (default) or per SNR bin of specvit.evaluate.snr_bins")
+                   help="summaries per magnitude (default) or per SNR bin of specvit.snr_bins")
     p.add_argument("--require-all-bins", action="store_true",
                    help="with --by snr: an empty SNR bin is an error instead of being listed as empty")
     p.add_argument("--label-var", default="points",
