@@ -36,7 +36,6 @@ from specvit.config import _deep_merge, load_config, write_resolved_config
 from specvit.errors import ConfigError, InputError
 from specvit.labels import canonical_label
 
-MODEL_KINDS = ("neural", "lightgbm", "ridge")
 #: data keys a neural model's options may not set (the scaling config owns them)
 _OWNED_DATA_KEYS = ("train", "val", "labels", "noise_level", "max_train_rows", "noise_seed", "val_noise_level")
 
