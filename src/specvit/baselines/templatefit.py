@@ -394,8 +394,8 @@ def _result(forward, names, free_idx, fixed, lower, upper, u_best, chi2, h, w, d
                      n_params=len(free_idx) + max(degree + 1, 0), at_bound=at_bound, label_names=tuple(names))
 
 
-#: Spacing of the coarse start grid of ``fit_lm(grid_start=True)``.
-START_GRID_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.5}
+#: Spacing of the coarse start grid of ``fit_lm(grid_start=True)``: the BOSZ nodes, every other one in [M/H].
+START_GRID_STEPS = {"T_eff": BOSZ_STEPS["T_eff"], "log_g": BOSZ_STEPS["log_g"], "M_H": 2 * BOSZ_STEPS["M_H"]}
 
 
 #: Pixels summed per bin in the start-grid χ² of the observed-grid path (see :func:`_grid_start`).
