@@ -22,11 +22,11 @@ import time
 import numpy as np
 
 
-def load_model():
+def spectral_model():
     try:
-        from specvit.spectra import default_model
+        from specvit.spectra import load_spectral_model
 
-        return default_model(), "default"
+        return load_spectral_model("default"), "default"
     except Exception as e:  # noqa: BLE001 - any failure: use the stated fallback
         from specvit.observe.reference import PlanckModel
 
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from specvit.observe.calibrate import calibration_labels
 
     rng = np.random.default_rng(args.seed)
-    model, model_name = load_model()
+    model, model_name = spectral_model()
     t0 = time.perf_counter()
     obs = PFSObserver.for_model(model)
     t_init = time.perf_counter() - t0

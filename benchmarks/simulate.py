@@ -59,12 +59,11 @@ def fallback_grid(path: Path) -> str:
     sys.path.insert(0, str(HERE.parent / "tests"))
     from toymodel import ToyModel
 
-    from specvit.spectra.bosz import bosz_wave_grid
+    from specvit.labels import DEFAULT_LABEL_BOUNDS
+    from specvit.spectra.bosz import BOSZ_STEPS, bosz_wave_grid
     from specvit.spectra.grid import RegularGrid
 
-    nodes = {"T_eff": np.arange(3750.0, 6001.0, 250.0), "log_g": np.arange(1.0, 5.01, 0.5),
-             "M_H": np.arange(-2.5, 0.76, 0.25), "a_M": np.arange(-0.25, 0.51, 0.25),
-             "C_M": np.arange(-0.75, 0.51, 0.25)}
+    nodes = {k: np.arange(lo, hi + 0.5 * BOSZ_STEPS[k], BOSZ_STEPS[k]) for k, (lo, hi) in DEFAULT_LABEL_BOUNDS.items()}
     w = bosz_wave_grid(5000)
     toy = ToyModel(n_lines=60)
     toy.wave = np.asarray(w[(w >= 6900) & (w <= 9100)])

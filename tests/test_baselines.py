@@ -279,7 +279,7 @@ def test_cli_help_lists_models(capsys):
 
 
 def test_templatefit_table_conversion_and_cli_dispatch(tmp_path, capsys):
-    from specvit.baselines.cli import templatefit_table
+    from specvit.baselines.templatefit import templatefit_table
 
     rng = np.random.default_rng(0)
     n = 40

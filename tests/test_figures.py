@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 
 from specvit.errors import InputError
 from specvit.evaluate import figures as F
-from specvit.evaluate.snr_bins import SNR_BIN_EDGES
+from specvit.snr_bins import SNR_BIN_EDGES
 
 NB = len(SNR_BIN_EDGES) - 1
 
@@ -49,7 +49,7 @@ def test_r2_vs_snr_draws_models_and_ceilings(tmp_path, rng):
 
 
 def test_r2_vs_snr_accepts_evaluate_predictions_output(rng):
-    metrics = pytest.importorskip("specvit.evaluate.metrics")
+    metrics = pytest.importorskip("specvit.scores")
     n = 3000
     snr = np.exp(rng.uniform(np.log(2.6), np.log(27), n))
     t = rng.uniform(1, 5, n)
@@ -163,7 +163,7 @@ def test_attention_marks_lines_in_range(tmp_path, rng):
 
 
 def test_ceilings_from_fisher_output():
-    from specvit.evaluate.snr_bins import snr_bin_labels
+    from specvit.snr_bins import snr_bin_labels
 
     names = snr_bin_labels()
     fisher = {n: {"r2max_median": 0.1 * i, "r2max_p10": 0.1 * i - 0.05, "r2max_p90": 0.1 * i + 0.05,

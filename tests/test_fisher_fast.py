@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from specvit.fisher.ceiling import MagnitudeNoise, compute_information, default_forward, magnitude_errors
+from specvit.fisher.ceiling import compute_information, default_forward
+from specvit.observe.noise import MagnitudeNoise, magnitude_errors
 from specvit.fisher.information import crlb_bound, fisher_from_weights, fisher_matrices, resolve_free
 from specvit.observe.forward import ForwardModel
 from specvit.observe.forward import autograd_flux_and_jacobian, model_flux_and_jacobian
@@ -208,12 +209,12 @@ def test_schur_decay_by_nuisance_finds_the_absorbing_label(rng):
     assert all_but["T_eff"] == pytest.approx(out["schur_decay_median"], rel=1e-12)
 
 
-def test_load_model_reads_an_emulator_npz(tmp_path):
-    from specvit.fisher.ceiling import load_model
+def test_load_spectral_model_reads_an_emulator_npz(tmp_path):
+    from specvit.spectra import load_spectral_model
 
     model = random_emulator(seed=5)
     path = tmp_path / "emu.npz"
     model.save(path)
-    loaded = load_model(str(path))
+    loaded = load_spectral_model(str(path))
     x = _points(3, seed=10)
     np.testing.assert_allclose(loaded.flux(x), model.flux(x), rtol=1e-6)

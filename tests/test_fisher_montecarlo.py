@@ -104,3 +104,21 @@ def test_ml_fit_equals_the_template_fit_on_the_same_spectra(obs_fwd):
                  n_starts=1, max_iter=40, rng=rng, init=start, **kw)
     np.testing.assert_allclose(x[:, 1], res.labels[:, 1], atol=1e-4)
     np.testing.assert_allclose(chi2, res.chi2, rtol=1e-6)
+
+
+def test_cli_subcommand_writes_figure_and_json(tmp_path, capsys):
+    """``specvit fisher montecarlo`` (the one entry point of the MC validation) and its argument check."""
+    import json
+
+    from specvit.cli import main
+
+    out = tmp_path / "mc.png"
+    rc = main(["fisher", "montecarlo", "--model", "test_fisher_montecarlo:small_model", "--snr", "100",
+               "--n-real", "4", "--points", "4500,2.5,-0.5,0,0", "--local-average", "0", "--scan", "0",
+               "--out", str(out)])
+    assert rc == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["model"] == "ToyModel" and record["args"]["snr"] == [100.0] and "func" not in record["args"]
+    assert list(record["args"])[:3] == ["model", "mags", "snr"] and len(record["rows"]) == 1
+    assert main(["fisher", "montecarlo", "--model", "test_fisher_montecarlo:small_model"]) == 2
+    assert "--mags" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Tests of specvit.evaluate.metrics (whole-set R², bootstrap bands, calibration, bins)."""
+"""Tests of specvit.scores (whole-set R², bootstrap bands, calibration, bins)."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from specvit.errors import InputError
-from specvit.evaluate.metrics import (
+from specvit.scores import (
     batch_averaged_r2,
     binned_residuals,
     bootstrap_r2,
@@ -17,7 +17,7 @@ from specvit.evaluate.metrics import (
     regression_metrics,
     summary_table,
 )
-from specvit.evaluate.snr_bins import SNR_BIN_EDGES
+from specvit.snr_bins import SNR_BIN_EDGES
 
 
 def test_r2_perfect_and_mean_predictor(rng):

@@ -138,9 +138,8 @@ def _templatefit(cfg: QuickstartConfig, paths: dict, out: Path):
     import pandas as pd
 
     from specvit.atomic import atomic_path
-    from specvit.baselines.cli import templatefit_table
-    from specvit.baselines.templatefit import TemplateFitConfig, run_templatefit
-    from specvit.evaluate.metrics import evaluate_predictions
+    from specvit.baselines.templatefit import TemplateFitConfig, run_templatefit, templatefit_table
+    from specvit.scores import evaluate_predictions
 
     pred_path = out / "predictions.csv"
     if pred_path.exists():
@@ -215,7 +214,7 @@ def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
     per_model = {name: r["result"]["test"] for name, r in models.items()}
     if tf is not None:
         per_model["templatefit"] = tf[1]
-    from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_labels
+    from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_labels
 
     metrics: dict[str, Any] = {"label": cfg.label, "n_train": cfg.n_train, "n_test": cfg.n_test,
                                "snr_bin_edges": list(SNR_BIN_EDGES), "models": {}, "ceiling_by_snr_bin": None}

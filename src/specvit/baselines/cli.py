@@ -62,63 +62,10 @@ def _run(args) -> int:
     cfg = load_config(cls, args.config, args.set or [])
     result = run(cfg)
     if args.model == "templatefit":
-        _finish_templatefit(cfg, result)
+        from specvit.baselines.templatefit import finish_templatefit
+
+        finish_templatefit(cfg, result)
     return 0
-
-
-def templatefit_table(df, label_names=None):
-    """Convert :func:`run_templatefit` output to the shared prediction table.
-
-    Template-fit columns ``<label>``, ``<label>_err``, ``true_<label>`` become
-    ``<label>_pred``, ``<label>_sigma``, ``<label>_true`` for every label that has a truth
-    column; ``row``, ``snr``, ``chi2``, ``chi2_red``, ``at_bound`` are kept. A label's
-    ``_sigma`` is kept only when every value is finite and > 0 (else calibration is skipped).
-    Returns ``(table, labels)``.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from specvit.labels import LABEL_NAMES
-
-    names = [n for n in (label_names or LABEL_NAMES) if n in df.columns and f"true_{n}" in df.columns]
-    out = pd.DataFrame({c: df[c] for c in ("row", "snr") if c in df.columns})
-    for n in names:
-        out[f"{n}_true"] = df[f"true_{n}"].to_numpy(dtype=float)
-        out[f"{n}_pred"] = df[n].to_numpy(dtype=float)
-        if f"{n}_err" in df.columns:
-            s = df[f"{n}_err"].to_numpy(dtype=float)
-            if np.all(np.isfinite(s) & (s > 0)):
-                out[f"{n}_sigma"] = s
-    for c in ("chi2", "chi2_red", "at_bound"):
-        if c in df.columns:
-            out[c] = df[c].to_numpy()
-    return out, names
-
-
-def _finish_templatefit(cfg, df) -> None:
-    """Write the template fit's predictions (shared table format) and metrics beside ``cfg.output``."""
-    from pathlib import Path
-
-    from specvit.baselines.common import write_csv, write_json
-    from specvit.evaluate.metrics import evaluate_predictions
-
-    output = getattr(cfg, "output", "")
-    if not output:
-        print(f"templatefit: fitted {len(df)} spectra (no output file configured)")
-        return
-    table, names = templatefit_table(df, getattr(cfg, "free_labels", None))
-    write_csv(output, table)
-    if names:
-        free = [n for n in names if n in getattr(cfg, "free_labels", names)]
-        snr = "snr" if "snr" in table.columns else None
-        metrics = {"model": "templatefit", "labels": free,
-                   "test": evaluate_predictions(table, free, snr, 0),
-                   "noise_seed": getattr(cfg, "noise_seed", None), "seconds": df.attrs.get("seconds")}
-        mpath = Path(output).with_suffix(".metrics.json")
-        write_json(mpath, metrics)
-        for n in free:
-            print(f"templatefit: test {n}: R2 = {metrics['test']['labels'][n]['overall']['r2']:.4f}")
-        print(f"templatefit: wrote {output} and {mpath}")
 
 
 def register(subparsers) -> None:

@@ -214,11 +214,11 @@ def finish_run(out_dir, cfg, name: str, pred_df: pd.DataFrame, *, eval_seed: int
 
     With ``log`` (a print-like callable), the test R² of every label is logged as ``<name>: test <label>: R2 = x``.
 
-    Returns the metrics dict (test metrics from :func:`specvit.evaluate.metrics.evaluate_predictions`
+    Returns the metrics dict (test metrics from :func:`specvit.scores.evaluate_predictions`
     under ``"test"``, plus ``extra_metrics``).
     """
     from specvit.config import write_resolved_config
-    from specvit.evaluate.metrics import evaluate_predictions
+    from specvit.scores import evaluate_predictions
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

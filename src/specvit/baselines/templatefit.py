@@ -43,9 +43,7 @@ from specvit.baselines.templatefit_fast import lm_observed, solve_spd
 from specvit.errors import InputError
 from specvit.observe.forward import jvp_stacked
 from specvit.labels import LABEL_NAMES, canonical_label
-
-#: Default grid spacing of the ``grid`` mode: the BOSZ node spacing (SPEC section 2).
-DEFAULT_GRID_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.25}
+from specvit.spectra.bosz import BOSZ_STEPS  # default grid spacing of the ``grid`` mode
 
 
 @dataclass
@@ -115,7 +113,7 @@ class TemplateFitConfig:
     noise_seed: int = 0
     seed: int = 42
     batch_size: int = 256
-    grid_steps: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GRID_STEPS))
+    grid_steps: dict[str, float] = field(default_factory=lambda: dict(BOSZ_STEPS))
     parabolic_refine: bool = True
     max_spectra: int = 0
     use_observer: bool = True
@@ -384,8 +382,8 @@ def _result(forward, names, free_idx, fixed, lower, upper, u_best, chi2, h, w, d
                      n_params=len(free_idx) + max(degree + 1, 0), at_bound=at_bound, label_names=tuple(names))
 
 
-#: Spacing of the coarse start grid of ``fit_lm(grid_start=True)``.
-START_GRID_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.5}
+#: Spacing of the coarse start grid of ``fit_lm(grid_start=True)``: the BOSZ nodes, every other one in [M/H].
+START_GRID_STEPS = {"T_eff": BOSZ_STEPS["T_eff"], "log_g": BOSZ_STEPS["log_g"], "M_H": 2 * BOSZ_STEPS["M_H"]}
 
 
 #: Pixels summed per bin in the start-grid χ² of the observed-grid path (see :func:`_grid_start`).
@@ -485,7 +483,7 @@ def fit_grid(forward, flux, error, *, free=("T_eff", "log_g", "M_H"), fixed_valu
     the model is differentiable, else from the axis curvature alone (conditional σ).
     """
     names, free, free_idx, y, w, fixed = _prepare(forward, flux, error, noise_level, free, fixed_values or {})
-    steps = {**DEFAULT_GRID_STEPS, **(steps or {})}
+    steps = {**BOSZ_STEPS, **(steps or {})}
     axes, nodes = grid_nodes(forward, free, steps, fixed)
     shape = tuple(len(a) for a in axes)
     mu_nodes = forward.numpy(nodes)
@@ -599,3 +597,53 @@ def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
     out.attrs["seconds"] = time.perf_counter() - t0
     out.attrs["config"] = dataclasses.asdict(config)
     return out
+
+
+def templatefit_table(df, label_names=None):
+    """Convert :func:`run_templatefit` output to the shared prediction table.
+
+    Template-fit columns ``<label>``, ``<label>_err``, ``true_<label>`` become
+    ``<label>_pred``, ``<label>_sigma``, ``<label>_true`` for every label that has a truth
+    column; ``row``, ``snr``, ``chi2``, ``chi2_red``, ``at_bound`` are kept. A label's
+    ``_sigma`` is kept only when every value is finite and > 0 (else calibration is skipped).
+    Returns ``(table, labels)``.
+    """
+    names = [n for n in (label_names or LABEL_NAMES) if n in df.columns and f"true_{n}" in df.columns]
+    out = pd.DataFrame({c: df[c] for c in ("row", "snr") if c in df.columns})
+    for n in names:
+        out[f"{n}_true"] = df[f"true_{n}"].to_numpy(dtype=float)
+        out[f"{n}_pred"] = df[n].to_numpy(dtype=float)
+        if f"{n}_err" in df.columns:
+            s = df[f"{n}_err"].to_numpy(dtype=float)
+            if np.all(np.isfinite(s) & (s > 0)):
+                out[f"{n}_sigma"] = s
+    for c in ("chi2", "chi2_red", "at_bound"):
+        if c in df.columns:
+            out[c] = df[c].to_numpy()
+    return out, names
+
+
+def finish_templatefit(cfg, df) -> None:
+    """Write the template fit's predictions (shared table format) and metrics beside ``cfg.output``."""
+    from pathlib import Path
+
+    from specvit.baselines.common import write_csv, write_json
+    from specvit.scores import evaluate_predictions
+
+    output = getattr(cfg, "output", "")
+    if not output:
+        print(f"templatefit: fitted {len(df)} spectra (no output file configured)")
+        return
+    table, names = templatefit_table(df, getattr(cfg, "free_labels", None))
+    write_csv(output, table)
+    if names:
+        free = [n for n in names if n in getattr(cfg, "free_labels", names)]
+        snr = "snr" if "snr" in table.columns else None
+        metrics = {"model": "templatefit", "labels": free,
+                   "test": evaluate_predictions(table, free, snr, 0),
+                   "noise_seed": getattr(cfg, "noise_seed", None), "seconds": df.attrs.get("seconds")}
+        mpath = Path(output).with_suffix(".metrics.json")
+        write_json(mpath, metrics)
+        for n in free:
+            print(f"templatefit: test {n}: R2 = {metrics['test']['labels'][n]['overall']['r2']:.4f}")
+        print(f"templatefit: wrote {output} and {mpath}")

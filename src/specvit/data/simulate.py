@@ -7,7 +7,7 @@ Pipeline per chunk of rows (vectorised over the chunk)::
     conditions ~ draw_conditions(ObservingConfig)                      (specvit.observe)
     F_lambda   = model.flux(labels)   (grids: linear / spline / nearest; draws that hit
                                        invalid nodes are redrawn)
-    obs        = PFSObserver.observe(F_lambda, conditions)  -> flux, error (normalised), snr
+    obs        = ForwardModel.observe(labels, conditions)  -> flux, error (normalised), snr  (specvit.observe.forward)
     -> rows [start, stop) of the dataset file
 
 Every chunk has its own seed stream, so the file is identical for any number
@@ -106,21 +106,11 @@ class SimulateConfig:
 
 
 # --------------------------------------------------------------------------- model
-def build_model(cfg: SimulateConfig):
-    """The spectral model named by ``cfg.model``."""
-    if cfg.model == "default":
-        try:
-            from specvit.spectra import default_model
-
-            return default_model()
-        except (ImportError, OSError) as e:  # not built / weights not shipped in this install
-            raise InputError(f"the embedded default spectral model is not available ({e}); set model=<grid.h5>",
-                             field="model", value="default") from None
-    from specvit.spectra.grid import RegularGrid
-
+def _grid_kwargs(cfg: SimulateConfig) -> dict:
+    """How to read a grid ``cfg.model``: the wavelength range and the prior box (plus padding), the interpolation."""
     bounds = {k: (getattr(cfg.labels, k).low, getattr(cfg.labels, k).high) for k in LABEL_NAMES}
-    return RegularGrid.load(cfg.model, wave_range_A=cfg.wave_range_A, label_bounds=bounds,
-                            interpolation=cfg.interpolation, pad_nodes=cfg.grid_pad_nodes)
+    return dict(wave_range_A=cfg.wave_range_A, label_bounds=bounds, interpolation=cfg.interpolation,
+                pad_nodes=cfg.grid_pad_nodes)
 
 
 def _check_prior(cfg: SimulateConfig, model) -> None:
@@ -143,9 +133,10 @@ class ChunkSimulator:
 
     def __init__(self, cfg: SimulateConfig, model=None):
         from specvit.observe.forward import ForwardModel
+        from specvit.spectra import load_spectral_model
 
         self.cfg = cfg
-        self.model = build_model(cfg) if model is None else model
+        self.model = load_spectral_model(cfg.model, **_grid_kwargs(cfg)) if model is None else model
         _check_prior(cfg, self.model)
         self.forward = ForwardModel.for_model(self.model, cfg.instrument)
         self.observer = self.forward.observer

@@ -33,7 +33,7 @@ def _report(args) -> int:
 
     from specvit.config import provenance
     from specvit.evaluate.figures import plot_parity, plot_r2_vs_snr
-    from specvit.evaluate.metrics import evaluate_predictions, summary_table
+    from specvit.scores import evaluate_predictions, summary_table
     from specvit.evaluate.report import write_report
     from specvit.labels import canonical_label
 

@@ -31,8 +31,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from specvit.errors import InputError
-from specvit.evaluate.snr_bins import SNR_BIN_EDGES
 from specvit.labels import LABELS
+from specvit.observe.calibrate import plot_noise_vs_wavelength  # figure 5 (re-exported)
+from specvit.snr_bins import SNR_BIN_EDGES
 
 #: Okabe & Ito (2008) colour-blind-safe palette.
 OKABE_ITO = {
@@ -159,7 +160,7 @@ def snr_bin_centres(edges=SNR_BIN_EDGES) -> np.ndarray:
 # 1. R² vs SNR with the ceiling bands
 # --------------------------------------------------------------------------------------------
 def r2_bins_from_metrics(metrics: Mapping, label: str = "log_g") -> dict[str, np.ndarray]:
-    """Per-bin arrays ``{"r2", "lo", "hi", "n", "edges"}`` from :func:`specvit.evaluate.metrics.evaluate_predictions`.
+    """Per-bin arrays ``{"r2", "lo", "hi", "n", "edges"}`` from :func:`specvit.scores.evaluate_predictions`.
 
     Empty bins (``None`` in the metrics) become NaN, so the plot shows a gap.
     """
@@ -183,7 +184,7 @@ def ceilings_from_fisher(by_snr_bin: Mapping, edges=SNR_BIN_EDGES) -> dict[str, 
     CRLB: per-bin median and p10-p90 of R²_max over the points; Bayesian (van Trees): the
     per-bin value ``r2max_bayes`` (one number per bin, drawn as a line). Empty bins -> NaN.
     """
-    from specvit.evaluate.snr_bins import snr_bin_labels
+    from specvit.snr_bins import snr_bin_labels
 
     names = snr_bin_labels(edges)
     known = [n for n in names if n in by_snr_bin]
@@ -221,7 +222,7 @@ def plot_r2_vs_snr(
     models : {name: {"r2": (n_bins,), "lo": (n_bins,), "hi": (n_bins,)}} or {name: metrics}
         R² per bin (NaN for an empty bin), optional bootstrap band ``lo``-``hi``
         (e.g. 10th-90th percentile of 200 resamples); or directly the dict returned by
-        :func:`specvit.evaluate.metrics.evaluate_predictions` (see :func:`r2_bins_from_metrics`).
+        :func:`specvit.scores.evaluate_predictions` (see :func:`r2_bins_from_metrics`).
     ceilings : {name: {"median": (n_bins,), "p10": (n_bins,), "p90": (n_bins,), "kind": "crlb"|"bayes"}}
         Ceiling R² per bin: median over the points in the bin and its p10-p90
         range. ``kind`` picks the style; if absent it is guessed from the name
@@ -515,52 +516,9 @@ def plot_importance(importances: Mapping[str, float], *, title="hyper-parameter 
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Noise vs wavelength per magnitude
+# 5. Noise vs wavelength per magnitude: plot_noise_vs_wavelength, defined next to the observer's
+#    noise_vs_wavelength in specvit.observe.calibrate (the calibrate-snr command draws it too)
 # --------------------------------------------------------------------------------------------
-def plot_noise_vs_wavelength(wave, errors: Mapping[float, object], *, flux=None, snr: Mapping[float, float] | None = None,
-                             wave_unit="Å") -> Figure:
-    """The 1σ error of the normalised flux vs wavelength for each magnitude, and the median spectrum.
-
-    Parameters
-    ----------
-    wave : (n_wave,) wavelength, Angstrom.
-    errors : {mag: (n_wave,) or (N, n_wave)} error spectra (normalised flux units, noise level 1); with
-        several spectra per magnitude the median over spectra is drawn.
-    flux : (n_wave,) or (N, n_wave) noiseless normalised flux; its median is shown in the top panel.
-    snr : optional {mag: median SNR} for the legend.
-    """
-    w = _arr(wave, "wave", finite=True)
-    if not errors:
-        raise InputError("no error spectra given", field="errors")
-    fig = _new_figure((9.5, 5.2))
-    if flux is not None:
-        ax0, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.6]})
-        f = np.asarray(flux, dtype=float)
-        f = f[None] if f.ndim == 1 else f
-        if f.ndim != 2 or f.shape[1] != len(w):
-            raise InputError(f"flux must be (n_wave,) or (N, {len(w)})", field="flux", value=tuple(np.shape(flux)))
-        ax0.plot(w, np.median(f, axis=0), color="k", lw=0.6)
-        ax0.set_ylabel("median normalised flux")
-        ax0.set_title("median noiseless spectrum" + (f" ({f.shape[0]} spectra)" if f.shape[0] > 1 else ""))
-    else:
-        ax = fig.add_subplot()
-    mags = sorted(errors, key=float)
-    cmap = __import__("matplotlib").colormaps["viridis"]
-    for i, mag in enumerate(mags):
-        e = np.asarray(errors[mag], dtype=float)
-        e = e[None] if e.ndim == 1 else e
-        if e.ndim != 2 or e.shape[1] != len(w):
-            raise InputError(f"error spectra must be (n_wave,) or (N, {len(w)})", field=f"errors[{mag}]",
-                             value=tuple(np.shape(errors[mag])))
-        lab = f"mag {float(mag):g}" + (f" (SNR {snr[mag]:.1f})" if snr and mag in snr else "")
-        ax.plot(w, np.median(e, axis=0), lw=0.7, color=cmap(i / max(1, len(mags) - 1) * 0.9), label=lab)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"wavelength [{wave_unit}] (vacuum)")
-    ax.set_ylabel(r"1$\sigma$ error of normalised flux")
-    ax.set_xlim(w[0], w[-1])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    ax.set_title("1σ noise vs wavelength per HSC-i magnitude")
-    return fig
 
 
 # --------------------------------------------------------------------------------------------

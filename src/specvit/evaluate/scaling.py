@@ -36,7 +36,6 @@ from specvit.config import _deep_merge, load_config, write_resolved_config
 from specvit.errors import ConfigError, InputError
 from specvit.labels import canonical_label
 
-MODEL_KINDS = ("neural", "lightgbm", "ridge")
 #: data keys a neural model's options may not set (the scaling config owns them)
 _OWNED_DATA_KEYS = ("train", "val", "labels", "noise_level", "max_train_rows", "noise_seed", "val_noise_level")
 
@@ -221,7 +220,7 @@ def predict_model_dir(model_dir, data_path, *, labels, noise_level: float, noise
 
 def _run_neural(cfg: ScalingConfig, rc, out: Path, log) -> dict:
     from specvit.baselines.common import write_csv
-    from specvit.evaluate.metrics import evaluate_predictions
+    from specvit.scores import evaluate_predictions
     from specvit.train.trainer import Trainer
 
     result = Trainer(rc).fit()

@@ -8,7 +8,7 @@
 >>> ceiling_by_magnitude(iset, label="log_g", nuisance="5d")["22.5"]["r2max_median"]
 """
 from specvit.fisher.ceiling import (InformationSet, ceiling_by_magnitude, ceiling_by_snr_bin, compute_information,
-                                    default_forward, load_model, make_points, summarise)
+                                    default_forward, make_points, summarise)
 from specvit.fisher.information import (Bound, BayesBound, SmoothBoxPrior, crlb_bound, fisher_from_weights,
                                         fisher_matrix, prior_weights, r2_max, resolve_free, schur_complement,
                                         van_trees_bound)
@@ -16,5 +16,5 @@ from specvit.fisher.information import (Bound, BayesBound, SmoothBoxPrior, crlb_
 __all__ = [
     "fisher_matrix", "schur_complement", "crlb_bound", "r2_max", "van_trees_bound", "SmoothBoxPrior", "prior_weights",
     "resolve_free", "Bound", "BayesBound", "InformationSet", "compute_information", "ceiling_by_magnitude",
-    "ceiling_by_snr_bin", "summarise", "default_forward", "load_model", "make_points", "fisher_from_weights",
+    "ceiling_by_snr_bin", "summarise", "default_forward", "make_points", "fisher_from_weights",
 ]

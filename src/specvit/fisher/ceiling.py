@@ -17,7 +17,6 @@ Pipeline (SPEC section 7):
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -27,16 +26,15 @@ from typing import Sequence
 import numpy as np
 
 from specvit.errors import InputError
-from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
 from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_from_weights, fisher_matrices,
                                         prior_weights, resolve_free, van_trees_bound)
+from specvit.labels import canonical_label
 from specvit.observe.forward import ForwardModel
 from specvit.observe.observer import NORMALISED_MEDIAN
-from specvit.labels import canonical_label
 from specvit.observe.noise import MagnitudeNoise, magnitude_errors
-
-#: Grid spacing of the paper's BOSZ nodes (SPEC section 2), label units; also the default FD steps.
-BOSZ_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.25}
+from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
+from specvit.spectra import load_spectral_model
+from specvit.spectra.bosz import BOSZ_STEPS  # the grid spacing of the paper's nodes; also the default FD steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,51 +42,9 @@ BOSZ_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.2
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model(spec: str = "default"):
-    """A SpectralModel from a spec string.
-
-    ``"default"`` → :func:`specvit.spectra.default_model` (the embedded emulator);
-    ``"pkg.module:factory"`` → ``factory()`` imported from a module;
-    a path to an emulator ``.npz`` → :func:`specvit.spectra.emulator.load_emulator`;
-    a path to an ``.h5`` grid → :meth:`specvit.spectra.grid.RegularGrid.load`.
-    """
-    if spec == "default":
-        try:
-            from specvit.spectra import default_model
-        except ImportError as e:
-            raise InputError("this install has no default spectral model (specvit.spectra.default_model is "
-                             "missing); pass --model MODULE:FACTORY or a grid .h5 file", field="model",
-                             value=spec) from e
-        try:
-            return default_model()
-        except (OSError, ValueError) as e:  # weights not installed (FileNotFoundError) or unreadable
-            raise InputError(f"the default spectral model could not be loaded ({type(e).__name__}: {e}); pass "
-                             "--model MODULE:FACTORY or a grid .h5 file", field="model", value=spec) from e
-    if ":" in spec and not Path(spec).exists():
-        mod, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
-            raise InputError(f"cannot import the model factory ({e})", field="model", value=spec) from None
-        return factory()
-    path = Path(spec)
-    if path.suffix == ".npz":  # an emulator weight file (e.g. a retrained version before it is shipped)
-        from specvit.spectra.emulator import load_emulator
-
-        return load_emulator(path)
-    if path.suffix in (".h5", ".hdf5"):
-        if not path.exists():
-            raise InputError("grid file not found", file=path, field="model")
-        from specvit.spectra.grid import RegularGrid
-
-        return RegularGrid.load(path)
-    raise InputError("model must be 'default', MODULE:FACTORY, an emulator .npz or a grid .h5 file", field="model",
-                     value=spec)
-
-
 def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default"):
-    """(ForwardModel, PFSObserver or None) for ``model`` (default: :func:`load_model` of ``model_spec``)."""
-    model = model if model is not None else load_model(model_spec)
+    """(ForwardModel, PFSObserver or None) for ``model`` (default: :func:`load_spectral_model` of ``model_spec``)."""
+    model = model if model is not None else load_spectral_model(model_spec)
     observer = None
     if use_observer:
         from specvit.observe import PFSObserver

@@ -21,6 +21,9 @@ at the truth. ``local_average`` therefore also reports σ_local = √[(⟨I⟩)�
 bound of the Fisher matrix averaged over a neighbourhood of the truth (±
 ``local_width`` · √CRLB in every free label), the natural comparison for a model
 whose derivative is only piecewise continuous (:func:`crlb_scan` shows the jumps).
+
+Command: ``specvit fisher montecarlo`` (:func:`specvit.fisher.cli.cmd_montecarlo`) draws the figure and
+writes the JSON of every number.
 """
 from __future__ import annotations
 
@@ -280,85 +283,3 @@ def plot_validation(df: pd.DataFrame, *, title: str = "", scan: pd.DataFrame | N
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
-
-
-def main(argv=None) -> int:
-    """``python -m specvit.fisher.montecarlo``: the documented MC-validation figure and table.
-
-    Noise: either the PFS observer's error at each magnitude (``--mags``; the model is
-    observed under the calibration setup), or, with ``--snr``, a constant-SNR error
-    e = μ / SNR on the model's own grid (no instrument).
-    """
-    import argparse
-    import json
-
-    from specvit.atomic import atomic_path
-    from specvit.fisher.ceiling import default_forward, load_model, magnitude_errors
-
-    ap = argparse.ArgumentParser(prog="python -m specvit.fisher.montecarlo", description=main.__doc__.splitlines()[0])
-    ap.add_argument("--model", default="default", help="'default', MODULE:FACTORY or a grid .h5")
-    ap.add_argument("--mags", type=float, nargs="*", default=[], help="magnitudes (PFS observer errors)")
-    ap.add_argument("--snr", type=float, nargs="*", default=[], help="constant SNRs instead (no observer)")
-    ap.add_argument("--points", type=str, nargs="+", default=["4500,2.5,-0.5,0,0", "5500,4.0,-1.5,0,0"],
-                    help="true label vectors 'Teff,logg,MH,aM,CM'")
-    ap.add_argument("--label", default="log_g")
-    ap.add_argument("--nuisance", default="3d")
-    ap.add_argument("--n-real", type=int, default=200)
-    ap.add_argument("--n-starts", type=int, default=1)
-    ap.add_argument("--max-iter", type=int, default=25)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fitter", choices=["ml", "templatefit"], default=None,
-                    help="ML fitter: 'ml' (fast exact-Jacobian LM; default with --mags) or 'templatefit' (fit_lm)")
-    ap.add_argument("--local-average", type=int, default=64,
-                    help="points of the local-average information around each truth (0 = off)")
-    ap.add_argument("--local-width", type=float, default=2.0, help="neighbourhood half-width in units of sqrt(CRLB)")
-    ap.add_argument("--scan", type=float, default=0.05,
-                    help="half-width of the pointwise-CRLB scan along the label through the first point at the "
-                         "first magnitude / SNR (0 = no scan panel)")
-    ap.add_argument("--out", default="docs/figures/fisher_mc.png")
-    args = ap.parse_args(argv)
-    if bool(args.mags) == bool(args.snr):
-        raise InputError("give either --mags (observer) or --snr (constant SNR)", field="--mags/--snr")
-    model = load_model(args.model)
-    fwd, obs = default_forward(model, use_observer=bool(args.mags))
-    rng = np.random.default_rng(args.seed)
-    frames, scan, scan_title = [], None, ""
-    for p in args.points:
-        theta = np.array([float(v) for v in p.split(",")])
-        if args.mags:
-            _, err = magnitude_errors(obs, fwd.model_flux(theta[None]), args.mags)
-            errors = {f"i={m:g}": err[k, 0] for k, m in enumerate(args.mags)}
-        else:
-            mu = fwd.numpy(theta[None])[0]
-            errors = {f"SNR={s:g}": mu / s for s in args.snr}
-        if scan is None and args.scan > 0:
-            key0 = next(iter(errors))
-            scan = crlb_scan(fwd, theta, errors[key0], label=args.label, nuisance=args.nuisance,
-                             half_width=args.scan)
-            scan_title = f"pointwise bound, {p}, {key0}\n(grey: the median pixel changes)"
-        df = validate_crlb(fwd, theta, errors, label=args.label, nuisance=args.nuisance, n_real=args.n_real, rng=rng,
-                           n_starts=args.n_starts, max_iter=args.max_iter, local_average=args.local_average,
-                           local_width=args.local_width, fitter=args.fitter or ("ml" if args.mags else "templatefit"))
-        df["point"] = p
-        frames.append(df)
-        print(df.to_string(index=False), flush=True)
-    out = pd.concat(frames, ignore_index=True)
-    name = type(model).__name__
-    version = getattr(model, "version", "")
-    fig = plot_validation(out, title=f"ML fits vs CRLB: {name} {version}, {args.label}, nuisance {args.nuisance}, "
-                                     f"{args.n_real} realisations, seed {args.seed}", scan=scan, scan_title=scan_title)
-    with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    record = {"args": vars(args), "model": name, "model_version": version, "rows": out.to_dict(orient="records")}
-    if scan is not None:
-        record["scan"] = scan.to_dict(orient="list")
-    with atomic_path(str(args.out).rsplit(".", 1)[0] + ".json") as tmp:
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    sys.exit(main())

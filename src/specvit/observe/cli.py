@@ -8,20 +8,24 @@ from specvit.config import load_config
 from specvit.observe.config import InstrumentConfig
 
 
-def load_model(name: str):
-    """'default' -> specvit.spectra.default_model() (falls back to the Planck model with a message
-    if it cannot be imported); 'planck' -> the Planck-continuum reference model."""
+def calibration_model(name: str):
+    """(model, name) for ``--model``: 'planck' -> the Planck-continuum reference model (owned by observe/);
+    anything else -> :func:`specvit.spectra.load_spectral_model` ('default': the embedded emulator, which
+    falls back to the Planck model with a message if it is not built / not installed)."""
+    from specvit.errors import InputError
     from specvit.observe.reference import PlanckModel
+    from specvit.spectra import load_spectral_model
 
     if name == "planck":
         return PlanckModel(), "planck"
     try:
-        from specvit.spectra import default_model
-
-        return default_model(), "default"
-    except (ImportError, FileNotFoundError) as e:  # not built / not shipped yet
-        print(f"specvit calibrate-snr: the default spectral model is not available ({type(e).__name__}: {e}); "
-              "falling back to the Planck-continuum model (--model planck)", file=sys.stderr)
+        return load_spectral_model(name), name
+    except InputError as e:
+        cause = e.__cause__
+        if name != "default" or not isinstance(cause, (ImportError, FileNotFoundError)):  # not built / not shipped
+            raise
+        print(f"specvit calibrate-snr: the default spectral model is not available ({type(cause).__name__}: "
+              f"{cause}); falling back to the Planck-continuum model (--model planck)", file=sys.stderr)
         return PlanckModel(), "planck (fallback)"
 
 
@@ -39,10 +43,10 @@ def write_noise_figure(model, instrument, path) -> None:
 
     labels = np.array([[FIGURE_LABELS.get(n, 0.0) for n in model.label_names]])
     res = noise_vs_wavelength(PFSObserver.for_model(model, instrument), model.flux(labels))
-    fig = plot_noise_vs_wavelength(res)
+    fig = plot_noise_vs_wavelength(res["wave"], dict(zip(res["mags"], res["error"])), flux=res["flux"],
+                                   snr=dict(zip(res["mags"], res["snr"])))
     fig.suptitle(f"{type(model).__name__}: Teff 4500 K, log g 2.5, [M/H] -1; 4 x 900 s, seeing 1.0\", "
                  "zenith 22.5 deg, new moon", fontsize=9)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format=str(path).rsplit(".", 1)[-1])
 
@@ -51,7 +55,7 @@ def cmd_calibrate_snr(args) -> int:
     from specvit.observe.calibrate import PAPER_SNR, calibrate_snr
 
     instrument = load_config(InstrumentConfig, args.config, args.set or ())
-    model, model_name = load_model(args.model)
+    model, model_name = calibration_model(args.model)
     res = calibrate_snr(model, n=args.n, seed=args.seed, instrument=instrument)
     if args.figure:
         write_noise_figure(model, instrument, args.figure)

@@ -50,11 +50,6 @@ def fibre_diameter_arcsec(field_angle_deg, cfg: InstrumentConfig) -> np.ndarray:
     return cfg.fibre_diameter_arcsec + (cfg.fibre_diameter_edge_arcsec - cfg.fibre_diameter_arcsec) * t**2
 
 
-def fibre_area_arcsec2(field_angle_deg, cfg: InstrumentConfig) -> np.ndarray:
-    """Solid angle of the fibre on the sky, arcsec^2."""
-    return np.pi / 4 * fibre_diameter_arcsec(field_angle_deg, cfg) ** 2
-
-
 def delivered_fwhm_arcsec(seeing_arcsec, airmass, wave_A):
     """Seeing FWHM at zenith and 5000 A -> at airmass X and wavelength (Kolmogorov: X^0.6 lambda^-0.2)."""
     return np.asarray(seeing_arcsec) * np.asarray(airmass) ** 0.6 * (np.asarray(wave_A) / 5000.0) ** -0.2

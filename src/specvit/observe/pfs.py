@@ -9,8 +9,6 @@ PFS_MR_N_PIXELS = 4096
 PFS_MR_WAVE_START_A = 7100.0
 #: Pixel width, Angstrom.
 PFS_MR_DISPERSION_A = 0.42724609375
-#: Nominal resolving power of the MR arm.
-PFS_MR_RESOLUTION = 5000.0
 #: Wavelength medium of the PFS grid.
 PFS_MR_MEDIUM = "vacuum"
 

@@ -49,11 +49,16 @@ FILENAME_RE = re.compile(
 
 #: pfsspec axis order for BOSZ grids.
 BOSZ_AXES = ("M_H", "T_eff", "log_g", "C_M", "a_M")
+#: Grid spacing of the paper's BOSZ nodes (SPEC section 2), label units (in the relevant range: 250 K
+#: above 3500 K). The one definition: the Fisher ceiling's grid points and default FD steps, and the
+#: template fit's ``grid`` mode use it.
+BOSZ_STEPS = {"T_eff": 250.0, "log_g": 0.5, "M_H": 0.25, "a_M": 0.25, "C_M": 0.25}
 
 
 def _abundance(code: str) -> float:
     """'m03' -> -0.25, 'p08' -> +0.75: code/10 snapped to the 0.25 dex step."""
-    v = round(int(code[1:]) / 10.0 * 4.0) / 4.0
+    step = BOSZ_STEPS["M_H"]  # the same 0.25 dex for [M/H], [C/M], [alpha/M]
+    v = round(int(code[1:]) / 10.0 / step) * step
     return -v if code[0] == "m" else v
 
 

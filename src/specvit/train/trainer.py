@@ -75,7 +75,7 @@ def adamw_impl(device: torch.device) -> dict:
     return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
 
 
-def build_model(cfg: TrainConfig, *, n_pixels: int, wave: np.ndarray | None):
+def build_network(cfg: TrainConfig, *, n_pixels: int, wave: np.ndarray | None):
     """``create_model(cfg.model.name, n_labels=, gaussian=, **overrides)`` with n_pixels/wave from the data."""
     from specvit.models import create_model
     from specvit.models.registry import model_class, model_defaults
@@ -148,7 +148,7 @@ class Trainer:
                 if stream is not None:
                     stream.error_fn = observer_error_fn(stream.src, stream.noise_level)
 
-        self.model = build_model(cfg, n_pixels=self.train_data.n_pixels, wave=self.train_data.src.wave).to(self.device)
+        self.model = build_network(cfg, n_pixels=self.train_data.n_pixels, wave=self.train_data.src.wave).to(self.device)
         if d.error_channel and "error" not in inspect.signature(self.model.forward).parameters:
             raise ConfigError(f"model {cfg.model.name!r} does not take an error channel (forward has no 'error')",
                               field="data.error_channel", value=True)

@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from specvit.errors import InputError
-from specvit.evaluate.snr_bins import SNR_BIN_EDGES, snr_bin_labels
 from specvit.labels import LABEL_NAMES
+from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_labels
 
 TRUE_FMT = "{}_true"
 PRED_FMT = "{}_pred"
