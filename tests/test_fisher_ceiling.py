@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from specvit.errors import InputError
-from specvit.fisher.ceiling import (ceiling_by_magnitude, ceiling_by_snr_bin, compute_information, default_forward,
-                                    magnitude_errors, make_points)
+from specvit.fisher.ceiling import ceiling_by_magnitude, ceiling_by_snr_bin, compute_information, default_forward
+from specvit.fisher.points import make_points
+from specvit.observe.noise import magnitude_errors
 
 MAGS = [18.0, 20.0, 22.5]
 

@@ -3,24 +3,19 @@
 Pipeline (SPEC section 7):
 
 1. points θ_n — BOSZ-like grid nodes over the model box, a uniform design, or the
-   labels of a dataset/CSV file (:func:`make_points`);
+   labels of a dataset/CSV file (:func:`specvit.fisher.points.make_points`);
 2. μ(θ_n) and J = ∂μ/∂θ once per point (the Jacobian does not depend on the
    magnitude: the normalisation removes the flux scale);
-3. the error at every magnitude from the PFS observer under the calibration
-   setup (4 × 900 s, seeing 1.0″, zenith 22.5°, new moon), scaled analytically from
-   one :meth:`PFSObserver.observe` call: with the per-pixel response R (e⁻ per
-   unit flux) and background variance B (e⁻²) of the observer, and the
-   normalisation factor ν(m) = ν(m₀)·10^{0.4(m−m₀)}, the normalised error is
-   σ² = μ ν / R + B ν² / R²  (exactly the observer's Var = O + B);
+3. the error at every magnitude under the calibration setup (4 × 900 s, seeing 1.0″,
+   zenith 22.5°, new moon) from the noise model of :mod:`specvit.observe.noise`
+   (σ² = μ ν / R + B ν² / R², exactly the observer's Var = O + B);
 4. I(θ_n, m) = Jᵀ Σ⁻¹ J for every (point, magnitude) and the bounds of
    :mod:`specvit.fisher.information`, summarised by median / p10 / p90.
 """
 from __future__ import annotations
 
-import itertools
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +25,6 @@ from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_from_
                                         prior_weights, resolve_free, van_trees_bound)
 from specvit.labels import canonical_label
 from specvit.observe.forward import ForwardModel
-from specvit.observe.observer import NORMALISED_MEDIAN
 from specvit.observe.noise import MagnitudeNoise, magnitude_errors
 from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
 from specvit.spectra import load_spectral_model
@@ -51,83 +45,6 @@ def default_forward(model=None, *, use_observer: bool = True, model_spec: str = 
 
         observer = PFSObserver.for_model(model)
     return ForwardModel(model, observer), observer
-
-
-# ---------------------------------------------------------------------------------------------
-# points
-# ---------------------------------------------------------------------------------------------
-
-
-def grid_points(bounds: dict, label_names: Sequence[str], free: Sequence[str], *, steps=None,
-                fixed_values=None) -> np.ndarray:
-    """Nodes of a regular grid over the box for the ``free`` labels (others at ``fixed_values``, default 0).
-
-    With the BOSZ spacing and the default box this is the paper's node set
-    (3D: 10 × 9 × 14 = 1,260 nodes; 5D: 30,240).
-    """
-    steps = {**BOSZ_STEPS, **(steps or {})}
-    fixed_values = fixed_values or {}
-    axes = []
-    for name in label_names:
-        lo, hi = bounds[name]
-        if name in free:
-            k = int(np.floor((hi - lo) / steps[name] + 1e-9))
-            axes.append(lo + steps[name] * np.arange(k + 1))
-        else:
-            axes.append(np.array([float(np.clip(fixed_values.get(name, 0.0), lo, hi))]))
-    return np.array(list(itertools.product(*axes)), dtype=np.float64)
-
-
-def points_from_file(path, label_names: Sequence[str]) -> np.ndarray:
-    """Labels from a dataset (pfsspec HDF5: ``dataset/params``) or a CSV with the label columns."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("points file not found", file=path, field="points")
-    if path.suffix in (".csv", ".txt"):
-        import pandas as pd
-
-        df = pd.read_csv(path)
-    else:
-        from specvit.data.pfsspec import read_params
-
-        df = read_params(path)
-    missing = [n for n in label_names if n not in df.columns]
-    if missing:
-        raise InputError(f"label column missing (has {list(df.columns)})", file=path, field=missing[0])
-    arr = df[list(label_names)].to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        i, j = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(f"non-finite label in row {i}", file=path, field=label_names[j], value=float(arr[i, j]))
-    return arr
-
-
-def make_points(forward: ForwardModel, kind: str, *, free: Sequence[str], n_points: int = 0,
-                rng: np.random.Generator | None = None, fixed_values=None) -> np.ndarray:
-    """Points for the ceiling: ``"grid"`` (BOSZ-spaced nodes), ``"uniform"`` (uniform in the box) or a file.
-
-    ``n_points`` > 0 subsamples the grid / file without replacement (needs ``rng``)
-    or sets the size of the uniform design. Labels not in ``free`` are fixed.
-    """
-    names = list(forward.label_names)
-    free = [canonical_label(f) for f in free]
-    fixed_values = fixed_values or {}
-    if kind == "grid":
-        pts = grid_points(forward.bounds, names, free, fixed_values=fixed_values)
-    elif kind == "uniform":
-        if n_points <= 0 or rng is None:
-            raise InputError("a uniform design needs n_points > 0 and a seeded rng", field="n_points", value=n_points)
-        pts = grid_points(forward.bounds, names, [], fixed_values=fixed_values).repeat(n_points, 0)
-        for f in free:
-            lo, hi = forward.bounds[f]
-            pts[:, names.index(f)] = rng.uniform(lo, hi, n_points)
-        return pts
-    else:
-        pts = points_from_file(kind, names)
-    if 0 < n_points < len(pts):
-        if rng is None:
-            raise InputError("subsampling points needs a seeded rng", field="seed")
-        pts = pts[np.sort(rng.choice(len(pts), n_points, replace=False))]
-    return pts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,36 +319,3 @@ def ceiling_by_snr_bin(iset: InformationSet, *, edges=SNR_BIN_EDGES, require_all
 PAPER_CEILING = {18.0: (87.4, 0.9994, 0.9993, 0.033), 20.0: (24.0, 0.9906, 0.9892, 0.125),
                  21.5: (7.1, 0.8914, 0.8742, 0.426), 22.0: (4.6, 0.7396, 0.6983, 0.659),
                  22.5: (3.0, 0.3658, 0.2647, 1.028), 23.0: (1.9, 0.0, 0.0, 1.613)}
-
-
-def plot_ceiling(tables: dict, *, paper: bool = True, title: str = ""):
-    """Figure of R²_max against magnitude: ``tables`` = {"3d": ceiling_by_magnitude(...), "5d": ...}.
-
-    Solid: CRLB median with the p10–p90 band; dashed: van Trees (when present);
-    crosses: the paper's medians (SPEC section 7).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
-    for name, table in tables.items():
-        mags = np.array([float(k) for k in table])
-        med = np.array([v["r2max_median"] for v in table.values()])
-        p10 = np.array([v["r2max_p10"] for v in table.values()])
-        p90 = np.array([v["r2max_p90"] for v in table.values()])
-        line, = ax.plot(mags, med, marker="o", label=f"CRLB {name} (median, p10-p90)")
-        ax.fill_between(mags, p10, p90, color=line.get_color(), alpha=0.2)
-        if all("r2max_bayes" in v for v in table.values()):
-            ax.plot(mags, [v["r2max_bayes"] for v in table.values()], ls="--", color=line.get_color(),
-                    label=f"van Trees {name} (cos$^2$ prior)")
-    if paper:
-        pm = np.array(sorted(PAPER_CEILING))
-        ax.plot(pm, [PAPER_CEILING[m][1] for m in pm], "kx", label="paper 3D (BOSZ, FD)")
-        ax.plot(pm, [PAPER_CEILING[m][2] for m in pm], "k+", label="paper 5D")
-    ax.set(xlabel="HSC i magnitude (calibration setup, 4 x 900 s)", ylabel=r"$R^2_\max$ (log g)", ylim=(-0.02, 1.02))
-    ax.legend(fontsize=7, loc="lower left")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return fig

@@ -33,8 +33,9 @@ def _json_safe(obj):
 
 def cmd_fisher(args) -> int:
     from specvit.fisher.ceiling import (ceiling_by_magnitude, ceiling_by_snr_bin, compute_information,
-                                        default_forward, make_points)
+                                        default_forward)
     from specvit.fisher.information import resolve_free
+    from specvit.fisher.points import make_points
 
     t0 = time.perf_counter()
     forward, _ = default_forward(model_spec=args.model)

@@ -37,7 +37,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from specvit.errors import InputError, LabelRangeError
-from specvit.observe.observer import NORMALISED_MEDIAN
+from specvit.observe.observer import AIRMASS_TABLE_STEP, NORMALISED_MEDIAN
+
+#: Rows per block of :meth:`ForwardModel.observe_torch` on the CPU (a block's float32 arrays stay in the L2 cache).
+CPU_BLOCK_ROWS = 32
 
 
 def _median_normalise_torch(flux: torch.Tensor) -> torch.Tensor:
@@ -190,12 +193,18 @@ class ForwardModel:
         return self.observer.observe(f.astype(dtype, copy=False), conditions, out=out,
                                      return_components=return_components)
 
-    def observe_torch(self, labels: torch.Tensor, conditions) -> TorchObservation:
+    def observe_torch(self, labels: torch.Tensor, conditions, *, block_rows: int | None = None,
+                      threads: int | None = None) -> TorchObservation:
         """The full chain in torch on ``labels``' device and dtype (float32 or float64); no autograd graph.
 
         ``conditions``: a DataFrame of observing conditions (N rows; :func:`~specvit.observe.draw_conditions`).
         The per-spectrum scalars of the conditions (airmass, fibre loss, sky and moon factors) are
         computed in float64 numpy (O(N)); every (N, pixels) operation runs in torch.
+
+        On the CPU the rows go in blocks of ``block_rows`` (default :data:`CPU_BLOCK_ROWS`, so that a
+        block's arrays stay in cache) over ``threads`` worker threads (default
+        ``torch.get_num_threads()``), each running torch single-threaded; on other devices
+        the batch is one block. The result does not depend on either setting.
         """
         from specvit.observe.conditions import check_conditions
 
@@ -208,43 +217,107 @@ class ForwardModel:
         c = check_conditions(conditions, x.shape[0], source="conditions")
         dt, dev = x.dtype, x.device
         t = self._torch_tables(dt, dev)
+        fac = self.observer.condition_factors(c)
+        table_len = t["trans_table"].shape[0]
+        u = (np.clip(fac["airmass"], 1.0, 1.0 + AIRMASS_TABLE_STEP * (table_len - 1)) - 1.0) / AIRMASS_TABLE_STEP
+        i_x = np.minimum(u.astype(np.int64), table_len - 2)
+        rows = {  # per-spectrum scalars, (N,) each, on the device
+            "z": torch.as_tensor(c["redshift"].to_numpy(float), dtype=torch.float64, device=dev),
+            "ebv": torch.as_tensor(c["ext"].to_numpy(float), dtype=dt, device=dev),
+            "mag": torch.as_tensor(c["mag"].to_numpy(float), dtype=torch.float64, device=dev),
+            "i_x": torch.as_tensor(i_x, device=dev), "frac_x": torch.as_tensor(u - i_x, dtype=dt, device=dev),
+            **{k: torch.as_tensor(fac[k], dtype=dt, device=dev) for k in ("a", "b", "sky_fac", "moon_fac", "const")},
+        }
+        n, p = x.shape[0], self.observer.resample_matrix.shape[0]
+        out = TorchObservation(flux=torch.empty((n, p), dtype=dt, device=dev),
+                               error=torch.empty((n, p), dtype=dt, device=dev),
+                               snr=torch.empty(n, dtype=dt, device=dev),
+                               norm_factor=torch.empty(n, dtype=torch.float64, device=dev),
+                               mag_model=torch.empty(n, dtype=torch.float64, device=dev))
+        if dev.type != "cpu" or n == 0:
+            spans = [(0, n)] if n else []
+            threads = 1
+        else:
+            step = max(1, int(block_rows or CPU_BLOCK_ROWS))
+            spans = [(i, min(i + step, n)) for i in range(0, n, step)]
+            threads = max(1, min(int(threads or torch.get_num_threads()), len(spans)))
+
+        def work(span):
+            i, j = span
+            with torch.no_grad():
+                self._observe_block(x[i:j], {k: v[i:j] for k, v in rows.items()}, t, out, i, j)
+
+        if threads == 1:
+            if dev.type == "cpu":
+                with torch.no_grad():
+                    for span in spans:
+                        work(span)
+            else:
+                for span in spans:
+                    work(span)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            def run_share(k):
+                torch.set_num_threads(1)  # this worker thread only
+                for span in spans[k::threads]:
+                    work(span)
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run_share, range(threads)))
+        bad = ~(out.mag_model.isfinite())
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0, 0])
+            raise InputError(f"model flux has no positive flux in the HSC i band (row {i})", field="model_flux")
+        bad = ~(out.norm_factor > 0)
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0, 0])
+            raise InputError(f"median model flux over the PFS arm is not positive (row {i})", field="model_flux")
+        return out
+
+    def _observe_block(self, x: torch.Tensor, r: dict, t: dict, out: TorchObservation, i: int, j: int) -> None:
+        """Rows i:j of :meth:`observe_torch`: labels ``x`` (B, L), per-row scalars ``r``, device tables ``t``."""
+        dt = x.dtype
         obs = self.observer
-        with torch.no_grad():
-            fused = getattr(self.model, "flux_fused_torch", None)  # the emulator's fast path, on the device
-            f = (fused(x) if fused is not None else self.model.flux(x)).to(dt)  # (N, n_model), model units
-            z = torch.as_tensor(c["redshift"].to_numpy(float), dtype=torch.float64, device=dev)
-            if bool((z != 0).any()):  # F_obs(λ) = F(λ / (1 + z)), linear interpolation on the model grid
-                w = t["model_wave64"]  # positions in float64 (float32 steps are 5e-4 A at 8000 A)
-                xw = w[None, :] / (1.0 + z[:, None])
-                j = (torch.searchsorted(w, xw) - 1).clamp(0, w.shape[0] - 2)
-                frac = ((xw - w[j]) / (w[j + 1] - w[j])).clamp(0.0, 1.0).to(dt)
-                f = f.gather(1, j) * (1 - frac) + f.gather(1, j + 1) * frac
-            ebv = c["ext"].to_numpy(float)
-            if np.any(ebv > 0):
-                f = f * torch.pow(10.0, -0.4 * torch.as_tensor(ebv, dtype=dt, device=dev)[:, None] * t["ccm_a"][None])
-            phot = obs.photometry.integral_from_projection(f @ t["projector"])
-            if not bool((phot > 0).all()):
-                i = int(torch.nonzero(~(phot > 0))[0, 0])
-                raise InputError(f"model flux has no positive flux in the HSC i band (row {i})", field="model_flux")
-            mag_model = -2.5 * torch.log10(phot / obs.photometry.ab_norm)
-            mag = torch.as_tensor(c["mag"].to_numpy(float), dtype=torch.float64, device=dev)
-            scale = torch.pow(10.0, -0.4 * (mag - mag_model))  # model units -> erg/s/cm^2/A
-            fc = self._resample_torch(f, t)  # (N, P), model units
-            med = _median_torch(fc)
-            if not bool((med > 0).all()):
-                i = int(torch.nonzero(~(med > 0))[0, 0])
-                raise InputError(f"median model flux over the PFS arm is not positive (row {i})", field="model_flux")
-            norm = NORMALISED_MEDIAN / med
-            response, var = self._response_background_torch(c, t)
-            response = response * scale.to(dt)[:, None]  # electrons per model unit
-            obj = fc * response
-            var = var + obj.clamp(min=0)
-            err = var.sqrt()
-            snr = _median_torch(obj / err)
-            error = err / response * norm[:, None]
-            flux = fc * norm[:, None]
-        return TorchObservation(flux=flux, error=error, snr=snr, norm_factor=norm.double() / scale,
-                                mag_model=mag_model)
+        fused = getattr(self.model, "flux_fused_torch", None)  # the emulator's fast path, on the device
+        f = (fused(x) if fused is not None else self.model.flux(x)).to(dt)  # (B, n_model), model units
+        z = r["z"]
+        if bool((z != 0).any()):  # F_obs(λ) = F(λ / (1 + z)), linear interpolation on the model grid
+            w = t["model_wave64"]  # positions in float64 (float32 steps are 5e-4 A at 8000 A)
+            xw = w[None, :] / (1.0 + z[:, None])
+            jj = (torch.searchsorted(w, xw) - 1).clamp(0, w.shape[0] - 2)
+            frac = ((xw - w[jj]) / (w[jj + 1] - w[jj])).clamp(0.0, 1.0).to(dt)
+            f = f.gather(1, jj) * (1 - frac) + f.gather(1, jj + 1) * frac
+        if bool((r["ebv"] > 0).any()):  # reddening, CCM89 with R_V = 3.1
+            f = f * torch.pow(10.0, -0.4 * r["ebv"][:, None] * t["ccm_a"][None])
+        phot = obs.photometry.integral_from_projection(f @ t["projector"])
+        mag_model = -2.5 * torch.log10(phot / obs.photometry.ab_norm)  # not finite where phot <= 0: the caller refuses
+        scale = torch.pow(10.0, -0.4 * (r["mag"] - mag_model))  # model units -> erg/s/cm^2/A
+        fc = self._resample_torch(f, t)  # (B, P), model units
+        med = _median_torch(fc)
+        norm = NORMALISED_MEDIAN / med
+        # electrons per unit F_λ and the non-object variance (PFSObserver.response_and_background)
+        lo = t["trans_table"][r["i_x"]]
+        response = torch.lerp(lo, t["trans_table"][r["i_x"] + 1], r["frac_x"][:, None])
+        response *= t["base"] * r["a"][:, None] + t["base_u"] * r["b"][:, None]
+        sf = r["sky_fac"][:, None]
+        var = sf * t["floor2"]
+        var += t["sky_rate"]
+        var *= sf
+        var += r["const"][:, None]
+        if bool((r["moon_fac"] > 0).any()):
+            var += r["moon_fac"][:, None] * t["moon"]
+        response *= scale.to(dt)[:, None]  # electrons per model unit
+        obj = fc * response
+        var += obj.clamp(min=0)
+        err = var.sqrt_()
+        out.snr[i:j] = _median_torch(obj.div_(err))
+        nf = norm.to(dt)[:, None]
+        torch.div(err, response, out=out.error[i:j])
+        out.error[i:j] *= nf
+        torch.mul(fc, nf, out=out.flux[i:j])
+        out.norm_factor[i:j] = torch.where(med > 0, norm.double() / scale, torch.zeros_like(scale))
+        out.mag_model[i:j] = mag_model
 
     def sample(self, obs, noise_level, generator: torch.Generator) -> torch.Tensor:
         """A noisy draw ``flux + noise_level · error · z`` of a :class:`TorchObservation` (or numpy
@@ -280,154 +353,6 @@ class ForwardModel:
         """(N, n_model) → (N, P) = f Rᵀ with the sparse LSF + resampling matrix."""
         return (t["resample"] @ f.T).T
 
-    def _response_background_torch(self, c, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """Electrons per unit F_λ (N, P) and the non-object variance (N, P), as ``PFSObserver.response_and_background``."""
-        from specvit.observe.observer import _X_STEP
-
-        fac = self.observer.condition_factors(c)
-        dev, dt = t["base"].device, t["base"].dtype
-        col = lambda k: torch.as_tensor(fac[k], dtype=dt, device=dev)[:, None]  # noqa: E731
-        table = t["trans_table"]
-        u = (np.clip(fac["airmass"], 1.0, 1.0 + _X_STEP * (table.shape[0] - 1)) - 1.0) / _X_STEP
-        i = np.minimum(u.astype(np.int64), table.shape[0] - 2)
-        frac = torch.as_tensor(u - i, dtype=dt, device=dev)[:, None]
-        it = torch.as_tensor(i, device=dev)
-        lo = table[it]
-        trans = lo + frac * (table[it + 1] - lo)
-        response = trans * (t["base"] * col("a") + t["base_u"] * col("b"))
-        sf = col("sky_fac")
-        background = sf * (t["sky_rate"] + sf * t["floor2"]) + col("const")
-        if np.any(fac["moon_fac"] > 0):
-            background = background + col("moon_fac") * t["moon"]
-        return response, background
-
-    def model_flux(self, labels) -> np.ndarray:
-        """The model's own F_lambda (N, n_model) as float64 numpy (no instrument)."""
-        labels = np.asarray(labels, dtype=np.float64)
-        if self.differentiable:
-            with torch.no_grad():
-                return self.model.flux(torch.as_tensor(labels)).detach().numpy().astype(np.float64)
-        return np.asarray(self.model.flux(labels, extrapolate=True), dtype=np.float64)
-
-    def value_and_jacobian(self, labels, *, method: str = "auto", steps=None, return_model_flux: bool = False):
-        """μ(θ) (N, P) and J = ∂μ/∂θ (N, P, L), float64 numpy (+ the model flux F (N, n_model) if asked).
-
-        With an observer, the model Jacobian dF/dθ on the model grid (forward-mode AD,
-        or central differences) is pushed through the observer's linear part with its
-        sparse ``resample_matrix`` R, and the median normalisation is differentiated
-        analytically: fc = R F, μ = ν fc with ν = 0.5 / median(fc), so
-        dμ = ν (R dF − fc · d median / median), where the median's derivative is that of the median pixel(s) (as autograd
-        through ``normalised_torch`` gives; tested against it). Cheaper than AD
-        through the torch sparse product.
-        """
-        labels = np.asarray(labels, dtype=np.float64)
-        if method == "auto":
-            method = "autograd" if self.differentiable else "fd"
-        if self.observer is None:
-            if method == "autograd":
-                mu, jac = jvp_stacked(self.mu, torch.as_tensor(labels))
-                out = (mu.numpy().astype(np.float64), jac.numpy().astype(np.float64))
-            else:
-                out = (self.numpy(labels), jacobian(self, labels, method=method, steps=steps))
-            return (*out, self.model_flux(labels)) if return_model_flux else out
-        if method == "autograd":
-            f, df = jvp_stacked(lambda x: self.model.flux(x), torch.as_tensor(labels))
-            f, df = f.numpy().astype(np.float64), df.numpy().astype(np.float64)
-        elif method == "fd":
-            if steps is None:
-                raise InputError("finite differences need steps (one per label)", field="steps")
-            f = self.model_flux(labels)
-            df = jacobian_fd(self.model_flux, labels, steps, bounds=(self.lower, self.upper))
-        else:
-            raise InputError("unknown Jacobian method (autograd, fd, auto)", field="method", value=method)
-        n, n_model, n_lab = df.shape
-        r = self.observer.resample_matrix
-        fc = np.asarray(r @ f.T).T  # (N, P)
-        dfc = np.asarray(r @ df.transpose(1, 0, 2).reshape(n_model, n * n_lab)).reshape(-1, n, n_lab)
-        dfc = dfc.transpose(1, 0, 2)  # (N, P, L)
-        p = fc.shape[1]
-        part = np.argpartition(fc, [(p - 1) // 2, p // 2], axis=1)
-        mid = part[:, [(p - 1) // 2, p // 2]]  # the median pixel(s): one or two middle values
-        rows = np.arange(n)[:, None]
-        med = fc[rows, mid].mean(1)
-        dmed = dfc[rows, mid].mean(1)  # (N, L)
-        nu = NORMALISED_MEDIAN / med
-        mu = fc * nu[:, None]
-        jac = nu[:, None, None] * (dfc - fc[:, :, None] * (dmed / med[:, None])[:, None, :])
-        return (mu, jac, f) if return_model_flux else (mu, jac)
-
-    def _matrix_as(self, dtype):
-        """The observer's sparse LSF + resampling matrix in ``dtype`` (cached)."""
-        cache = self.__dict__.setdefault("_matrices", {})
-        key = np.dtype(dtype).str
-        if key not in cache:
-            cache[key] = self.observer.resample_matrix.tocsr().astype(dtype)
-        return cache[key]
-
-    def observed_jacobian(self, labels, *, method: str = "auto", steps=None) -> ObservedJacobian:
-        """μ and ∂μ/∂θ (label-major) through the observer: the fast route of the ceiling.
-
-        Same mathematics as :meth:`value_and_jacobian` (dμ = ν (R dF − fc · d median /
-        median)), but (1) dF/dθ of the emulator comes from its analytic chain rule
-        (:func:`specvit.fisher.model_jacobian.model_flux_and_jacobian`; autograd for
-        other models), (2) the sparse product R dF runs in the model's dtype (float32
-        for the emulator: 30 terms per pixel, relative rounding ~1e-7) directly on the
-        (N·L, n_model) layout, without float64 copies of the model-grid Jacobian, and
-        (3) the model flux is computed once and its validity checked here. Everything
-        after the sparse product is float64. Tested equal to :meth:`value_and_jacobian`.
-        """
-        if self.observer is None:
-            raise InputError("observed_jacobian needs an observer", field="observer")
-        labels = np.asarray(labels, dtype=np.float64)
-        if method == "auto":
-            method = "autograd" if self.differentiable else "fd"
-        if method == "autograd":
-            f_t, df_t = model_flux_and_jacobian(self.model, torch.as_tensor(labels))
-            ft, dft = f_t.detach().numpy(), df_t.detach().numpy()  # (n_model, N), (n_model, N, L)
-        elif method == "fd":
-            if steps is None:
-                raise InputError("finite differences need steps (one per label)", field="steps")
-            ft = self.model_flux(labels).T
-            dft = np.ascontiguousarray(
-                jacobian_fd(self.model_flux, labels, steps, bounds=(self.lower, self.upper)).transpose(1, 0, 2))
-        else:
-            raise InputError("unknown Jacobian method (autograd, fd, auto)", field="method", value=method)
-        valid = np.all(np.isfinite(ft), axis=0) & np.all(ft > 0, axis=0)
-        n_model, n, n_lab = dft.shape
-        r = self._matrix_as(dft.dtype)
-        with np.errstate(invalid="ignore", over="ignore"):  # invalid points are dropped just below
-            # R F in float64 (as the reference route): the median pixel is chosen from it, and two pixels
-            # can be within float32 rounding of each other at the median rank
-            fc = np.asarray((self._matrix_as(np.float64) @ ft.astype(np.float64)).T)  # (N, P), model flux units
-            p = fc.shape[1]
-            dfc = (r @ dft.reshape(n_model, n * n_lab)).reshape(p, n, n_lab)  # pixel-major, model dtype
-        if not valid.all():  # drop after the product: the observed arrays are the smaller ones
-            ft, fc, dfc = ft[:, valid], fc[valid], dfc[:, valid]
-            n = int(valid.sum())
-        part = np.argpartition(fc, [(p - 1) // 2, p // 2], axis=1)
-        mid = part[:, [(p - 1) // 2, p // 2]]  # the median pixel(s)
-        rows = np.arange(n)[:, None]
-        med = fc[rows, mid].mean(1)
-        dmed = dfc[mid.T[:, :, None], rows[None], np.arange(n_lab)[None, None, :]].mean(0, dtype=np.float64)  # (N, L)
-        nu = NORMALISED_MEDIAN / med
-        jac = np.empty((n, n_lab, p))
-        np.multiply(dfc.transpose(1, 2, 0), nu[:, None, None], out=jac)  # the one transposing pass, to float64
-        slope = nu[:, None] * dmed / med[:, None]  # (N, L)
-        for lab in range(n_lab):
-            jac[:, lab] -= slope[:, lab:lab + 1] * fc
-        return ObservedJacobian(valid=valid, model_flux=ft.T, resampled=fc, median=med, mu=fc * nu[:, None], jac=jac)
-
-    def numpy(self, labels) -> np.ndarray:
-        """μ(θ) as float64 numpy, (N, L) → (N, P), for any model."""
-        labels = np.asarray(labels, dtype=np.float64)
-        if self.differentiable:
-            with torch.no_grad():
-                return self.mu(torch.as_tensor(labels, dtype=torch.float64)).numpy()
-        flux = np.asarray(self.model.flux(labels, extrapolate=True), dtype=np.float64)
-        if self.observer is not None:
-            with torch.no_grad():
-                return self.observer.normalised_torch(torch.as_tensor(flux)).numpy()
-        return flux * (NORMALISED_MEDIAN / np.median(flux, axis=-1, keepdims=True))
 
 
 def jvp_stacked(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -545,12 +470,18 @@ def _accepts_dtype(model) -> bool:
 
 
 def _median_torch(x: torch.Tensor) -> torch.Tensor:
-    """Median over the last axis as numpy defines it (mean of the two middle values for even n)."""
+    """Median over the last axis as numpy defines it (mean of the two middle values for even n), no autograd.
+
+    One selection (``torch.median`` gives the lower middle value); the upper middle value is the
+    smallest one above it, unless the lower one fills both middle ranks (ties).
+    """
     n = x.shape[-1]
+    lo = x.median(dim=-1).values
     if n % 2:
-        return x.kthvalue(n // 2 + 1, dim=-1).values
-    lo = x.kthvalue(n // 2, dim=-1).values
-    hi = x.kthvalue(n // 2 + 1, dim=-1).values
+        return lo
+    le = x <= lo[..., None]
+    hi = x.masked_fill(le, float("inf")).amin(dim=-1)
+    hi = torch.where(le.sum(-1) > n // 2, lo, hi)
     return 0.5 * (lo + hi)
 
 

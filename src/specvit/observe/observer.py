@@ -39,7 +39,8 @@ from specvit.physics import AB_ZERO_FNU, C_LIGHT_A_S, H_C_ERG_A, planck_shape
 NORMALISED_MEDIAN = 0.5
 _SUN_TEFF_K = 5778.0
 _V_WAVE_A = 5500.0
-_X_STEP = 0.02
+#: airmass step of the tabulated atmospheric transmission 10^(-0.4 k X)
+AIRMASS_TABLE_STEP = 0.02
 #: PFS pixels per dense band of the LSF + resampling product (16-32 fastest, measured)
 _BAND_PIXELS = 16
 
@@ -172,7 +173,7 @@ class PFSObserver:
         self.extinction_k = np.interp(w, kw, kk)
         # transmission 10^(-0.4 k X) tabulated on an airmass grid, interpolated linearly in X
         # (error < 1e-5 for k < 0.5 mag/airmass), so no exp over (N, 4096) on the hot path
-        self._x_grid = np.arange(1.0, 5.0 + _X_STEP, _X_STEP)
+        self._x_grid = np.arange(1.0, 5.0 + AIRMASS_TABLE_STEP, AIRMASS_TABLE_STEP)
         self._trans_table = 10 ** (-0.4 * self._x_grid[:, None] * self.extinction_k[None, :])
         # night sky: resample through the LSF, scale to the dark-sky i-band brightness
         sw, sf, s_res = atm.load_sky(cfg.sky_file, cfg.sky_file_resolution)
@@ -245,7 +246,7 @@ class PFSObserver:
         return f
 
     def _transmission(self, X: np.ndarray, dtype) -> np.ndarray:
-        u = (np.clip(X, 1.0, self._x_grid[-1]) - 1.0) / _X_STEP
+        u = (np.clip(X, 1.0, self._x_grid[-1]) - 1.0) / AIRMASS_TABLE_STEP
         i = np.minimum(u.astype(np.int64), len(self._x_grid) - 2)
         t = (u - i).astype(dtype)[:, None]
         table = self._as(dtype, "trans_table", self._trans_table)
