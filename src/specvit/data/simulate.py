@@ -47,6 +47,10 @@ class LabelDist:
     beta_b: float = 0.7
 
     def __post_init__(self):
+        for name in ("low", "high", "beta_a", "beta_b"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ConfigError("must be a finite number", field=name, value=v)
         if not self.low <= self.high:
             raise ConfigError("low > high", field="low", value=[self.low, self.high])
         if self.dist == "beta" and not (self.beta_a > 0 and self.beta_b > 0):
