@@ -238,19 +238,23 @@ def load_config(cls: type[T], path=None, overrides=(), *, data: dict | None = No
         merged.update(loaded)
     if data:
         merged = _deep_merge(merged, data)
-    keys = []
     for ov in overrides:
         key, value = parse_override(ov)
         _set_dotted(merged, key, value, cls=cls, source=f"--set {ov}")
-        keys.append((key, ov))
     try:
         return _from_dict(cls, merged, source=source)
-    except ConfigError as e:  # name the --set that gave the bad value (the last one for that key wins)
-        field = str(e.field or "")
-        for key, ov in reversed(keys):
-            if field == key or field.startswith(key + "."):
-                raise type(e)(getattr(e, "message", str(e)), file=f"--set {ov}", field=e.field, value=e.value) from None
-        raise
+    except ConfigError as e:
+        raise name_override(e, overrides) from None
+
+
+def name_override(e: ConfigError, overrides=()) -> ConfigError:
+    """``e`` with ``file='--set key=value'`` when that override gave the bad field (the last one for it wins)."""
+    field = str(e.field or "")
+    for ov in reversed(list(overrides)):
+        key = ov.split("=", 1)[0].strip()
+        if field == key or field.startswith(key + "."):
+            return type(e)(getattr(e, "message", str(e)), file=f"--set {ov}", field=e.field, value=e.value)
+    return e
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

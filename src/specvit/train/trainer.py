@@ -117,7 +117,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, dist: DistInfo | None = None, callbacks: list[Callable] = ()):
-        self.cfg = cfg
+        self.cfg = cfg.validate()  # cheap; a config built in code gets the same checks as a file
         self.dist = dist if dist is not None else init_distributed(cfg.run.device)
         self.device = self.dist.device
         self.callbacks = list(callbacks)
@@ -471,7 +471,7 @@ class Trainer:
     def _save_model(self, result: dict) -> None:
         from specvit.models.io import save_model
 
-        extras = {"training_ranges": self.training_ranges(), "train_config": config_to_dict(self.cfg),
+        extras = {"training_ranges": self.training_ranges(), "train_config": _jsonable(config_to_dict(self.cfg)),
                   "metrics": _jsonable(result)}
         save_model(self.out_dir / "model", self.model, label_names=list(self.label_names),
                    label_mean=self.scaler_labels.mean.tolist(), label_std=self.scaler_labels.std.tolist(),
