@@ -100,7 +100,26 @@ def open_splits(d: "DataConfig"):
         raise
     train, val, test = opened
     counts = (n_rows(train, d.max_train_rows), n_rows(val, d.max_val_rows), n_rows(test, d.max_test_rows))
+    try:
+        check_splits(opened, counts, d.labels)
+    except BaseException:
+        for ds in opened:
+            ds.close()
+        raise
     return (train, val, test), counts
+
+
+def check_splits(opened, counts, labels) -> None:
+    """The shared dataset checks (:func:`specvit.data.checks.check_dataset`) of train / val / test, before any
+    fitting: val and test on the training grid, finite flux, usable errors, finite labels; every problem at once."""
+    from specvit.data.checks import check_dataset, raise_problems
+
+    train = opened[0]
+    reports = [check_dataset(ds, role=f"{split} (data.{split})", label_names=labels, n_rows=n,
+                             ref_wave=None if split == "train" else train.wave, ref_name="the training set",
+                             raise_errors=False)
+               for ds, n, split in zip(opened, counts, ("train", "val", "test"))]
+    raise_problems(reports)
 
 
 def checked_labels(ds, names, stop: int) -> np.ndarray:

@@ -48,6 +48,7 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
                     device: str = "cpu", max_rows: int | None = None) -> pd.DataFrame:
     """Predict every row of ``input_path`` (streamed in batches); returns the catalogue DataFrame."""
     from specvit.data import open_dataset
+    from specvit.data.checks import check_dataset
     from specvit.models.io import load_model
 
     if not (math.isfinite(noise_level) and noise_level >= 0):
@@ -68,10 +69,11 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
         if n_model is not None and n_pix != n_model:
             raise InputError(f"spectra have {n_pix} pixels but the model takes {n_model}", file=str(input_path),
                              field="spectrumdataset/wave", value=n_pix)
-        if meta.wave_A is not None and len(meta.wave_A) == n_pix and not np.allclose(ds.wave, meta.wave_A, atol=1e-3):
-            raise InputError("wavelength grid differs from the training grid", file=str(input_path),
-                             field="spectrumdataset/wave")
         n = len(ds) if max_rows is None else min(len(ds), int(max_rows))
+        # the shared dataset checks, before any prediction: grid vs the model's, negative errors;
+        # rows with NaN/inf flux or error are flagged (flag_nan_input), as documented above
+        check_dataset(ds, role="predict input (--input)", n_rows=n, ref_wave=meta.wave_A,
+                      ref_name="the model's training set", nonfinite="flag")
         ids = ds.params["id"].to_numpy()[:n] if "id" in ds.params.columns else np.arange(n)
         mean_out = np.full((n, len(names)), np.nan)
         err_out = np.full((n, len(names)), np.nan)
