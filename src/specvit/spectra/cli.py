@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +230,8 @@ def _cmd_spectrum(args) -> int:
     model = default_model()
     labels = np.array([[args.teff, args.logg, args.mh, args.alpha, args.carbon]])
     model.check_labels(labels, extrapolate=args.extrapolate, source="command line")
-    with np.errstate(all="ignore"):  # non-finite results are refused below, with one clear message
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # non-finite results are refused below, clearly
+        warnings.simplefilter("ignore", RuntimeWarning)
         flux = model.flux(labels, extrapolate=args.extrapolate)[0]
         cont = model.continuum(labels, extrapolate=args.extrapolate)[0]
         bad = ~(np.isfinite(flux) & np.isfinite(cont) & np.isfinite(flux / cont))
