@@ -302,3 +302,10 @@ def test_train_refuses_negative_error_before_building_the_model(data, tmp_path):
     cfg = load_train_config(data=_train_cfg(data, tmp_path / "run", train=[str(train)]))
     with pytest.raises(InputError, match="row 50"):
         Trainer(cfg)
+
+
+def test_simulate_magnitude_must_be_sane(tmp_path, capsys):
+    rc = main(["simulate", "--out", str(tmp_path / "s.h5"), "--n", "4", "--seed", "0", "--set", "observing.mag=-20"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "observing.mag" in err and "[10, 30]" in err
+    assert not (tmp_path / "s.h5").exists()

@@ -31,6 +31,9 @@ ERROR_KEY = "dataset/arrays/error/value"
 WAVE_KEY = "spectrumdataset/wave"
 PARAMS_KEY = "dataset/params"
 
+#: magnitudes (HSC i, AB) a simulation or a Fisher ceiling accepts: beyond them the observer's SNR is meaningless
+MAG_RANGE = (10.0, 30.0)
+
 #: rows named in a message (the count says how many there are in all)
 MAX_ROWS_SHOWN = 5
 #: two grids are the same if no pixel differs by more than this, Angstrom

@@ -107,6 +107,12 @@ class SimulateConfig:
             raise ConfigError("must be >= 1", field="chunk_size", value=self.chunk_size)
         if self.max_redraws < 0:
             raise ConfigError("must be >= 0", field="max_redraws", value=self.max_redraws)
+        from specvit.data.checks import MAG_RANGE
+
+        lo, hi = self.observing.ranges()["mag"]
+        if not (MAG_RANGE[0] <= lo and hi <= MAG_RANGE[1]):
+            raise ConfigError(f"magnitudes must be HSC i AB magnitudes in [{MAG_RANGE[0]:g}, {MAG_RANGE[1]:g}]",
+                              field="observing.mag", value=self.observing.mag)
 
 
 # --------------------------------------------------------------------------- model

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from specvit.data.checks import MAG_RANGE  # the HSC i AB magnitudes --mags accepts
 from specvit.errors import InputError
 from specvit.observe.conditions import CALIBRATION_MAGS
 
@@ -31,8 +32,6 @@ def _json_safe(obj):
     return obj
 
 
-#: the magnitudes ``--mags`` accepts (HSC i, AB): beyond them the observer's SNR is meaningless
-MAG_RANGE = (10.0, 30.0)
 
 
 def check_mags(mags) -> list[float]:
