@@ -309,3 +309,19 @@ def test_simulate_magnitude_must_be_sane(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "observing.mag" in err and "[10, 30]" in err
     assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize("args, field", [(["--prior-taper", "nan"], "--prior-taper"),
+                                         (["--fd-steps", "250", "0", "nan", "0.25", "0.25"], "--fd-steps"),
+                                         (["--noise-level", "inf"], "--noise-level")])
+def test_fisher_other_numbers_checked_before_any_work(capsys, args, field):
+    rc = main(["fisher", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and field in err
+
+
+def test_predict_batch_size_must_be_positive(data, tmp_path, capsys):
+    _save(tmp_path / "model", "log_g", 3.0, 1.15)
+    rc = main(["predict", "--model", str(tmp_path / "model"), "--input", str(data / "test.h5"),
+               "--out", str(tmp_path / "c.csv"), "--batch-size", "0"])
+    assert rc == 2 and "--batch-size" in capsys.readouterr().err

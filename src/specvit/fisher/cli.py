@@ -53,6 +53,10 @@ def cmd_fisher(args) -> int:
     args.mags = check_mags(args.mags)  # before the (slow) model is built
     if not (np.isfinite(args.noise_level) and args.noise_level > 0):
         raise InputError("must be a finite number > 0", field="--noise-level", value=args.noise_level)
+    if not 0 < args.prior_taper <= 0.5:
+        raise InputError("must be in (0, 0.5]", field="--prior-taper", value=args.prior_taper)
+    if args.fd_steps and not all(np.isfinite(s) and s > 0 for s in args.fd_steps):
+        raise InputError("finite-difference steps must be finite numbers > 0", field="--fd-steps", value=args.fd_steps)
     forward, _ = default_forward(model_spec=args.model)
     names = list(forward.label_names)
     tgt, free_idx = resolve_free(names, args.label, args.nuisance)  # checks the label early

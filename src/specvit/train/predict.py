@@ -53,6 +53,10 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
 
     if not (math.isfinite(noise_level) and noise_level >= 0):
         raise InputError("noise level must be finite and >= 0", field="--noise-level", value=noise_level)
+    if int(batch_size) < 1:
+        raise InputError("must be >= 1", field="--batch-size", value=batch_size)
+    if max_rows is not None and int(max_rows) < 1:
+        raise InputError("must be >= 1", field="max_rows", value=max_rows)
     model, meta = load_model(model_dir, map_location=device)
     if meta.label_mean is None or not meta.label_names:
         raise InputError("model directory has no label names / scaler", file=str(model_dir), field="label_scaler")
