@@ -93,6 +93,8 @@ def test_simulate_help_example_runs_to_the_model_check(tmp_path, capsys):
     ("run.max_steps=0", "run.max_steps"),
     ("optim.betas=[0.9,.nan]", "optim.betas"),
     ("loss.huber_delta=-1", "loss.huber_delta"),
+    ("schedule.warmup_frac=2", "schedule.warmup_frac"),
+    ("run.eval_every_steps=0", "run.eval_every_steps"),
 ])
 def test_bad_optimiser_setting_is_refused_before_training(data, tmp_path, capsys, override, field):
     cfg = tmp_path / "cfg.yaml"
