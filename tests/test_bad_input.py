@@ -327,3 +327,13 @@ def test_predict_batch_size_must_be_positive(data, tmp_path, capsys):
     rc = main(["predict", "--model", str(tmp_path / "model"), "--input", str(data / "test.h5"),
                "--out", str(tmp_path / "c.csv"), "--batch-size", "0"])
     assert rc == 2 and "--batch-size" in capsys.readouterr().err
+
+
+def test_integer_key_given_infinity_is_a_config_error(data, tmp_path):
+    from specvit.train import load_train_config
+
+    base = _train_cfg(data, tmp_path / "run")
+    with pytest.raises(ConfigError, match="must be int") as e:
+        load_train_config(data=base, overrides=["run.epochs=.inf"])
+    assert "run.epochs" in str(e.value)
+    assert base["run"]["epochs"] == 1  # an override never edits the caller's dict

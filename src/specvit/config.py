@@ -12,6 +12,7 @@ in the file or in an override, is an error that names the file and the key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -102,7 +103,7 @@ def _coerce(value, tp, *, key: str, source):
                     raise ValueError
                 return int(f)
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise ConfigError(f"must be {tp.__name__}", file=source, field=key, value=value) from None
     if tp is str:
         if value is None:
@@ -237,7 +238,7 @@ def load_config(cls: type[T], path=None, overrides=(), *, data: dict | None = No
             raise ConfigError("top level of a config must be a mapping", file=source)
         merged.update(loaded)
     if data:
-        merged = _deep_merge(merged, data)
+        merged = _deep_merge(merged, copy.deepcopy(data))  # overrides below must not edit the caller's dict
     for ov in overrides:
         key, value = parse_override(ov)
         _set_dotted(merged, key, value, cls=cls, source=f"--set {ov}")
