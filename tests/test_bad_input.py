@@ -337,3 +337,24 @@ def test_integer_key_given_infinity_is_a_config_error(data, tmp_path):
         load_train_config(data=base, overrides=["run.epochs=.inf"])
     assert "run.epochs" in str(e.value)
     assert base["run"]["epochs"] == 1  # an override never edits the caller's dict
+
+
+@pytest.mark.parametrize("override, field", [("observing.seeing_arcsec=[-1,2]", "observing.seeing_arcsec"),
+                                             ("observing.exp_count=0", "observing.exp_count"),
+                                             ("labels.log_g.beta_a=-1", "labels.log_g.beta_a")])
+def test_simulate_other_ranges_checked_when_read(override, field):
+    from specvit.data.simulate import SimulateConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(SimulateConfig, overrides=[override])
+    assert field in str(e.value) and f"--set {override}" in str(e.value)
+
+
+@pytest.mark.parametrize("override, field", [("data.max_train_rows=-3", "data.max_train_rows"),
+                                             ("n_estimators=0", "n_estimators")])
+def test_baseline_section_errors_name_the_full_key_and_the_set(override, field):
+    from specvit.baselines.gbm import LightGBMConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(LightGBMConfig, data={"data": {"train": "a", "val": "b", "test": "c"}}, overrides=[override])
+    assert f"field='{field}'" in str(e.value) and f"--set {override}" in str(e.value)

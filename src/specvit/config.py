@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from specvit.errors import ConfigError
+from specvit.errors import ConfigError, InputError
 
 T = TypeVar("T")
 
@@ -175,11 +175,12 @@ def _from_dict(cls: type[T], data: dict, *, prefix: str = "", source=None) -> T:
         kwargs[k] = value
     try:
         return cls(**kwargs)
-    except ConfigError as e:
+    except InputError as e:  # a section's own check (ConfigError, or InputError from a shared dataclass)
         field = e.field
         if prefix and field is not None and not str(field).startswith(prefix):
-            field = prefix + str(field)  # a section's own check knows only its key: name the full path
-        raise type(e)(getattr(e, "message", str(e)), file=e.file or source, field=field, value=e.value) from None
+            field = prefix + str(field)  # it knows only its key: name the full path
+        cls_e = type(e) if isinstance(e, ConfigError) else ConfigError
+        raise cls_e(getattr(e, "message", str(e)), file=e.file or source, field=field, value=e.value) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e), file=source, field=prefix.rstrip(".") or cls.__name__) from None
 
