@@ -74,8 +74,18 @@ def test_partial_label_mapping_in_a_file(tmp_path):
     assert (cfg.labels.T_eff.low, cfg.labels.T_eff.high) == (4000.0, 6000.0)
 
 
-def test_simulate_help_example_runs_to_the_model_check(tmp_path, capsys):
-    """The help's own example parses; a NaN bound is named as NaN (not as "low > high")."""
+def test_simulate_help_example_runs(tmp_path, capsys):
+    """`simulate --help`'s own example, on 8 spectra."""
+    out = tmp_path / "t.h5"
+    rc = main(["simulate", "--out", str(out), "--n", "8", "--seed", "4", "--set", "labels.log_g.dist=beta",
+               "--set", "labels.T_eff.low=4000", "--no-progress", "--set", "chunk_size=8"])
+    assert rc == 0, capsys.readouterr().err
+    p = pd.read_hdf(out, "dataset/params")
+    assert p["log_g"].between(1.0, 5.0).all() and p["T_eff"].between(4000.0, 6000.0).all()
+
+
+def test_simulate_nan_bound_is_named_as_nan(tmp_path, capsys):
+    """A NaN bound is named as NaN (not as "low > high"), before anything is written."""
     out = tmp_path / "sim.h5"
     rc = main(["simulate", "--out", str(out), "--n", "4", "--seed", "0", "--set", "labels.T_eff.low=.nan"])
     err = capsys.readouterr().err
