@@ -76,8 +76,8 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
         n = len(ds) if max_rows is None else min(len(ds), int(max_rows))
         # the shared dataset checks, before any prediction: grid vs the model's, negative errors;
         # rows with NaN/inf flux or error are flagged (flag_nan_input), as documented above
-        check_dataset(ds, role="predict input (--input)", n_rows=n, ref_wave=meta.wave_A,
-                      ref_name="the model's training set", nonfinite="flag")
+        report = check_dataset(ds, role="predict input (--input)", n_rows=n, ref_wave=meta.wave_A,
+                               ref_name="the model's training set", nonfinite="flag")
         ids = ds.params["id"].to_numpy()[:n] if "id" in ds.params.columns else np.arange(n)
         mean_out = np.full((n, len(names)), np.nan)
         err_out = np.full((n, len(names)), np.nan)
@@ -88,7 +88,7 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
             b = min(a + batch_size, n)
             flux = np.asarray(ds.flux[a:b], dtype=np.float32)
             error = np.asarray(ds.error[a:b], dtype=np.float32)
-            bad = ~(np.isfinite(flux).all(axis=1) & np.isfinite(error).all(axis=1))
+            bad = report.flagged[a:b]  # the check's policy: NaN/inf flux, unusable (non-negative) error pixels
             nan_in[a:b] = bad
             # SNR of what the model sees: the stored flux at noise level X (the noiseless flux when we add noise)
             snr[a:b] = spectrum_snr(flux, error, noise_level if noise_level > 0 else 1.0)
