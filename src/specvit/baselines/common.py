@@ -147,11 +147,13 @@ def noisy_chunk(ds, start: int, stop: int, *, noise_level: float, seed: int) -> 
 
     flux = np.asarray(ds.flux[start:stop], dtype=np.float32)
     error = np.asarray(ds.error[start:stop], dtype=np.float32)
-    for name, a in (("flux", flux), ("error", error)):
-        bad = ~np.isfinite(a)
+    from specvit.data.checks import bad_error_pixels, bad_flux_pixels
+
+    for name, bad in (("flux", bad_flux_pixels(flux)), ("error", bad_error_pixels(error))):
         if bad.any():
             r = start + int(np.argwhere(bad)[0][0])
-            raise InputError(f"non-finite {name} in row {r}", file=_row_file(ds, r), field=f"dataset/arrays/{name}/value")
+            what = "non-finite flux" if name == "flux" else "NaN, inf or negative error"
+            raise InputError(f"{what} in row {r}", file=_row_file(ds, r), field=f"dataset/arrays/{name}/value")
     rows = np.arange(start, stop, dtype=np.int64)
     return fixed_noisy_flux(flux, error, noise_level, rows, seed).astype(np.float32, copy=False)
 
