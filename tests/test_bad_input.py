@@ -2,7 +2,6 @@
 command-line values). Every test here failed on the code before the fix."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import h5py
