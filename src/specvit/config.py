@@ -12,8 +12,10 @@ in the file or in an override, is an error that names the file and the key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 import platform
 import sys
 import types
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from specvit.errors import ConfigError
+from specvit.errors import ConfigError, InputError
 
 T = TypeVar("T")
 
@@ -48,15 +50,17 @@ def _coerce(value, tp, *, key: str, source):
             try:
                 return _coerce(value, a, key=key, source=source)
             except ConfigError as e:  # try next member
-                errors.append(str(e))
-        raise ConfigError(f"value does not fit type {tp}", file=source, field=key, value=value)
+                errors.append(getattr(e, "message", str(e)))
+        why = "; ".join(dict.fromkeys(errors))
+        raise ConfigError(f"value does not fit type {tp} ({why})", file=source, field=key, value=value)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"must be one of {list(args)}", file=source, field=key, value=value)
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = _yaml_value(value, key=key, source=source) if value.strip().startswith("[") \
+                else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
@@ -68,7 +72,7 @@ def _coerce(value, tp, *, key: str, source):
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, key=key, source=source)
         if not isinstance(value, dict):
             raise ConfigError("must be a mapping", file=source, field=key, value=value)
         kt, vt = args if args else (Any, Any)
@@ -99,7 +103,7 @@ def _coerce(value, tp, *, key: str, source):
                     raise ValueError
                 return int(f)
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise ConfigError(f"must be {tp.__name__}", file=source, field=key, value=value) from None
     if tp is str:
         if value is None:
@@ -110,19 +114,73 @@ def _coerce(value, tp, *, key: str, source):
     return value
 
 
+def _yaml_value(text: str, *, key: str, source):
+    """Parse a YAML value given as text (a list / mapping in ``--set``); a syntax error is a ConfigError."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        msg = str(getattr(e, "problem", None) or e).strip()
+        raise ConfigError(f"not a valid YAML value ({msg})", file=source, field=key, value=text) from None
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _check_finite(value, default, *, key: str, source) -> None:
+    """NaN is never a valid config number; +-inf only where the field's own default is infinite."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ConfigError("must be a finite number, not NaN", file=source, field=key, value=value)
+        if math.isinf(value) and not (isinstance(default, float) and math.isinf(default)):
+            raise ConfigError("must be a finite number", file=source, field=key, value=value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(v, None, key=key, source=source)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, None, key=f"{key}.{k}", source=source)
+
+
 def _from_dict(cls: type[T], data: dict, *, prefix: str = "", source=None) -> T:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names = set(fields)
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
             f"unknown config key (known: {', '.join(sorted(names))})", file=source, field=prefix + str(unknown[0])
         )
-    kwargs = {k: _coerce(v, hints[k], key=prefix + k, source=source) for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        hint = hints[k]
+        default = dataclasses.MISSING
+        if _is_dataclass_type(hint) and isinstance(v, dict):
+            # a partial section (e.g. --set labels.log_g.dist=beta) completes the field's DEFAULT value,
+            # which may differ from the section class's own defaults (each label has its own range)
+            default = _field_default(fields[k])
+            if isinstance(default, hint):
+                v = _deep_merge(config_to_dict(default), v)
+        elif isinstance(v, (float, list, tuple, dict)):
+            default = _field_default(fields[k])
+        value = _coerce(v, hint, key=prefix + k, source=source)
+        if not dataclasses.is_dataclass(value):
+            _check_finite(value, default, key=prefix + k, source=source)
+        kwargs[k] = value
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except InputError as e:  # a section's own check (ConfigError, or InputError from a shared dataclass)
+        field = e.field
+        if prefix and field is not None and not str(field).startswith(prefix):
+            field = prefix + str(field)  # it knows only its key: name the full path
+        cls_e = type(e) if isinstance(e, ConfigError) else ConfigError
+        raise cls_e(getattr(e, "message", str(e)), file=e.file or source, field=field, value=e.value) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e), file=source, field=prefix.rstrip(".") or cls.__name__) from None
 
@@ -181,11 +239,24 @@ def load_config(cls: type[T], path=None, overrides=(), *, data: dict | None = No
             raise ConfigError("top level of a config must be a mapping", file=source)
         merged.update(loaded)
     if data:
-        merged = _deep_merge(merged, data)
+        merged = _deep_merge(merged, copy.deepcopy(data))  # overrides below must not edit the caller's dict
     for ov in overrides:
         key, value = parse_override(ov)
         _set_dotted(merged, key, value, cls=cls, source=f"--set {ov}")
-    return _from_dict(cls, merged, source=source)
+    try:
+        return _from_dict(cls, merged, source=source)
+    except ConfigError as e:
+        raise name_override(e, overrides) from None
+
+
+def name_override(e: ConfigError, overrides=()) -> ConfigError:
+    """``e`` with ``file='--set key=value'`` when that override gave the bad field (the last one for it wins)."""
+    field = str(e.field or "")
+    for ov in reversed(list(overrides)):
+        key = ov.split("=", 1)[0].strip()
+        if field == key or field.startswith(key + "."):
+            return type(e)(getattr(e, "message", str(e)), file=f"--set {ov}", field=e.field, value=e.value)
+    return e
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

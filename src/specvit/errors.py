@@ -21,6 +21,7 @@ class InputError(SpecvitError, ValueError):
         if value is not None:
             parts.append(f"value={value!r}")
         super().__init__("; ".join(parts))
+        self.message = message
         self.file, self.field, self.value = file, field, value
 
 

@@ -100,7 +100,26 @@ def open_splits(d: "DataConfig"):
         raise
     train, val, test = opened
     counts = (n_rows(train, d.max_train_rows), n_rows(val, d.max_val_rows), n_rows(test, d.max_test_rows))
+    try:
+        check_splits(opened, counts, d.labels)
+    except BaseException:
+        for ds in opened:
+            ds.close()
+        raise
     return (train, val, test), counts
+
+
+def check_splits(opened, counts, labels) -> None:
+    """The shared dataset checks (:func:`specvit.data.checks.check_dataset`) of train / val / test, before any
+    fitting: val and test on the training grid, finite flux, usable errors, finite labels; every problem at once."""
+    from specvit.data.checks import check_dataset, raise_problems
+
+    train = opened[0]
+    reports = [check_dataset(ds, role=f"{split} (data.{split})", label_names=labels, n_rows=n,
+                             ref_wave=None if split == "train" else train.wave, ref_name="the training set",
+                             raise_errors=False)
+               for ds, n, split in zip(opened, counts, ("train", "val", "test"))]
+    raise_problems(reports)
 
 
 def checked_labels(ds, names, stop: int) -> np.ndarray:
@@ -128,11 +147,13 @@ def noisy_chunk(ds, start: int, stop: int, *, noise_level: float, seed: int) -> 
 
     flux = np.asarray(ds.flux[start:stop], dtype=np.float32)
     error = np.asarray(ds.error[start:stop], dtype=np.float32)
-    for name, a in (("flux", flux), ("error", error)):
-        bad = ~np.isfinite(a)
+    from specvit.data.checks import bad_error_pixels, bad_flux_pixels
+
+    for name, bad in (("flux", bad_flux_pixels(flux)), ("error", bad_error_pixels(error))):
         if bad.any():
             r = start + int(np.argwhere(bad)[0][0])
-            raise InputError(f"non-finite {name} in row {r}", file=_row_file(ds, r), field=f"dataset/arrays/{name}/value")
+            what = "non-finite flux" if name == "flux" else "NaN, inf or negative error"
+            raise InputError(f"{what} in row {r}", file=_row_file(ds, r), field=f"dataset/arrays/{name}/value")
     rows = np.arange(start, stop, dtype=np.int64)
     return fixed_noisy_flux(flux, error, noise_level, rows, seed).astype(np.float32, copy=False)
 

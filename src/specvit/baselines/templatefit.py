@@ -542,6 +542,25 @@ def templatefit_forward(config: TemplateFitConfig, wave=None):
     return fwd
 
 
+def _forward_wave(forward):
+    """The wavelength grid the forward model's spectra are on (the observer's, else the model's), or None."""
+    obs = getattr(forward, "observer", None)
+    wave = getattr(obs, "wave", None) if obs is not None else getattr(getattr(forward, "model", None), "wave", None)
+    return None if wave is None else np.asarray(wave, dtype=np.float64)
+
+
+def _check_input(ds, forward, n: int, n_model_pix: int) -> None:
+    """The shared dataset checks before any fit: the model's grid, flux, errors, and the truth labels the file
+    has (finite, inside the model's label box)."""
+    from specvit.data.checks import check_dataset
+
+    wave = _forward_wave(forward)
+    truth = [k for k in forward.label_names if k in ds.params.columns]
+    check_dataset(ds, role="templatefit input", n_rows=n,
+                  ref_wave=wave if wave is not None and len(wave) == n_model_pix else None,
+                  ref_name="the spectral model", label_names=truth, label_bounds=dict(forward.bounds))
+
+
 def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
     """Fit every spectrum of ``config.input``; return one row per spectrum.
 
@@ -567,6 +586,7 @@ def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
             raise InputError(f"the dataset has {ds.n_wave} pixels but the model (through the observer: "
                              f"{config.use_observer}) gives {n_model_pix}", file=ds.path, field="spectrumdataset/wave",
                              value=ds.n_wave)
+        _check_input(ds, forward, n, n_model_pix)
         for s0 in range(0, n, config.batch_size):
             rows = np.arange(s0, min(n, s0 + config.batch_size))
             flux = np.asarray(ds.flux[rows], dtype=np.float64)

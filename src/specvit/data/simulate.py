@@ -47,9 +47,13 @@ class LabelDist:
     beta_b: float = 0.7
 
     def __post_init__(self):
+        for name in ("low", "high", "beta_a", "beta_b"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ConfigError("must be a finite number", field=name, value=v)
         if not self.low <= self.high:
             raise ConfigError("low > high", field="low", value=[self.low, self.high])
-        if self.dist == "beta" and not (self.beta_a > 0 and self.beta_b > 0):
+        if not (self.beta_a > 0 and self.beta_b > 0):
             raise ConfigError("beta parameters must be > 0", field="beta_a", value=[self.beta_a, self.beta_b])
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -103,6 +107,21 @@ class SimulateConfig:
             raise ConfigError("must be >= 1", field="chunk_size", value=self.chunk_size)
         if self.max_redraws < 0:
             raise ConfigError("must be >= 0", field="max_redraws", value=self.max_redraws)
+        # every observing range inside the valid range of its column (the draw checks the same, but only
+        # after the run has started), the magnitude inside MAG_RANGE
+        from specvit.data.checks import MAG_RANGE
+
+        try:
+            from specvit.observe.conditions import _VALID
+            from specvit.observe.config import _CFG_TO_COLUMN
+        except ImportError:  # pragma: no cover - observe reorganised: the draw still checks
+            _VALID, _CFG_TO_COLUMN = {}, {}
+        for name, (a, b) in self.observing.ranges().items():
+            lo, hi = MAG_RANGE if name == "mag" else _VALID.get(_CFG_TO_COLUMN.get(name, name), (-np.inf, np.inf))
+            if not (lo <= a and b <= hi):
+                what = "HSC i AB magnitudes " if name == "mag" else ""
+                raise ConfigError(f"must be {what}in [{lo:g}, {hi:g}]", field=f"observing.{name}",
+                                  value=getattr(self.observing, name))
 
 
 # --------------------------------------------------------------------------- model

@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from specvit.data.checks import bad_error_pixels
 from specvit.observe.noise import batch_noise, fixed_normal
 from specvit.errors import InputError
 from specvit.labels import canonical_label
@@ -252,6 +253,8 @@ class SpectraStream(torch.utils.data.IterableDataset):
             raise InputError("NaN or inf in flux", file=self.source_name, field=_FLUX_KEY,
                              value=f"row {int(rows[np.argmax(bad)])}")
         bad = ~(error.min(axis=1) >= 0) | ~np.isfinite(error.sum(axis=1, dtype=np.float64))
+        if bad.any():  # suspect rows: the one error policy decides (specvit.data.checks.bad_error_pixels)
+            bad[bad] = bad_error_pixels(error[bad]).any(axis=1)
         if bad.any():
             raise InputError("NaN, inf or negative error", file=self.source_name, field=_ERROR_KEY,
                              value=f"row {int(rows[np.argmax(bad)])}")

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from specvit.data.checks import MAG_RANGE  # the HSC i AB magnitudes --mags accepts
 from specvit.errors import InputError
 from specvit.observe.conditions import CALIBRATION_MAGS
 
@@ -31,6 +32,18 @@ def _json_safe(obj):
     return obj
 
 
+
+
+def check_mags(mags) -> list[float]:
+    """``--mags``: every value finite and inside :data:`MAG_RANGE` (else one InputError naming them)."""
+    lo, hi = MAG_RANGE
+    bad = [m for m in mags if not (np.isfinite(m) and lo <= m <= hi)]
+    if bad or not len(mags):
+        raise InputError(f"magnitudes must be finite HSC i AB magnitudes in [{lo:g}, {hi:g}]", field="--mags",
+                         value=bad or list(mags))
+    return [float(m) for m in mags]
+
+
 def cmd_fisher(args) -> int:
     from specvit.fisher.ceiling import (ceiling_by_magnitude, ceiling_by_snr_bin, compute_information,
                                         default_forward)
@@ -38,6 +51,13 @@ def cmd_fisher(args) -> int:
     from specvit.fisher.points import make_points
 
     t0 = time.perf_counter()
+    args.mags = check_mags(args.mags)  # before the (slow) model is built
+    if not (np.isfinite(args.noise_level) and args.noise_level > 0):
+        raise InputError("must be a finite number > 0", field="--noise-level", value=args.noise_level)
+    if not 0 < args.prior_taper <= 0.5:
+        raise InputError("must be in (0, 0.5]", field="--prior-taper", value=args.prior_taper)
+    if args.fd_steps and not all(np.isfinite(s) and s > 0 for s in args.fd_steps):
+        raise InputError("finite-difference steps must be finite numbers > 0", field="--fd-steps", value=args.fd_steps)
     forward, _ = default_forward(model_spec=args.model)
     names = list(forward.label_names)
     tgt, free_idx = resolve_free(names, args.label, args.nuisance)  # checks the label early
@@ -195,7 +215,7 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--mags", type=float, nargs="+", default=list(CALIBRATION_MAGS),
-                   help="HSC i AB magnitudes (default: 18 20 21.5 22 22.5 23)")
+                   help="HSC i AB magnitudes, each finite and in [10, 30] (default: 18 20 21.5 22 22.5 23)")
     p.add_argument("--nuisance", default="3d", choices=["3d", "5d"],
                    help="free labels: 3d = T_eff, log_g, M_H (a_M, C_M fixed at 0); 5d = all five")
     p.add_argument("--points", default="grid",

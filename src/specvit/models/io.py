@@ -8,7 +8,13 @@ A model directory holds
   label, in label units: predictions are ``mean + std * output``), ``wave_A``
   (the input wavelength grid, Angstrom, or null), ``extras`` (any JSON dict:
   training config, seed, metrics, ...);
-* ``weights.safetensors``: the ``state_dict``.
+* ``weights.safetensors``: the ``state_dict``; its metadata holds ``format_version`` and the
+  *fingerprint* of the configuration that made the weights (:func:`config_fingerprint`:
+  a hash over the model class, ``model_config``, ``label_names``, ``label_scaler`` and
+  ``wave_A``, plus those fields in compact form). :func:`load_model` recomputes it from
+  ``config.json`` and refuses weights made for another configuration (e.g. a T_eff
+  model's weights copied into a log g model's folder). Weights saved before
+  fingerprints existed load with a warning.
 
 Formats evolve through :data:`MIGRATIONS`: ``MIGRATIONS[v]`` turns a version-v
 ``config.json`` dict into version v+1; :func:`load_model` applies them in turn.
@@ -17,9 +23,11 @@ clear error instead of being misread.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +68,10 @@ class ModelMeta:
     format_version: int = FORMAT_VERSION
     specvit_version: str = specvit.__version__
     path: Path | None = None
+    #: (hash, compact fields) of config.json after migrations; see :func:`config_fingerprint`
+    fingerprint: tuple[str, dict] | None = None
+    #: the same of config.json as stored, before migrations (weights written with an older format carry it)
+    fingerprint_as_stored: tuple[str, dict] | None = None
 
     def unscale(self, y):
         """Scaled model output (..., n_labels) -> label units (identity without a scaler)."""
@@ -72,6 +84,44 @@ class ModelMeta:
 
 def _as_list(x):
     return None if x is None else np.asarray(x, dtype=float).ravel().tolist()
+
+
+FINGERPRINT_KEY = "config_fingerprint"
+FINGERPRINT_FIELDS_KEY = "config_fingerprint_fields"
+
+
+def _digest(obj, n: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def config_fingerprint(meta: dict) -> tuple[str, dict]:
+    """``(hash, fields)`` of what makes weights meaningful, from a ``config.json`` dict.
+
+    ``fields`` (compact, stored beside the hash so a mismatch can say what differs): ``model_class``,
+    ``model_config`` (hash), ``label_names``, ``label_scaler`` (hash of mean and std), ``wave_A``
+    (pixel count, first/last wavelength and a hash, or null).
+    """
+    d = json.loads(json.dumps(meta, default=str))  # the JSON form: the same on save and on load
+    scaler = d.get("label_scaler") or None
+    wave = d.get("wave_A")
+    fields = {
+        "model_class": d.get("model_class"),
+        "model_config": _digest(d.get("model_config")),
+        "label_names": list(d.get("label_names") or []),
+        "label_scaler": None if scaler is None else _digest([scaler.get("mean"), scaler.get("std")]),
+        "wave_A": None if wave is None else (f"{len(wave)} px {wave[0]:.3f}-{wave[-1]:.3f} A "
+                                             f"#{_digest(wave, 8)}" if len(wave) else "0 px"),
+    }
+    return _digest(fields, 32), fields
+
+
+def _fingerprint_mismatch(stored: str, stored_fields: dict, now: str, now_fields: dict) -> str:
+    diffs = [f"{k}: weights {stored_fields.get(k)!r} vs config.json {now_fields.get(k)!r}"
+             for k in now_fields if stored_fields.get(k) != now_fields.get(k)]
+    return (f"the weights were made with another configuration than this folder's config.json (weights fingerprint "
+            f"{stored}, config.json fingerprint {now}; differs in: {'; '.join(diffs) or 'unknown fields'}); "
+            f"copy the whole model folder, not only the weights")
 
 
 def save_model(
@@ -116,7 +166,10 @@ def save_model(
     tmp.mkdir(parents=True)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        fp, fp_fields = config_fingerprint(meta)
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={
+            "format_version": str(FORMAT_VERSION), FINGERPRINT_KEY: fp,
+            FINGERPRINT_FIELDS_KEY: json.dumps(fp_fields, sort_keys=True)})
         (tmp / CONFIG_FILE).write_text(text)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -143,6 +196,7 @@ def read_meta(path) -> ModelMeta:
     except json.JSONDecodeError as e:
         raise InputError(f"config.json is not valid JSON ({e})", file=cfg_file) from None
     version = d.get("format_version")
+    stored_fingerprint = config_fingerprint(d) if isinstance(d, dict) else None
     if not isinstance(version, int):
         raise InputError("missing or invalid format_version", file=cfg_file, field="format_version", value=version)
     if version > FORMAT_VERSION:
@@ -173,6 +227,8 @@ def read_meta(path) -> ModelMeta:
         format_version=version,
         specvit_version=d.get("specvit_version", "?"),
         path=path,
+        fingerprint=config_fingerprint(d),
+        fingerprint_as_stored=stored_fingerprint,
     )
 
 
@@ -213,6 +269,31 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict, *, file=None) -
     model.load_state_dict(state)
 
 
+def check_fingerprint(meta: ModelMeta, wfile) -> None:
+    """Refuse weights whose stored fingerprint differs from the one of ``meta``'s config.json (warn if none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(wfile), framework="pt") as f:
+            md = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - a corrupt header: say so
+        raise InputError(f"cannot read the weights file ({e})", file=wfile, field=WEIGHTS_FILE) from None
+    stored = md.get(FINGERPRINT_KEY)
+    if stored is None or meta.fingerprint is None:
+        warnings.warn(f"{wfile}: weights carry no configuration fingerprint (saved by an older specvit); "
+                      f"cannot check that they belong to this config.json", UserWarning, stacklevel=3)
+        return
+    now, now_fields = meta.fingerprint
+    accepted = {now, (meta.fingerprint_as_stored or meta.fingerprint)[0]}
+    if stored not in accepted:
+        try:
+            stored_fields = json.loads(md.get(FINGERPRINT_FIELDS_KEY) or "{}")
+        except json.JSONDecodeError:
+            stored_fields = {}
+        raise InputError(_fingerprint_mismatch(stored, stored_fields, now, now_fields), file=wfile,
+                         field=FINGERPRINT_KEY, value=stored)
+
+
 def load_model(path, map_location="cpu") -> tuple[torch.nn.Module, ModelMeta]:
     """Load a model directory -> ``(model in eval mode, ModelMeta)``."""
     meta = read_meta(path)
@@ -221,5 +302,6 @@ def load_model(path, map_location="cpu") -> tuple[torch.nn.Module, ModelMeta]:
     if not wfile.is_file():
         raise InputError("weights file missing", file=wfile, field=WEIGHTS_FILE)
     state = load_file(str(wfile), device=str(map_location))
-    load_state_dict_checked(model, state, file=wfile)
+    load_state_dict_checked(model, state, file=wfile)  # another architecture: names the tensors
+    check_fingerprint(meta, wfile)  # same shapes, other labels / scaler / grid / config: names what differs
     return model.to(map_location).eval(), meta

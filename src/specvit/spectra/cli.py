@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +230,17 @@ def _cmd_spectrum(args) -> int:
     model = default_model()
     labels = np.array([[args.teff, args.logg, args.mh, args.alpha, args.carbon]])
     model.check_labels(labels, extrapolate=args.extrapolate, source="command line")
-    flux = model.flux(labels, extrapolate=args.extrapolate)[0]
-    cont = model.continuum(labels, extrapolate=args.extrapolate)[0]
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # non-finite results are refused below, clearly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        flux = model.flux(labels, extrapolate=args.extrapolate)[0]
+        cont = model.continuum(labels, extrapolate=args.extrapolate)[0]
+        bad = ~(np.isfinite(flux) & np.isfinite(cont) & np.isfinite(flux / cont))
+    if bad.any():  # e.g. far outside the model's box with --extrapolate: refuse instead of writing NaN
+        given = ", ".join(f"{k}={v:g}" for k, v in zip(LABEL_NAMES, labels[0]))
+        raise InputError(f"the model gives non-finite flux at {int(bad.sum())} of {bad.size} pixels for these labels "
+                         f"({given}); choose labels inside (or closer to) the model's range "
+                         f"{ {k: tuple(v) for k, v in dict(model.bounds).items()} }", file="command line",
+                         field="--teff/--logg/--mh/--alpha/--carbon", value=labels[0].tolist())
     header = (f"# specvit spectrum: {dict(zip(LABEL_NAMES, labels[0].tolist()))}; model {type(model).__name__} "
               f"{getattr(model, 'version', '')}; wave in {model.medium} Angstrom; R = {model.resolution:g}; "
               f"flux = F_lambda surface flux, erg s-1 cm-2 A-1\nwave_A,flux,continuum,norm")

@@ -5,11 +5,12 @@ overrides; an unknown key anywhere is a :class:`specvit.errors.ConfigError`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from specvit.config import load_config
-from specvit.errors import ConfigError
+from specvit.config import load_config, name_override
+from specvit.errors import ConfigError, InputError
 
 
 @dataclass
@@ -110,20 +111,63 @@ class TrainConfig:
         def bad(field_, value, msg):
             raise ConfigError(msg, file=source, field=field_, value=value)
 
+        def check(field_, ok, msg):
+            section, key = field_.split(".")
+            value = getattr(getattr(self, section), key)
+            if value is None and "or null" in msg:
+                return
+            if not ok(value):
+                bad(field_, value, msg)
+
+        def finite(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         if not self.data.train:
             bad("data.train", self.data.train, "at least one training file is required")
         if not self.data.labels:
             bad("data.labels", self.data.labels, "at least one label is required")
-        if self.data.noise_level < 0:
-            bad("data.noise_level", self.data.noise_level, "must be >= 0")
-        if self.optim.grad_accum_steps < 1:
-            bad("optim.grad_accum_steps", self.optim.grad_accum_steps, "must be >= 1")
-        if self.optim.lr <= 0:
-            bad("optim.lr", self.optim.lr, "must be > 0")
-        if self.run.batch_size < 1:
-            bad("run.batch_size", self.run.batch_size, "must be >= 1")
-        if self.run.epochs < 1:
-            bad("run.epochs", self.run.epochs, "must be >= 1")
+        from specvit.labels import canonical_label
+
+        for name in self.data.labels:
+            try:
+                canonical_label(name)
+            except InputError as e:
+                bad("data.labels", name, e.message)
+        # every number is checked here, when the config is read: nothing invalid is found after training started
+        ge0, gt0 = (lambda v: finite(v) and v >= 0), (lambda v: finite(v) and v > 0)
+        ge1 = lambda v: finite(v) and v >= 1  # noqa: E731
+        check("data.noise_level", ge0, "must be a finite number >= 0")
+        check("data.val_noise_level", ge0, "must be a finite number >= 0, or null")
+        for k in ("max_train_rows", "max_val_rows"):
+            check(f"data.{k}", ge1, "must be >= 1, or null")
+        check("data.chunk_rows", ge1, "must be >= 1")
+        check("data.buffer_rows", ge1, "must be >= 1")
+        check("data.prefetch_batches", ge0, "must be >= 0")
+        check("optim.lr", gt0, "must be a finite number > 0")
+        check("optim.weight_decay", ge0, "must be a finite number >= 0")
+        check("optim.eps", gt0, "must be a finite number > 0")
+        check("optim.betas", lambda b: len(b) == 2 and all(finite(x) and 0 <= x < 1 for x in b),
+              "must be two numbers in [0, 1)")
+        check("optim.clip_grad_norm", gt0, "must be a finite number > 0, or null (no clipping)")
+        check("optim.grad_accum_steps", ge1, "must be >= 1")
+        check("schedule.warmup_steps", ge0, "must be >= 0")
+        check("schedule.warmup_frac", lambda v: finite(v) and 0 <= v <= 1, "must be in [0, 1]")
+        check("schedule.min_lr", ge0, "must be a finite number >= 0")
+        check("loss.huber_delta", gt0, "must be a finite number > 0")
+        check("loss.label_weights", lambda w: all(ge0(x) for x in w) and any(x > 0 for x in w),
+              "must be finite numbers >= 0 (not all 0), or null")
+        check("run.epochs", ge1, "must be >= 1")
+        check("run.max_steps", ge1, "must be >= 1, or null (no limit besides run.epochs)")
+        check("run.batch_size", ge1, "must be >= 1")
+        check("run.eval_batch_size", ge1, "must be >= 1, or null")
+        check("run.num_threads", ge1, "must be >= 1, or null")
+        check("run.eval_every_epochs", ge1, "must be >= 1")
+        check("run.eval_every_steps", ge1, "must be >= 1, or null")
+        check("run.checkpoint_every_steps", ge1, "must be >= 1, or null")
+        check("run.keep_checkpoints", ge0, "must be >= 0")
+        check("run.early_stopping_patience", ge1, "must be >= 1, or null")
+        check("run.early_stopping_min_delta", ge0, "must be a finite number >= 0")
+        check("run.log_every_steps", ge1, "must be >= 1")
         if self.loss.label_weights is not None and len(self.loss.label_weights) != len(self.data.labels):
             bad("loss.label_weights", self.loss.label_weights, f"needs one weight per label ({len(self.data.labels)})")
         if self.run.early_stopping_patience is not None and not self.data.val:
@@ -133,4 +177,8 @@ class TrainConfig:
 
 def load_train_config(path=None, overrides=(), *, data: dict | None = None) -> TrainConfig:
     """Load and check a :class:`TrainConfig` (YAML file, then dict, then ``key=value`` overrides)."""
-    return load_config(TrainConfig, path, overrides, data=data).validate(source=str(path) if path else None)
+    cfg = load_config(TrainConfig, path, overrides, data=data)
+    try:
+        return cfg.validate(source=str(path) if path else None)
+    except ConfigError as e:
+        raise name_override(e, overrides) from None

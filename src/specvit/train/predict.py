@@ -48,10 +48,15 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
                     device: str = "cpu", max_rows: int | None = None) -> pd.DataFrame:
     """Predict every row of ``input_path`` (streamed in batches); returns the catalogue DataFrame."""
     from specvit.data import open_dataset
+    from specvit.data.checks import check_dataset
     from specvit.models.io import load_model
 
     if not (math.isfinite(noise_level) and noise_level >= 0):
         raise InputError("noise level must be finite and >= 0", field="--noise-level", value=noise_level)
+    if int(batch_size) < 1:
+        raise InputError("must be >= 1", field="--batch-size", value=batch_size)
+    if max_rows is not None and int(max_rows) < 1:
+        raise InputError("must be >= 1", field="max_rows", value=max_rows)
     model, meta = load_model(model_dir, map_location=device)
     if meta.label_mean is None or not meta.label_names:
         raise InputError("model directory has no label names / scaler", file=str(model_dir), field="label_scaler")
@@ -68,10 +73,11 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
         if n_model is not None and n_pix != n_model:
             raise InputError(f"spectra have {n_pix} pixels but the model takes {n_model}", file=str(input_path),
                              field="spectrumdataset/wave", value=n_pix)
-        if meta.wave_A is not None and len(meta.wave_A) == n_pix and not np.allclose(ds.wave, meta.wave_A, atol=1e-3):
-            raise InputError("wavelength grid differs from the training grid", file=str(input_path),
-                             field="spectrumdataset/wave")
         n = len(ds) if max_rows is None else min(len(ds), int(max_rows))
+        # the shared dataset checks, before any prediction: grid vs the model's, negative errors;
+        # rows with NaN/inf flux or error are flagged (flag_nan_input), as documented above
+        report = check_dataset(ds, role="predict input (--input)", n_rows=n, ref_wave=meta.wave_A,
+                               ref_name="the model's training set", nonfinite="flag")
         ids = ds.params["id"].to_numpy()[:n] if "id" in ds.params.columns else np.arange(n)
         mean_out = np.full((n, len(names)), np.nan)
         err_out = np.full((n, len(names)), np.nan)
@@ -82,7 +88,7 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
             b = min(a + batch_size, n)
             flux = np.asarray(ds.flux[a:b], dtype=np.float32)
             error = np.asarray(ds.error[a:b], dtype=np.float32)
-            bad = ~(np.isfinite(flux).all(axis=1) & np.isfinite(error).all(axis=1))
+            bad = report.flagged[a:b]  # the check's policy: NaN/inf flux, unusable (non-negative) error pixels
             nan_in[a:b] = bad
             # SNR of what the model sees: the stored flux at noise level X (the noiseless flux when we add noise)
             snr[a:b] = spectrum_snr(flux, error, noise_level if noise_level > 0 else 1.0)

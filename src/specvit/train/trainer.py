@@ -32,7 +32,7 @@ import torch
 
 from specvit.atomic import write_text_atomic
 from specvit.config import config_to_dict, write_resolved_config
-from specvit.data.torchdata import LabelScaler, SpectraStream, observer_error_fn, prefetch
+from specvit.data.torchdata import LabelScaler, SpectraStream, observer_error_fn, open_source, prefetch
 from specvit.errors import ConfigError, InputError
 from specvit.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from specvit.train.config import TrainConfig
@@ -97,6 +97,40 @@ def build_network(cfg: TrainConfig, *, n_pixels: int, wave: np.ndarray | None):
     return create_model(cfg.model.name, **kw)
 
 
+def check_training_data(cfg: TrainConfig):
+    """Open data.train / data.val and run :func:`specvit.data.checks.check_dataset` on the rows training uses.
+
+    Every problem of both files (val grid vs the training grid, NaN/inf flux, bad errors, missing or
+    non-finite labels) is reported at once, before anything is built or written. Returns the open
+    ``(train, val or None)`` datasets.
+    """
+    from specvit.data.checks import check_dataset, raise_problems
+    from specvit.labels import canonical_label
+
+    d = cfg.data
+    labels = [canonical_label(n) for n in d.labels]
+    opened = []
+    try:
+        train = open_source(d.train)
+        opened.append(train)
+        val = None
+        if d.val:
+            val = open_source(d.val)
+            opened.append(val)
+        reports = [check_dataset(train, role="training (data.train)", label_names=labels, n_rows=d.max_train_rows,
+                                 raise_errors=False)]
+        if val is not None:
+            reports.append(check_dataset(val, role="validation (data.val)", label_names=labels,
+                                         n_rows=d.max_val_rows, ref_wave=train.wave, ref_name="the training set",
+                                         raise_errors=False))
+        raise_problems(reports)
+    except BaseException:
+        for ds in opened:
+            ds.close()
+        raise
+    return train, val
+
+
 def model_identity(model, labels) -> dict:
     conf = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
     conf = {k: v for k, v in conf.items() if k != "wave"}
@@ -117,7 +151,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, dist: DistInfo | None = None, callbacks: list[Callable] = ()):
-        self.cfg = cfg
+        self.cfg = cfg.validate()  # cheap; a config built in code gets the same checks as a file
         self.dist = dist if dist is not None else init_distributed(cfg.run.device)
         self.device = self.dist.device
         self.callbacks = list(callbacks)
@@ -130,10 +164,11 @@ class Trainer:
         torch.manual_seed(run.seed)  # model init and dropout; data order / noise have their own keyed streams
 
         d = cfg.data
+        train_src, val_src = check_training_data(cfg)
         self.train_data = SpectraStream(
             path=d.train, label_names=d.labels, batch_size=run.batch_size, train=True, noise_level=d.noise_level,
             seed=run.seed, chunk_rows=d.chunk_rows, buffer_rows=d.buffer_rows, max_rows=d.max_train_rows,
-            rank=self.dist.rank, world_size=self.dist.world_size, device=self.device)
+            rank=self.dist.rank, world_size=self.dist.world_size, device=self.device, source=train_src)
         self.label_names = self.train_data.label_names
         self.scaler_labels: LabelScaler = self.train_data.scaler
         self.val_data = None
@@ -142,7 +177,7 @@ class Trainer:
                 path=d.val, label_names=d.labels, batch_size=run.eval_batch_size or run.batch_size, train=False,
                 noise_level=d.noise_level if d.val_noise_level is None else d.val_noise_level, seed=d.noise_seed,
                 scaler=self.scaler_labels, chunk_rows=d.chunk_rows, max_rows=d.max_val_rows,
-                rank=self.dist.rank, world_size=self.dist.world_size, device=self.device)
+                rank=self.dist.rank, world_size=self.dist.world_size, device=self.device, source=val_src)
         if d.error_channel:
             for stream in (self.train_data, self.val_data):
                 if stream is not None:
@@ -471,7 +506,7 @@ class Trainer:
     def _save_model(self, result: dict) -> None:
         from specvit.models.io import save_model
 
-        extras = {"training_ranges": self.training_ranges(), "train_config": config_to_dict(self.cfg),
+        extras = {"training_ranges": self.training_ranges(), "train_config": _jsonable(config_to_dict(self.cfg)),
                   "metrics": _jsonable(result)}
         save_model(self.out_dir / "model", self.model, label_names=list(self.label_names),
                    label_mean=self.scaler_labels.mean.tolist(), label_std=self.scaler_labels.std.tolist(),
