@@ -354,6 +354,134 @@ class ForwardModel:
         return (t["resample"] @ f.T).T
 
 
+    def model_flux(self, labels) -> np.ndarray:
+        """The model's own F_lambda (N, n_model) as float64 numpy (no instrument)."""
+        labels = np.asarray(labels, dtype=np.float64)
+        if self.differentiable:
+            with torch.no_grad():
+                return self.model.flux(torch.as_tensor(labels)).detach().numpy().astype(np.float64)
+        return np.asarray(self.model.flux(labels, extrapolate=True), dtype=np.float64)
+
+    def value_and_jacobian(self, labels, *, method: str = "auto", steps=None, return_model_flux: bool = False):
+        """μ(θ) (N, P) and J = ∂μ/∂θ (N, P, L), float64 numpy (+ the model flux F (N, n_model) if asked).
+
+        With an observer, the model Jacobian dF/dθ on the model grid (forward-mode AD,
+        or central differences) is pushed through the observer's linear part with its
+        sparse ``resample_matrix`` R, and the median normalisation is differentiated
+        analytically: fc = R F, μ = ν fc with ν = 0.5 / median(fc), so
+        dμ = ν (R dF − fc · d median / median), where the median's derivative is that of the median pixel(s) (as autograd
+        through ``normalised_torch`` gives; tested against it). Cheaper than AD
+        through the torch sparse product.
+        """
+        labels = np.asarray(labels, dtype=np.float64)
+        if method == "auto":
+            method = "autograd" if self.differentiable else "fd"
+        if self.observer is None:
+            if method == "autograd":
+                mu, jac = jvp_stacked(self.mu, torch.as_tensor(labels))
+                out = (mu.numpy().astype(np.float64), jac.numpy().astype(np.float64))
+            else:
+                out = (self.numpy(labels), jacobian(self, labels, method=method, steps=steps))
+            return (*out, self.model_flux(labels)) if return_model_flux else out
+        if method == "autograd":
+            f, df = jvp_stacked(lambda x: self.model.flux(x), torch.as_tensor(labels))
+            f, df = f.numpy().astype(np.float64), df.numpy().astype(np.float64)
+        elif method == "fd":
+            if steps is None:
+                raise InputError("finite differences need steps (one per label)", field="steps")
+            f = self.model_flux(labels)
+            df = jacobian_fd(self.model_flux, labels, steps, bounds=(self.lower, self.upper))
+        else:
+            raise InputError("unknown Jacobian method (autograd, fd, auto)", field="method", value=method)
+        n, n_model, n_lab = df.shape
+        r = self.observer.resample_matrix
+        fc = np.asarray(r @ f.T).T  # (N, P)
+        dfc = np.asarray(r @ df.transpose(1, 0, 2).reshape(n_model, n * n_lab)).reshape(-1, n, n_lab)
+        dfc = dfc.transpose(1, 0, 2)  # (N, P, L)
+        p = fc.shape[1]
+        part = np.argpartition(fc, [(p - 1) // 2, p // 2], axis=1)
+        mid = part[:, [(p - 1) // 2, p // 2]]  # the median pixel(s): one or two middle values
+        rows = np.arange(n)[:, None]
+        med = fc[rows, mid].mean(1)
+        dmed = dfc[rows, mid].mean(1)  # (N, L)
+        nu = NORMALISED_MEDIAN / med
+        mu = fc * nu[:, None]
+        jac = nu[:, None, None] * (dfc - fc[:, :, None] * (dmed / med[:, None])[:, None, :])
+        return (mu, jac, f) if return_model_flux else (mu, jac)
+
+    def _matrix_as(self, dtype):
+        """The observer's sparse LSF + resampling matrix in ``dtype`` (cached)."""
+        cache = self.__dict__.setdefault("_matrices", {})
+        key = np.dtype(dtype).str
+        if key not in cache:
+            cache[key] = self.observer.resample_matrix.tocsr().astype(dtype)
+        return cache[key]
+
+    def observed_jacobian(self, labels, *, method: str = "auto", steps=None) -> ObservedJacobian:
+        """μ and ∂μ/∂θ (label-major) through the observer: the fast route of the ceiling.
+
+        Same mathematics as :meth:`value_and_jacobian` (dμ = ν (R dF − fc · d median /
+        median)), but (1) dF/dθ of the emulator comes from its analytic chain rule
+        (:func:`specvit.fisher.model_jacobian.model_flux_and_jacobian`; autograd for
+        other models), (2) the sparse product R dF runs in the model's dtype (float32
+        for the emulator: 30 terms per pixel, relative rounding ~1e-7) directly on the
+        (N·L, n_model) layout, without float64 copies of the model-grid Jacobian, and
+        (3) the model flux is computed once and its validity checked here. Everything
+        after the sparse product is float64. Tested equal to :meth:`value_and_jacobian`.
+        """
+        if self.observer is None:
+            raise InputError("observed_jacobian needs an observer", field="observer")
+        labels = np.asarray(labels, dtype=np.float64)
+        if method == "auto":
+            method = "autograd" if self.differentiable else "fd"
+        if method == "autograd":
+            f_t, df_t = model_flux_and_jacobian(self.model, torch.as_tensor(labels))
+            ft, dft = f_t.detach().numpy(), df_t.detach().numpy()  # (n_model, N), (n_model, N, L)
+        elif method == "fd":
+            if steps is None:
+                raise InputError("finite differences need steps (one per label)", field="steps")
+            ft = self.model_flux(labels).T
+            dft = np.ascontiguousarray(
+                jacobian_fd(self.model_flux, labels, steps, bounds=(self.lower, self.upper)).transpose(1, 0, 2))
+        else:
+            raise InputError("unknown Jacobian method (autograd, fd, auto)", field="method", value=method)
+        valid = np.all(np.isfinite(ft), axis=0) & np.all(ft > 0, axis=0)
+        n_model, n, n_lab = dft.shape
+        r = self._matrix_as(dft.dtype)
+        with np.errstate(invalid="ignore", over="ignore"):  # invalid points are dropped just below
+            # R F in float64 (as the reference route): the median pixel is chosen from it, and two pixels
+            # can be within float32 rounding of each other at the median rank
+            fc = np.asarray((self._matrix_as(np.float64) @ ft.astype(np.float64)).T)  # (N, P), model flux units
+            p = fc.shape[1]
+            dfc = (r @ dft.reshape(n_model, n * n_lab)).reshape(p, n, n_lab)  # pixel-major, model dtype
+        if not valid.all():  # drop after the product: the observed arrays are the smaller ones
+            ft, fc, dfc = ft[:, valid], fc[valid], dfc[:, valid]
+            n = int(valid.sum())
+        part = np.argpartition(fc, [(p - 1) // 2, p // 2], axis=1)
+        mid = part[:, [(p - 1) // 2, p // 2]]  # the median pixel(s)
+        rows = np.arange(n)[:, None]
+        med = fc[rows, mid].mean(1)
+        dmed = dfc[mid.T[:, :, None], rows[None], np.arange(n_lab)[None, None, :]].mean(0, dtype=np.float64)  # (N, L)
+        nu = NORMALISED_MEDIAN / med
+        jac = np.empty((n, n_lab, p))
+        np.multiply(dfc.transpose(1, 2, 0), nu[:, None, None], out=jac)  # the one transposing pass, to float64
+        slope = nu[:, None] * dmed / med[:, None]  # (N, L)
+        for lab in range(n_lab):
+            jac[:, lab] -= slope[:, lab:lab + 1] * fc
+        return ObservedJacobian(valid=valid, model_flux=ft.T, resampled=fc, median=med, mu=fc * nu[:, None], jac=jac)
+
+    def numpy(self, labels) -> np.ndarray:
+        """μ(θ) as float64 numpy, (N, L) → (N, P), for any model."""
+        labels = np.asarray(labels, dtype=np.float64)
+        if self.differentiable:
+            with torch.no_grad():
+                return self.mu(torch.as_tensor(labels, dtype=torch.float64)).numpy()
+        flux = np.asarray(self.model.flux(labels, extrapolate=True), dtype=np.float64)
+        if self.observer is not None:
+            with torch.no_grad():
+                return self.observer.normalised_torch(torch.as_tensor(flux)).numpy()
+        return flux * (NORMALISED_MEDIAN / np.median(flux, axis=-1, keepdims=True))
+
 
 def jvp_stacked(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """μ = fn(x) (N, P) and its Jacobian (N, P, L) for a row-wise ``fn``, in one forward-mode pass.
