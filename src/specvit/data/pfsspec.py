@@ -79,11 +79,18 @@ def resolve_paths(path) -> list[Path]:
     return [p]
 
 
+def _corrupt(path, e: BaseException, what: str, field=None) -> InputError:
+    """One-line error for a file HDF5 cannot read: it says first that the file is truncated or corrupt
+    and names it, then what failed and the telling line of HDF5's error stack."""
+    return InputError(f"truncated or corrupt HDF5 file {str(path)!r}: {what} ({_first_line(e)})",
+                      file=path, field=field)
+
+
 def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise InputError(f"cannot open as HDF5 (truncated or corrupt file?): {e}", file=path) from None
+        raise _corrupt(path, e, "cannot open it") from None
 
 
 def _require(f: h5py.File, key: str, path: Path):
@@ -92,7 +99,7 @@ def _require(f: h5py.File, key: str, path: Path):
     except KeyError:
         raise InputError("missing HDF5 key (not a pfsspec dataset?)", file=path, field=key) from None
     except OSError as e:
-        raise InputError(f"cannot read HDF5 key (truncated or corrupt file?): {e}", file=path, field=key) from None
+        raise _corrupt(path, e, f"cannot read {key}", field=key) from None
     return obj
 
 
@@ -103,11 +110,9 @@ def read_params(path, key: str = PARAMS_KEY) -> pd.DataFrame:
         df = pd.read_hdf(path, key)
     except KeyError:
         raise InputError("missing params table", file=path, field=key) from None
-    except (OSError, ValueError, TypeError) as e:
-        # PyTables raises HDF5ExtError (an OSError/RuntimeError subclass) or ValueError for damaged tables
-        raise InputError(f"cannot read params table: {e}", file=path, field=key) from None
-    except Exception as e:  # tables.exceptions.HDF5ExtError is a RuntimeError
-        raise InputError(f"cannot read params table: {e}", file=path, field=key) from None
+    except Exception as e:
+        # PyTables raises HDF5ExtError (a RuntimeError), OSError or ValueError for damaged files and tables
+        raise _corrupt(path, e, "cannot read the params table", field=key) from None
     if not isinstance(df, pd.DataFrame):
         raise InputError("params is not a table", file=path, field=key)
     return df
@@ -178,7 +183,7 @@ class LazyArray:
             out = ds[sel]
             return out[..., cols] if cols is not None else out
         except (OSError, RuntimeError) as e:
-            raise InputError(f"cannot read rows (truncated or corrupt file?): {e}", file=self._paths[s], field=self.key) from None
+            raise _corrupt(self._paths[s], e, f"cannot read rows of {self.key}", field=self.key) from None
 
     def _read_sorted_unique(self, s: int, rows: np.ndarray, cols) -> np.ndarray:
         """Read sorted unique local rows of shard ``s``; dense runs are read as one slice."""
@@ -482,11 +487,11 @@ def _first_line(e: BaseException) -> str:
     m = re.search(r"(truncated file[^\n]*)", text)
     if m:
         return m.group(1).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.lower().startswith("hdf5 error back trace"):
-            return line
-    return type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and lines[0].lower().startswith("hdf5 error back trace"):  # PyTables: the innermost cause
+        causes = [ln for ln in lines[:-1] if not ln.startswith("File ") and "error back trace" not in ln.lower()]
+        return causes[-1] if causes else lines[-1]
+    return lines[0] if lines else type(e).__name__
 
 
 class DatasetWriter:
