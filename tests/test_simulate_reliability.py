@@ -201,6 +201,40 @@ def test_disk_full_midway_is_an_error_and_the_rerun_completes(grid_file, referen
     assert not partial.exists()
 
 
+def test_hdf5_left_damaged_by_a_full_disk(grid_file, reference, tmp_path, monkeypatch, capsys):
+    """The disk fills between the space check and the write, and HDF5 cannot even close the file (what
+    made the old code segfault and leave an 'addr overflow' partial file): the partial file is set
+    aside as .<name>.damaged, never written again, and the rerun copies its finished rows."""
+    from specvit.atomic import HDF5_STATE
+
+    out = tmp_path / "h.h5"
+    monkeypatch.setitem(HDF5_STATE, "damaged", False)
+    _enospc_on_nth(monkeypatch, 5, "flush")
+    real_close = h5py.File.close
+
+    def close(self):
+        real_close(self)
+        if (tmp_path / ".h.h5.partial").exists() and not (tmp_path / ".h.h5.damaged").exists():
+            raise RuntimeError("Can't decrement id ref count (file write failed: errno = 28, "
+                               "error message = 'No space left on device')")
+
+    monkeypatch.setattr(h5py.File, "close", close)
+    assert _cli(grid_file, out) == 2
+    _one_line_error(capsys.readouterr().err, "No space left on device", "rerun")
+    assert HDF5_STATE["damaged"]  # the specvit command leaves with os._exit: no HDF5 exit handler
+    damaged = tmp_path / ".h.h5.damaged"
+    assert damaged.exists() and not (tmp_path / ".h.h5.partial").exists() and not out.exists()
+    monkeypatch.undo()
+    import specvit.cli
+
+    monkeypatch.setattr(specvit.cli, "COMMAND_MODULES", ["specvit.data.cli"])
+    assert _cli(grid_file, out) == 0
+    err = capsys.readouterr().err
+    assert "wrote 128 spectra" in err and "128 resumed" in err  # the finished rows were kept
+    assert_same_file(out, reference)
+    assert not damaged.exists()
+
+
 def test_not_enough_space_up_front(grid_file, reference, tmp_path, monkeypatch, capsys):
     import shutil
 

@@ -19,6 +19,7 @@ asked for, so files larger than memory are fine.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob as _glob
 import json
@@ -523,12 +524,16 @@ class DatasetWriter:
 
         self.path = Path(path)
         self.tmp = tmp_path_for(self.path)
+        self.damaged = self.path.with_name(f".{self.path.name}.damaged")
         self._f = None
         self._reserved = self._failed = False
         self._handles: dict = {}
+        self.salvaged = 0
         self._lock = OutputLock(self.path, what="dataset").acquire()
         try:
             self._open(wave, n_rows, wave_edges, dtype, with_mask, attrs, chunk_rows, resume)
+            if resume and self.damaged.exists():
+                self._salvage(max(1, min(chunk_rows, self.n_rows)))
         except OSError as e:
             self.close()
             err = _output_error(e, self.tmp, "cannot create the dataset file")
@@ -576,8 +581,9 @@ class DatasetWriter:
                     "delete it or start without resume", file=self.tmp)
             self._reserve()
             return
-        if self.tmp.exists():
-            self.tmp.unlink()
+        for p in (self.tmp, self.damaged) if not resume else (self.tmp,):
+            if p.exists():
+                p.unlink()
         check_space(self.tmp, total, "the dataset", file_size=total)
         self._f = h5py.File(self.tmp, "w")
         f = self._f
@@ -623,6 +629,44 @@ class DatasetWriter:
                                 needed_bytes=size, free_bytes=shutil.disk_usage(self.tmp.parent).free) from None
         finally:
             os.close(fd)
+
+    def _salvage(self, block_rows: int) -> None:
+        """Copy the finished rows of ``.<name>.damaged`` (a partial file set aside after HDF5 failed to
+        write to it, see :meth:`close`) into this file, then delete it. Rows it cannot give back are
+        simulated again; a file that does not open is only deleted."""
+        try:
+            src = h5py.File(self.damaged, "r")
+        except OSError:
+            self.damaged.unlink()
+            return
+        try:
+            try:
+                ok = (src.attrs.get("resume_key", "") == self.attrs.get("resume_key", "")
+                      and src[FLUX_KEY].shape == (self.n_rows, self.n_wave))
+            except (OSError, KeyError, RuntimeError):
+                ok = False
+            if not ok:
+                raise InputError("a damaged partial file exists but does not match this job; delete it or "
+                                 "start without resume", file=self.damaged)
+            try:
+                todo = src[f"{self.PROGRESS}/done"][()] & ~self.done_mask()
+                g = src[f"{self.PROGRESS}/params"]
+                cols = json.loads(g.attrs["columns"]) if todo.any() else []
+                rows = np.flatnonzero(todo)
+                for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if rows.size else []:
+                    for a in range(int(run[0]), int(run[-1]) + 1, block_rows):
+                        b = min(a + block_rows, int(run[-1]) + 1)
+                        params = pd.DataFrame({c: (g[c].asstr()[a:b] if h5py.check_string_dtype(g[c].dtype)
+                                                   else g[c][a:b]) for c in cols})
+                        mask = src[MASK_KEY][a:b] if self.with_mask and MASK_KEY in src else None
+                        self.write_rows(a, flux=src[FLUX_KEY][a:b], error=src[ERROR_KEY][a:b], params=params,
+                                        mask=mask)
+                        self.salvaged += b - a
+            except (OSError, RuntimeError, KeyError, ValueError):  # unreadable rest: simulated again
+                pass
+        finally:
+            src.close()
+        self.damaged.unlink()
 
     def _check_block_space(self, n: int) -> None:
         need = n * PARAMS_BYTES_PER_ROW + (1 << 18)
@@ -680,6 +724,7 @@ class DatasetWriter:
             if err is None:
                 raise
             self._failed = True  # HDF5 may hold unwritten metadata now: close() must not flush it again
+            _quiet_h5py_dealloc_errors()
             raise err from None
 
     def _write_params(self, start, stop, params: pd.DataFrame) -> None:
@@ -736,10 +781,17 @@ class DatasetWriter:
 
     def _close_file(self) -> None:
         f, self._f = self._f, None
+        if self._failed:  # released, h5py would print the write error again for each (see below)
+            _KEEP_AFTER_WRITE_ERROR.append(self._handles)
         self._handles = {}
         if f is not None:
             if self._failed:
-                _close_after_write_error(f)
+                _KEEP_AFTER_WRITE_ERROR.append(f)
+                if not _close_after_write_error(f):
+                    # HDF5 could not write its metadata: do not write into this file again; the next run
+                    # copies its finished rows into a new partial file (_salvage)
+                    with contextlib.suppress(OSError):
+                        os.replace(self.tmp, self.damaged)
             else:
                 f.close()
 
@@ -774,7 +826,32 @@ class DatasetWriter:
             self.abort()
 
 
-def _close_after_write_error(f: h5py.File) -> None:
+#: h5py objects of a file whose write failed, never released: h5py would report the failed write again
+#: (a traceback on stderr) when each is released; the process is left by ``os._exit`` or exits anyway.
+_KEEP_AFTER_WRITE_ERROR: list = []
+
+
+def _quiet_h5py_dealloc_errors() -> None:
+    """After a write failed on a full disk, h5py reports the same failure again each time it releases
+    an object of that file (printed as 'Exception ignored in ... __dealloc__' tracebacks); the error
+    itself is already raised as a DiskFullError, so these reports are dropped for the rest of the
+    process. Other unraisable exceptions still go to the previous hook."""
+    import sys
+
+    old = sys.unraisablehook
+    if getattr(old, "_specvit_h5py_quiet", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, (RuntimeError, OSError)) and "h5py" in repr(u.object) + str(u.err_msg):
+            return
+        old(u)
+
+    hook._specvit_h5py_quiet = True
+    sys.unraisablehook = hook
+
+
+def _close_after_write_error(f: h5py.File) -> bool:
     """Close a file whose last write failed (a full disk). HDF5 then still holds metadata it could not
     write; closing retries, and if that fails too the library's state is damaged: HDF5's own exit
     handler would crash the interpreter (segfault) flushing it again. The ``specvit`` command then
@@ -783,5 +860,7 @@ def _close_after_write_error(f: h5py.File) -> None:
 
     try:
         f.close()
+        return True
     except Exception:
         atomic.HDF5_STATE["damaged"] = True
+        return False

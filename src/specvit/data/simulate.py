@@ -468,15 +468,18 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                 "interp_param_values": json.dumps(label_names + [""]),
             }
             tmp = path.with_name(f".{path.name}.partial")
-            resume = tmp.exists() and not restart
-            if restart and tmp.exists():
-                tmp.unlink()
+            damaged = path.with_name(f".{path.name}.damaged")  # set aside after a failed HDF5 write
+            resume = (tmp.exists() or damaged.exists()) and not restart
+            for p in (tmp, damaged) if restart else ():
+                if p.exists():
+                    p.unlink()
             try:
                 writer = DatasetWriter(path, wave=wave, wave_edges=wave_edges, n_rows=size,
                                        dtype=np.dtype(cfg.dtype), attrs=attrs, chunk_rows=min(C, 256),
                                        resume=resume)
             except InputError as e:
-                raise InputError(f"{str(e).split('; file=')[0]}; rerun with --restart to discard it", file=tmp) from None
+                raise InputError(f"{str(e).split('; file=')[0]}; rerun with --restart to discard it",
+                                 file=e.file or tmp) from None
             try:
                 done = writer.done_mask()
                 jobs = [(seed, k, c, s, min(C, size - s), int(offsets[k]))
