@@ -668,6 +668,11 @@ class DatasetWriter:
             src.close()
         self.damaged.unlink()
 
+    def _check_usable(self) -> None:
+        if self._failed:
+            raise OutputError("an earlier write to this file failed (full disk): close the writer and resume "
+                              "in a new one", file=self.tmp)
+
     def _check_block_space(self, n: int) -> None:
         need = n * PARAMS_BYTES_PER_ROW + (1 << 18)
         if not self._reserved:
@@ -692,6 +697,7 @@ class DatasetWriter:
 
     def write_rows(self, start: int, *, flux, error, params: pd.DataFrame, mask=None) -> None:
         """Store rows ``start .. start+len(flux)`` and mark them done."""
+        self._check_usable()
         f = self._f
         flux = np.asarray(flux)
         error = np.asarray(error)
@@ -751,6 +757,7 @@ class DatasetWriter:
 
         The progress group is deleted only after the params table is written, so a failure (or a
         kill) before the rename leaves a partial file that a rerun finishes."""
+        self._check_usable()
         done = self.done_mask()
         if not done.all():
             first = int(np.flatnonzero(~done)[0])
