@@ -257,6 +257,31 @@ def test_not_enough_space_up_front(grid_file, reference, tmp_path, monkeypatch, 
     assert_same_file(out, reference)
 
 
+CLI = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.argv = ["specvit"] + sys.argv[2:]
+import specvit.cli
+specvit.cli.COMMAND_MODULES = ["specvit.data.cli"]
+specvit.cli.console_main()
+"""
+
+
+def test_file_size_limit_real_process(grid_file, reference, tmp_path):
+    """A real process under `ulimit -f` 2 MB (the file needs 8 MB): the old code died in HDF5."""
+    out = tmp_path / "l.h5"
+    args = ["simulate", "--out", str(out), "--n", str(N), "--seed", str(SEED), "--no-progress", "--set",
+            f"model={grid_file}", "--set", "chunk_size=64", "--set", "interpolation=linear"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", CLI, str(2 << 20), *args], capture_output=True, text=True, env=env)
+    assert res.returncode == 2, res.stderr[-3000:]
+    _one_line_error(res.stderr, "file-size limit", "l.h5")
+    res = subprocess.run([sys.executable, "-c", CLI, str(1 << 40), *args], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_file(out, reference)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_read_only_directory_real(grid_file, tmp_path, capsys):
     d = tmp_path / "ro"
