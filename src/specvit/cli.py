@@ -74,7 +74,16 @@ def console_main() -> None:
     except SpecvitError as e:
         print(f"specvit: error: {e}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(main())
+    rc = main()
+    from specvit.atomic import HDF5_STATE
+
+    if HDF5_STATE["damaged"]:  # skip HDF5's exit handler: it would segfault on the file it could not close
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":  # pragma: no cover

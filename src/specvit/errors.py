@@ -35,3 +35,25 @@ class LabelRangeError(InputError):
 
 class MissingNodeError(InputError):
     """A grid interpolation needs a node that is missing or invalid."""
+
+
+class OutputError(SpecvitError):
+    """An output cannot be written: the disk is full, the directory is read-only, another process
+    writes it. The message names the file (and the bytes needed, the lock file, the owner's PID)."""
+
+    def __init__(self, message: str, *, file=None, **details):
+        parts = [message]
+        if file is not None:
+            parts.append(f"file={str(file)!r}")
+        parts.extend(f"{k}={v!r}" for k, v in details.items() if v is not None)
+        super().__init__("; ".join(parts))
+        self.file = file
+        self.details = details
+
+
+class OutputLockedError(OutputError):
+    """Another live process holds the output's lock (``details``: lock, pid)."""
+
+
+class DiskFullError(OutputError):
+    """Not enough space (or a file-size limit) for an output (``details``: needed_bytes, free_bytes)."""

@@ -18,6 +18,8 @@ config keys (YAML file or --set, dotted): labels.<T_eff|log_g|M_H|a_M|C_M>.{low,
   instrument.<...>, model (default | path to a pfsspec grid .h5), interpolation (spline|linear|nearest),
   wave_range_A, chunk_size, dtype (float32|float64), max_redraws.
 A killed run resumes when the same command is run again (progress is kept in .<name>.partial).
+Each output is locked (.<name>.lock) while a process writes it: a second writer is refused, also with
+--restart/--overwrite. Free space is checked before writing; after a full disk, free space and rerun.
 """
 
 
@@ -57,10 +59,21 @@ def run_simulate(args) -> int:
     paths = simulate(cfg, args.out, n=args.n, seed=args.seed, shards=args.shards, workers=args.workers,
                      progress=not args.no_progress, overwrite=args.overwrite, restart=args.restart)
     dt = time.perf_counter() - t0
+    written = getattr(paths, "n_written", args.n)
     summary = {"files": [str(p) for p in paths], "n": args.n, "seed": args.seed, "seconds": round(dt, 3),
-               "spectra_per_s": round(args.n / dt, 1) if dt > 0 else None}
+               "spectra_per_s": round(written / dt, 1) if dt > 0 else None, "written": written,
+               "resumed": getattr(paths, "n_resumed", 0), "already_complete": getattr(paths, "n_complete", 0)}
+    files = ", ".join(summary["files"])
     if args.json:
         print(json.dumps(summary))
+    elif written == 0 and summary["resumed"] == 0:
+        print(f"already complete, nothing written: {args.n} spectra in {files}", file=sys.stderr)
     else:
-        print(f"wrote {args.n} spectra to {', '.join(summary['files'])} in {dt:.1f} s", file=sys.stderr)
+        note = []
+        if summary["resumed"]:
+            note.append(f"{summary['resumed']} resumed from the partial file")
+        if summary["already_complete"]:
+            note.append(f"{summary['already_complete']} in files already complete")
+        extra = f" ({'; '.join(note)})" if note else ""
+        print(f"wrote {written} spectra to {files} in {dt:.1f} s{extra}", file=sys.stderr)
     return 0

@@ -19,9 +19,13 @@ asked for, so files larger than memory are fine.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob as _glob
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -29,7 +33,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from specvit.errors import InputError
+from specvit.errors import DiskFullError, InputError, OutputError
 
 WAVE_KEY = "spectrumdataset/wave"
 WAVE_EDGES_KEY = "spectrumdataset/wave_edges"
@@ -76,11 +80,18 @@ def resolve_paths(path) -> list[Path]:
     return [p]
 
 
+def _corrupt(path, e: BaseException, what: str, field=None) -> InputError:
+    """One-line error for a file HDF5 cannot read: it says first that the file is truncated or corrupt
+    and names it, then what failed and the telling line of HDF5's error stack."""
+    return InputError(f"truncated or corrupt HDF5 file {str(path)!r}: {what} ({_first_line(e)})",
+                      file=path, field=field)
+
+
 def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise InputError(f"cannot open as HDF5 (truncated or corrupt file?): {e}", file=path) from None
+        raise _corrupt(path, e, "cannot open it") from None
 
 
 def _require(f: h5py.File, key: str, path: Path):
@@ -89,7 +100,7 @@ def _require(f: h5py.File, key: str, path: Path):
     except KeyError:
         raise InputError("missing HDF5 key (not a pfsspec dataset?)", file=path, field=key) from None
     except OSError as e:
-        raise InputError(f"cannot read HDF5 key (truncated or corrupt file?): {e}", file=path, field=key) from None
+        raise _corrupt(path, e, f"cannot read {key}", field=key) from None
     return obj
 
 
@@ -100,11 +111,9 @@ def read_params(path, key: str = PARAMS_KEY) -> pd.DataFrame:
         df = pd.read_hdf(path, key)
     except KeyError:
         raise InputError("missing params table", file=path, field=key) from None
-    except (OSError, ValueError, TypeError) as e:
-        # PyTables raises HDF5ExtError (an OSError/RuntimeError subclass) or ValueError for damaged tables
-        raise InputError(f"cannot read params table: {e}", file=path, field=key) from None
-    except Exception as e:  # tables.exceptions.HDF5ExtError is a RuntimeError
-        raise InputError(f"cannot read params table: {e}", file=path, field=key) from None
+    except Exception as e:
+        # PyTables raises HDF5ExtError (a RuntimeError), OSError or ValueError for damaged files and tables
+        raise _corrupt(path, e, "cannot read the params table", field=key) from None
     if not isinstance(df, pd.DataFrame):
         raise InputError("params is not a table", file=path, field=key)
     return df
@@ -175,7 +184,7 @@ class LazyArray:
             out = ds[sel]
             return out[..., cols] if cols is not None else out
         except (OSError, RuntimeError) as e:
-            raise InputError(f"cannot read rows (truncated or corrupt file?): {e}", file=self._paths[s], field=self.key) from None
+            raise _corrupt(self._paths[s], e, f"cannot read rows of {self.key}", field=self.key) from None
 
     def _read_sorted_unique(self, s: int, rows: np.ndarray, cols) -> np.ndarray:
         """Read sorted unique local rows of shard ``s``; dense runs are read as one slice."""
@@ -418,15 +427,90 @@ def write_dataset(path, *, wave, flux, error, params: pd.DataFrame, mask=None, w
     return Path(path)
 
 
+#: Bytes per row for the params table (progress columns + the final PyTables table), generous.
+PARAMS_BYTES_PER_ROW = 1024
+#: Bytes for HDF5 metadata (object headers, chunk index, attributes), generous.
+METADATA_BYTES = 1 << 20
+
+
+def expected_bytes(n_rows: int, n_wave: int, dtype=np.float32, with_mask: bool = False, chunk_rows: int = 1) -> int:
+    """Disk space a :class:`DatasetWriter` file of ``n_rows`` spectra needs (an upper estimate; the
+    arrays are allocated in whole chunks of ``min(chunk_rows, n_rows)`` rows)."""
+    c = max(1, min(int(chunk_rows), int(n_rows)))
+    rows = -(-int(n_rows) // c) * c
+    arrays = rows * n_wave * (2 * np.dtype(dtype).itemsize + (4 if with_mask else 0))
+    return arrays + int(n_rows) * PARAMS_BYTES_PER_ROW + METADATA_BYTES
+
+
+def allocated_bytes(path) -> int:
+    """Bytes already allocated on disk to ``path`` (0 if absent)."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def check_space(path, needed: int, what: str = "the dataset", *, file_size: int | None = None) -> None:
+    """Raise :class:`DiskFullError` if the file system of ``path`` has less than ``needed`` bytes free,
+    or a file of ``file_size`` bytes would exceed the process's file-size limit (``ulimit -f``)."""
+    import resource
+
+    d = Path(path).absolute().parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    free = shutil.disk_usage(d).free
+    if needed > free:
+        raise DiskFullError(f"not enough free space for {what}: {needed} bytes needed, {free} free in {str(d)!r} "
+                            "(free some space, then rerun the same command: finished work is kept)",
+                            file=path, needed_bytes=int(needed), free_bytes=int(free))
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if file_size is not None and soft != resource.RLIM_INFINITY and file_size > soft:
+        raise DiskFullError(f"{what} needs a file of {file_size} bytes, above this process's file-size limit "
+                            f"(ulimit -f) of {soft} bytes", file=path, needed_bytes=int(file_size))
+
+
+def _output_error(e: BaseException, path, what: str):
+    """An OutputError for an OS/HDF5 error caused by a full disk or a read-only location, else None."""
+    from specvit.atomic import output_oserror
+
+    if isinstance(e, OSError) and e.errno:
+        return output_oserror(e, path, what)
+    m = re.search(r"errno = (\d+)", str(e))  # h5py: RuntimeError/OSError carrying the HDF5 error stack
+    if m and int(m.group(1)):
+        code = int(m.group(1))
+        return output_oserror(OSError(code, os.strerror(code)), path, what)
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first meaningful line of an h5py/PyTables error (their messages carry whole error stacks)."""
+    text = str(e)
+    m = re.search(r"(truncated file[^\n]*)", text)
+    if m:
+        return m.group(1).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and lines[0].lower().startswith("hdf5 error back trace"):  # PyTables: the innermost cause
+        causes = [ln for ln in lines[:-1] if not ln.startswith("File ") and "error back trace" not in ln.lower()]
+        return causes[-1] if causes else lines[-1]
+    return lines[0] if lines else type(e).__name__
+
+
 class DatasetWriter:
     """Write a pfsspec-layout dataset of ``n_rows`` spectra in row blocks, atomically and resumably.
 
     Arrays are preallocated at their final size in ``.<name>.partial`` beside
-    ``path``. Each :meth:`write_rows` stores its flux/error/mask and params rows,
+    ``path`` (allocated on disk up front, so a full disk shows at the start).
+    Each :meth:`write_rows` stores its flux/error/mask and params rows,
     then marks the rows done (``_progress/done``), so a killed job can reopen
     the partial file with ``resume=True`` and skip finished blocks.
     :meth:`finalize` writes the params table (pandas, ``format='table'``),
     removes the progress group and renames the file to ``path``.
+
+    The writer holds the output's lock (:class:`specvit.atomic.OutputLock`) from construction to
+    :meth:`finalize` / :meth:`close`: a second process writing the same path gets
+    :class:`~specvit.errors.OutputLockedError`. A full disk or a read-only directory raises
+    :class:`~specvit.errors.DiskFullError` / :class:`~specvit.errors.OutputError`; the space is
+    checked before every block is written, so the partial file stays consistent and resumable.
 
     Params columns must be numeric or strings; the set of columns is fixed by
     the first block written.
@@ -436,10 +520,31 @@ class DatasetWriter:
 
     def __init__(self, path, *, wave, n_rows: int, wave_edges=None, dtype=np.float32, with_mask: bool = False,
                  attrs: dict | None = None, chunk_rows: int = 256, resume: bool = False):
-        from specvit.atomic import tmp_path_for
+        from specvit.atomic import OutputLock, tmp_path_for
 
         self.path = Path(path)
         self.tmp = tmp_path_for(self.path)
+        self.damaged = self.path.with_name(f".{self.path.name}.damaged")
+        self._f = None
+        self._reserved = self._failed = False
+        self._handles: dict = {}
+        self.salvaged = 0
+        self._lock = OutputLock(self.path, what="dataset").acquire()
+        try:
+            self._open(wave, n_rows, wave_edges, dtype, with_mask, attrs, chunk_rows, resume)
+            if resume and self.damaged.exists():
+                self._salvage(max(1, min(chunk_rows, self.n_rows)))
+        except OSError as e:
+            self.close()
+            err = _output_error(e, self.tmp, "cannot create the dataset file")
+            if err is None:
+                raise
+            raise err from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, wave, n_rows, wave_edges, dtype, with_mask, attrs, chunk_rows, resume):
         self.n_rows = int(n_rows)
         self.dtype = np.dtype(dtype)
         wave = np.asarray(wave, dtype=np.float64)
@@ -450,36 +555,51 @@ class DatasetWriter:
         self.n_wave = len(wave)
         self.with_mask = with_mask
         self.attrs = dict(attrs or {})
-        self._f = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        total = expected_bytes(self.n_rows, self.n_wave, self.dtype, with_mask, chunk_rows)
         if resume and self.tmp.exists():
+            check_space(self.tmp, max(0, total - allocated_bytes(self.tmp)), "the rest of the dataset",
+                        file_size=total)
             try:
                 self._f = h5py.File(self.tmp, "r+")
+            except OSError as e:
+                if _output_error(e, self.tmp, "") is not None:
+                    raise
+                raise InputError(f"the partial file is truncated or corrupt ({_first_line(e)})",
+                                 file=self.tmp) from None
+            try:
                 ok = (self.PROGRESS in self._f and self._f[FLUX_KEY].shape == (self.n_rows, self.n_wave)
                       and np.allclose(self._f[WAVE_KEY][()], wave)
                       and self._f.attrs.get("resume_key", "") == self.attrs.get("resume_key", ""))
             except (OSError, KeyError):
                 ok = False
             if not ok:
-                if self._f is not None:
-                    self._f.close()
-                    self._f = None
+                self._f.close()
+                self._f = None
                 raise InputError(
                     "a partial file exists but does not match this job (different n, wave or config); "
                     "delete it or start without resume", file=self.tmp)
+            self._reserve()
             return
-        if self.tmp.exists():
-            self.tmp.unlink()
+        for p in (self.tmp, self.damaged) if not resume else (self.tmp,):
+            if p.exists():
+                p.unlink()
+        check_space(self.tmp, total, "the dataset", file_size=total)
         self._f = h5py.File(self.tmp, "w")
         f = self._f
         f.create_dataset(WAVE_KEY, data=wave)
         if wave_edges is not None:
             f.create_dataset(WAVE_EDGES_KEY, data=np.asarray(wave_edges, dtype=np.float64))
         chunks = (max(1, min(chunk_rows, self.n_rows)), self.n_wave)
-        f.create_dataset(FLUX_KEY, shape=(self.n_rows, self.n_wave), dtype=self.dtype, chunks=chunks)
-        f.create_dataset(ERROR_KEY, shape=(self.n_rows, self.n_wave), dtype=self.dtype, chunks=chunks)
+        # the big arrays get their disk space now (all chunks allocated, then reserved by _reserve): a
+        # full disk fails here, before any row, not inside HDF5 halfway through the run
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        early = {"dcpl": dcpl, "fill_time": "never"}
+        f.create_dataset(FLUX_KEY, shape=(self.n_rows, self.n_wave), dtype=self.dtype, chunks=chunks, **early)
+        f.create_dataset(ERROR_KEY, shape=(self.n_rows, self.n_wave), dtype=self.dtype, chunks=chunks, **early)
         if with_mask:
-            f.create_dataset(MASK_KEY, shape=(self.n_rows, self.n_wave), dtype=np.int32, chunks=chunks)
+            f.create_dataset(MASK_KEY, shape=(self.n_rows, self.n_wave), dtype=np.int32, chunks=chunks, **early)
         f.create_dataset(f"{self.PROGRESS}/done", shape=(self.n_rows,), dtype=bool, fillvalue=False)
         f.attrs["array_dtype"] = self.dtype.name
         f.attrs["format"] = "pfsspec dataset.h5 layout (specvit writer)"
@@ -488,16 +608,96 @@ class DatasetWriter:
                 v = int(v)  # PyTables cannot read HDF5 enum (bool) attributes
             f.attrs[k] = v if isinstance(v, (str, int, float, np.number, np.ndarray)) else json.dumps(v, default=str)
         f.flush()
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Allocate the file's blocks on disk (``posix_fallocate``) so later row writes cannot hit a full
+        disk (on copy-on-write file systems they still can; the space check before each block stays)."""
+        self._reserved = False
+        if not hasattr(os, "posix_fallocate"):
+            return
+        size = os.path.getsize(self.tmp)
+        fd = os.open(self.tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            self._reserved = True
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return  # not supported by this file system: the checks before each block remain
+            raise DiskFullError(f"cannot reserve {size} bytes for the dataset: {os.strerror(e.errno)} (free some "
+                                "space, then rerun the same command to continue)", file=self.tmp,
+                                needed_bytes=size, free_bytes=shutil.disk_usage(self.tmp.parent).free) from None
+        finally:
+            os.close(fd)
+
+    def _salvage(self, block_rows: int) -> None:
+        """Copy the finished rows of ``.<name>.damaged`` (a partial file set aside after HDF5 failed to
+        write to it, see :meth:`close`) into this file, then delete it. Rows it cannot give back are
+        simulated again; a file that does not open is only deleted."""
+        try:
+            src = h5py.File(self.damaged, "r")
+        except OSError:
+            self.damaged.unlink()
+            return
+        try:
+            try:
+                ok = (src.attrs.get("resume_key", "") == self.attrs.get("resume_key", "")
+                      and src[FLUX_KEY].shape == (self.n_rows, self.n_wave))
+            except (OSError, KeyError, RuntimeError):
+                ok = False
+            if not ok:
+                raise InputError("a damaged partial file exists but does not match this job; delete it or "
+                                 "start without resume", file=self.damaged)
+            try:
+                todo = src[f"{self.PROGRESS}/done"][()] & ~self.done_mask()
+                g = src[f"{self.PROGRESS}/params"]
+                cols = json.loads(g.attrs["columns"]) if todo.any() else []
+                rows = np.flatnonzero(todo)
+                for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if rows.size else []:
+                    for a in range(int(run[0]), int(run[-1]) + 1, block_rows):
+                        b = min(a + block_rows, int(run[-1]) + 1)
+                        params = pd.DataFrame({c: (g[c].asstr()[a:b] if h5py.check_string_dtype(g[c].dtype)
+                                                   else g[c][a:b]) for c in cols})
+                        mask = src[MASK_KEY][a:b] if self.with_mask and MASK_KEY in src else None
+                        self.write_rows(a, flux=src[FLUX_KEY][a:b], error=src[ERROR_KEY][a:b], params=params,
+                                        mask=mask)
+                        self.salvaged += b - a
+            except (OSError, RuntimeError, KeyError, ValueError):  # unreadable rest: simulated again
+                pass
+        finally:
+            src.close()
+        self.damaged.unlink()
+
+    def _check_usable(self) -> None:
+        if self._failed:
+            raise OutputError("an earlier write to this file failed (full disk): close the writer and resume "
+                              "in a new one", file=self.tmp)
+
+    def _check_block_space(self, n: int) -> None:
+        need = n * PARAMS_BYTES_PER_ROW + (1 << 18)
+        if not self._reserved:
+            need += n * self.n_wave * (2 * self.dtype.itemsize + (4 if self.with_mask else 0))
+        check_space(self.tmp, need, "rows of the dataset")
 
     # ---- progress
+    def _ds(self, key: str) -> h5py.Dataset:
+        """The open dataset ``key``, kept open until the file is closed: a dataset object dropped after
+        each write would be closed by the garbage collector, and h5py ignores errors there (a write that
+        failed on a full disk would go unnoticed); open, the next ``flush()`` / ``close()`` raises them."""
+        ds = self._handles.get(key)
+        if ds is None:
+            ds = self._handles[key] = self._f[key]
+        return ds
+
     def done_mask(self) -> np.ndarray:
-        return self._f[f"{self.PROGRESS}/done"][()]
+        return self._ds(f"{self.PROGRESS}/done")[()]
 
     def is_done(self, start: int, stop: int) -> bool:
-        return bool(self._f[f"{self.PROGRESS}/done"][start:stop].all())
+        return bool(self._ds(f"{self.PROGRESS}/done")[start:stop].all())
 
     def write_rows(self, start: int, *, flux, error, params: pd.DataFrame, mask=None) -> None:
         """Store rows ``start .. start+len(flux)`` and mark them done."""
+        self._check_usable()
         f = self._f
         flux = np.asarray(flux)
         error = np.asarray(error)
@@ -514,15 +714,24 @@ class DatasetWriter:
         for name, arr in (("flux", flux), ("error", error)):
             if not np.isfinite(arr).all():
                 raise InputError(f"non-finite {name} in rows {start}..{stop}", file=self.path, field=name)
-        f[FLUX_KEY][start:stop] = flux.astype(self.dtype, copy=False)
-        f[ERROR_KEY][start:stop] = error.astype(self.dtype, copy=False)
-        if self.with_mask:
-            m = np.zeros(flux.shape, np.int32) if mask is None else np.asarray(mask, np.int32)
-            f[MASK_KEY][start:stop] = m
-        self._write_params(start, stop, params)
-        f.flush()
-        f[f"{self.PROGRESS}/done"][start:stop] = True
-        f.flush()
+        self._check_block_space(n)
+        try:
+            self._ds(FLUX_KEY)[start:stop] = flux.astype(self.dtype, copy=False)
+            self._ds(ERROR_KEY)[start:stop] = error.astype(self.dtype, copy=False)
+            if self.with_mask:
+                m = np.zeros(flux.shape, np.int32) if mask is None else np.asarray(mask, np.int32)
+                self._ds(MASK_KEY)[start:stop] = m
+            self._write_params(start, stop, params)
+            f.flush()
+            self._ds(f"{self.PROGRESS}/done")[start:stop] = True
+            f.flush()
+        except (OSError, RuntimeError) as e:
+            err = _output_error(e, self.tmp, f"cannot write rows {start}..{stop}")
+            if err is None:
+                raise
+            self._failed = True  # HDF5 may hold unwritten metadata now: close() must not flush it again
+            _quiet_h5py_dealloc_errors()
+            raise err from None
 
     def _write_params(self, start, stop, params: pd.DataFrame) -> None:
         g = self._f.require_group(f"{self.PROGRESS}/params")
@@ -540,11 +749,15 @@ class DatasetWriter:
                 g.create_dataset(col, shape=(self.n_rows,), dtype=dt)
                 order = json.loads(g.attrs.get("columns", "[]")) + [str(col)]
                 g.attrs["columns"] = json.dumps(order)
-            g[col][start:stop] = values
+            self._ds(f"{self.PROGRESS}/params/{col}")[start:stop] = values
 
     # ---- finish
     def finalize(self) -> Path:
-        """Write the params table, drop progress bookkeeping, rename to the final path."""
+        """Write the params table, drop progress bookkeeping, rename to the final path.
+
+        The progress group is deleted only after the params table is written, so a failure (or a
+        kill) before the rename leaves a partial file that a rerun finishes."""
+        self._check_usable()
         done = self.done_mask()
         if not done.all():
             first = int(np.flatnonzero(~done)[0])
@@ -553,24 +766,62 @@ class DatasetWriter:
         g = self._f[f"{self.PROGRESS}/params"]
         cols = json.loads(g.attrs["columns"])
         df = pd.DataFrame({c: (g[c].asstr()[()] if h5py.check_string_dtype(g[c].dtype) else g[c][()]) for c in cols})
-        del self._f[self.PROGRESS]
-        self._f.attrs["complete"] = np.int8(1)
-        self._f.close()
-        self._f = None
-        df.to_hdf(self.tmp, key=PARAMS_KEY, mode="a", format="table", index=False)
+        check_space(self.tmp, 2 * int(df.memory_usage(deep=True).sum()) + METADATA_BYTES, "the params table")
+        self._close_file()
+        try:
+            df.to_hdf(self.tmp, key=PARAMS_KEY, mode="a", format="table", index=False)
+            n = len(pd.read_hdf(self.tmp, PARAMS_KEY, columns=[cols[0]]))  # errors inside PyTables are not
+            if n != self.n_rows:                                           # always raised: read it back
+                raise InputError(f"the params table written has {n} rows, not {self.n_rows}", file=self.tmp)
+            f = h5py.File(self.tmp, "r+")
+            del f[self.PROGRESS]
+            f.attrs["complete"] = np.int8(1)
+            f.close()
+        except Exception as e:
+            err = _output_error(e, self.tmp, "cannot write the params table")
+            if err is None:
+                raise
+            raise err from None
         os.replace(self.tmp, self.path)
+        self._release()
         return self.path
 
+    def _close_file(self) -> None:
+        f, self._f = self._f, None
+        if self._failed:  # released, h5py would print the write error again for each (see below)
+            _KEEP_AFTER_WRITE_ERROR.append(self._handles)
+        self._handles = {}
+        if f is not None:
+            if self._failed:
+                _KEEP_AFTER_WRITE_ERROR.append(f)
+                if not _close_after_write_error(f):
+                    # HDF5 could not write its metadata: do not write into this file again; the next run
+                    # copies its finished rows into a new partial file (_salvage)
+                    with contextlib.suppress(OSError):
+                        os.replace(self.tmp, self.damaged)
+            else:
+                f.close()
+
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """Close the partial file (kept for resuming) and release the lock."""
+        try:
+            self._close_file()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def abort(self) -> None:
         """Close and delete the partial file."""
-        self.close()
-        if self.tmp.exists():
-            self.tmp.unlink()
+        try:
+            self._close_file()
+            if self.tmp.exists():
+                self.tmp.unlink()
+        finally:
+            self._release()
 
     def __enter__(self):
         return self
@@ -580,3 +831,43 @@ class DatasetWriter:
             self.finalize()
         else:
             self.abort()
+
+
+#: h5py objects of a file whose write failed, never released: h5py would report the failed write again
+#: (a traceback on stderr) when each is released; the process is left by ``os._exit`` or exits anyway.
+_KEEP_AFTER_WRITE_ERROR: list = []
+
+
+def _quiet_h5py_dealloc_errors() -> None:
+    """After a write failed on a full disk, h5py reports the same failure again each time it releases
+    an object of that file (printed as 'Exception ignored in ... __dealloc__' tracebacks); the error
+    itself is already raised as a DiskFullError, so these reports are dropped for the rest of the
+    process. Other unraisable exceptions still go to the previous hook."""
+    import sys
+
+    old = sys.unraisablehook
+    if getattr(old, "_specvit_h5py_quiet", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, (RuntimeError, OSError)) and "h5py" in repr(u.object) + str(u.err_msg):
+            return
+        old(u)
+
+    hook._specvit_h5py_quiet = True
+    sys.unraisablehook = hook
+
+
+def _close_after_write_error(f: h5py.File) -> bool:
+    """Close a file whose last write failed (a full disk). HDF5 then still holds metadata it could not
+    write; closing retries, and if that fails too the library's state is damaged: HDF5's own exit
+    handler would crash the interpreter (segfault) flushing it again. The ``specvit`` command then
+    leaves with ``os._exit`` after printing its error (:data:`specvit.atomic.HDF5_STATE`)."""
+    from specvit import atomic
+
+    try:
+        f.close()
+        return True
+    except Exception:
+        atomic.HDF5_STATE["damaged"] = True
+        return False

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from specvit.config import config_to_dict, provenance
-from specvit.errors import ConfigError, InputError, SpecvitError
+from specvit.errors import ConfigError, InputError, OutputError, SpecvitError
 from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
 from specvit.observe.config import InstrumentConfig, ObservingConfig
 
@@ -375,17 +375,35 @@ def _resume_key(cfg_dict, n, seed, shard, n_shards, model_desc) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
 
+class SimulateResult(list):
+    """The files :func:`simulate` made (a list of Paths), plus what this call did:
+    ``n_written`` rows simulated and written now, ``n_resumed`` rows found done in partial files,
+    ``n_complete`` rows in files that were already complete (skipped)."""
+
+    n_written: int = 0
+    n_resumed: int = 0
+    n_complete: int = 0
+
+
 def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, workers: int = 1,
-             model=None, progress: bool = True, overwrite: bool = False, restart: bool = False) -> list[Path]:
-    """Simulate ``n`` spectra (total over ``shards`` files) into the pfsspec layout. Returns the files.
+             model=None, progress: bool = True, overwrite: bool = False, restart: bool = False) -> SimulateResult:
+    """Simulate ``n`` spectra (total over ``shards`` files) into the pfsspec layout. Returns the files
+    (a :class:`SimulateResult`, a list of Paths with counts of what was written).
 
     Re-running the same call after a kill resumes each unfinished shard and
     skips finished ones. ``restart=True`` discards partial files;
     ``overwrite=True`` replaces finished files that do not match this job.
+    Each output is locked (:class:`specvit.atomic.OutputLock`) for the whole call: a second process
+    writing the same output, with or without ``restart``/``overwrite``, gets
+    :class:`~specvit.errors.OutputLockedError`. The free space is checked before anything is written
+    (:class:`~specvit.errors.DiskFullError`); a full disk later keeps the partial file for resuming.
     """
+    import contextlib
+
     from tqdm import tqdm
 
-    from specvit.data.pfsspec import DatasetWriter, PARAMS_KEY
+    from specvit.atomic import OutputLock
+    from specvit.data.pfsspec import DatasetWriter, PARAMS_KEY, allocated_bytes, check_space, expected_bytes
 
     n, seed, workers = int(n), int(seed), int(workers)
     if n < 1:
@@ -403,7 +421,11 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
     workers = min(workers, sum(-(-size // C) for size in sizes))  # no more workers than chunks
     pool = slots = sim = None
     bar = None
+    result = SimulateResult(paths)
+    locks = contextlib.ExitStack()
     try:
+        for path in paths:  # before anything else: a second writer of these files is refused right away
+            locks.enter_context(OutputLock(path, what="output"))
         if workers > 1:
             import multiprocessing as mp
 
@@ -422,39 +444,64 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
             meta = _meta(sim)
             cfg_dict = config_to_dict(cfg)
         wave, wave_edges, label_names, model_desc = meta["wave"], meta["wave_edges"], meta["label_names"], meta["model"]
-        bar = tqdm(total=n, unit="spec", file=sys.stderr, disable=not progress, desc="simulate")
+        # decide for every shard before writing any: skip (complete), write, or refuse
+        keys = [_resume_key(cfg_dict, n, seed, k, shards, model_desc) for k in range(shards)]
+        todo, needed = [], 0
         for k, (path, size) in enumerate(zip(paths, sizes)):
-            key = _resume_key(cfg_dict, n, seed, k, shards, model_desc)
             if path.exists():
-                if _finished_key(path) == key and not restart:
-                    bar.update(size)
-                    continue
+                found = _finished_key(path)
+                if found == _UNREADABLE and not overwrite:
+                    raise InputError("output exists but is truncated or corrupt (not a readable HDF5 file); "
+                                     "use --overwrite to replace it", file=path)
+                if found == keys[k]:
+                    if restart and not overwrite:
+                        raise InputError("output is already complete, made by this same job (same n, seed and "
+                                         "config); --restart only discards partial files, so nothing was written "
+                                         "(add --overwrite to make it again)", file=path)
+                    if not restart:
+                        result.n_complete += size
+                        continue
                 if not overwrite:
                     raise InputError("output exists and was made by a different job (use --overwrite)", file=path)
+            todo.append(k)
+            tmp = path.with_name(f".{path.name}.partial")
+            reuse = allocated_bytes(tmp) if tmp.exists() and not restart else 0
+            needed += max(0, expected_bytes(size, len(wave), cfg.dtype, chunk_rows=min(C, 256)) - reuse)
+        if todo:
+            check_space(paths[todo[0]], needed, f"{len(todo)} output file(s)")
+        bar = tqdm(total=n, unit="spec", file=sys.stderr, disable=not progress, desc="simulate")
+        bar.update(result.n_complete)
+        for k in todo:
+            path, size, key = paths[k], sizes[k], keys[k]
             attrs = {
                 "seed": seed, "shard": k, "n_shards": shards, "row_offset": int(offsets[k]), "n_total": n,
                 "config": cfg_dict, "provenance": provenance(), "model": model_desc, "resume_key": key,
                 "interp_param_values": json.dumps(label_names + [""]),
             }
             tmp = path.with_name(f".{path.name}.partial")
-            resume = tmp.exists() and not restart
-            if restart and tmp.exists():
-                tmp.unlink()
+            damaged = path.with_name(f".{path.name}.damaged")  # set aside after a failed HDF5 write
+            resume = (tmp.exists() or damaged.exists()) and not restart
+            for p in (tmp, damaged) if restart else ():
+                if p.exists():
+                    p.unlink()
             try:
                 writer = DatasetWriter(path, wave=wave, wave_edges=wave_edges, n_rows=size,
                                        dtype=np.dtype(cfg.dtype), attrs=attrs, chunk_rows=min(C, 256),
                                        resume=resume)
             except InputError as e:
-                raise InputError(f"{e}; rerun with --restart to discard it", file=tmp) from None
+                raise InputError(f"{str(e).split('; file=')[0]}; rerun with --restart to discard it",
+                                 file=e.file or tmp) from None
             try:
                 done = writer.done_mask()
                 jobs = [(seed, k, c, s, min(C, size - s), int(offsets[k]))
                         for c, s in enumerate(range(0, size, C)) if not done[s:s + min(C, size - s)].all()]
                 bar.update(int(size - sum(j[4] for j in jobs)))
+                result.n_resumed += int(size - sum(j[4] for j in jobs))
 
                 def write(start, flux, error, params):
                     writer.write_rows(start, flux=flux, error=error, params=params)
                     bar.update(len(params))
+                    result.n_written += len(params)
 
                 if pool is not None:
                     _run_pooled(pool, slots, jobs, write)
@@ -463,6 +510,9 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                         r = sim.run(*j)
                         write(r["start"], r["flux"], r["error"], r["params"])
                 writer.finalize()
+            except OutputError:
+                writer.close()  # disk full / not writable: keep the partial file for resuming
+                raise
             except SpecvitError:
                 writer.abort()  # deterministic bad input: nothing to resume
                 raise
@@ -477,7 +527,12 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
             pool.join()
         if slots is not None:
             slots.release(unlink=True)
-    return paths
+        locks.close()
+    return result
+
+
+#: What :func:`_finished_key` returns for a file HDF5 cannot open (truncated or corrupt).
+_UNREADABLE = "<unreadable>"
 
 
 def _finished_key(path: Path) -> str | None:
@@ -488,4 +543,4 @@ def _finished_key(path: Path) -> str | None:
             k = f.attrs.get("resume_key")
             return k.decode() if isinstance(k, bytes) else k
     except OSError:
-        return None
+        return _UNREADABLE

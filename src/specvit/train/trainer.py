@@ -379,7 +379,22 @@ class Trainer:
             layer.fit_(mean, std)
 
     def fit(self) -> dict:
-        """Train (resuming if configured); returns the final metrics dict (also written to metrics.json)."""
+        """Train (resuming if configured); returns the final metrics dict (also written to metrics.json).
+
+        Rank 0 holds the run folder's lock (:class:`specvit.atomic.OutputLock`, ``.<out_dir>.lock``
+        beside it) while it trains: a second training into the same folder is refused
+        (:class:`~specvit.errors.OutputLockedError`) instead of resuming from, and overwriting, the
+        checkpoints of the live one. The other DDP ranks do not take it."""
+        from specvit.atomic import OutputLock
+
+        lock = OutputLock(self.out_dir, what="run folder").acquire() if self.dist.is_main else None
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> dict:
         run = self.cfg.run
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)

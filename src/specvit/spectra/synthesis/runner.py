@@ -123,9 +123,22 @@ def pending_ids(df, out_dir: Path, *, retry_failed: bool = False) -> list[str]:
     return [i for i in df["id"] if i not in done and i not in failed]
 
 
-def run_design(design_path, out_dir, *, cache_dir, workers: int = 1, setup: SynthesisSetup | None = None,
-               limit: int | None = None, retry_failed: bool = False, log=sys.stdout) -> dict:
-    """Synthesise every pending row of the design; return counts (ok, failed, skipped)."""
+def run_design(design_path, out_dir, **kwargs) -> dict:
+    """Synthesise every pending row of the design; return counts (ok, failed, skipped).
+
+    Keyword arguments: ``cache_dir`` (required), ``workers``, ``setup``, ``limit``, ``retry_failed``,
+    ``log``. The output folder is locked for the run (:class:`specvit.atomic.OutputLock`,
+    ``.<OUT>.lock`` beside it): a second ``synthesis run`` into the same folder is refused
+    (:class:`~specvit.errors.OutputLockedError`) instead of synthesising the same ids twice; the
+    worker processes write their spectra under the parent's lock."""
+    from specvit.atomic import OutputLock
+
+    with OutputLock(out_dir, what="synthesis output folder"):
+        return _run_design(design_path, out_dir, **kwargs)
+
+
+def _run_design(design_path, out_dir, *, cache_dir, workers: int = 1, setup: SynthesisSetup | None = None,
+                limit: int | None = None, retry_failed: bool = False, log=sys.stdout) -> dict:
     out_dir = Path(out_dir)
     (out_dir / "failed").mkdir(parents=True, exist_ok=True)
     df = read_design(design_path)
