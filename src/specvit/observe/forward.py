@@ -422,7 +422,7 @@ class ForwardModel:
 
         Same mathematics as :meth:`value_and_jacobian` (dμ = ν (R dF − fc · d median /
         median)), but (1) dF/dθ of the emulator comes from its analytic chain rule
-        (:func:`specvit.fisher.model_jacobian.model_flux_and_jacobian`; autograd for
+        (:func:`model_flux_and_jacobian`: the emulator's closed form; autograd for
         other models), (2) the sparse product R dF runs in the model's dtype (float32
         for the emulator: 30 terms per pixel, relative rounding ~1e-7) directly on the
         (N·L, n_model) layout, without float64 copies of the model-grid Jacobian, and
