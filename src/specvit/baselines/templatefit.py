@@ -536,7 +536,7 @@ def fit_grid(forward, flux, error, *, free=("T_eff", "log_g", "M_H"), fixed_valu
 
 def templatefit_forward(config: TemplateFitConfig, wave=None):
     """The ForwardModel a config asks for: ``default_model()`` through the PFS observer."""
-    from specvit.fisher.ceiling import default_forward
+    from specvit.observe.forward import default_forward
 
     fwd, _ = default_forward(use_observer=config.use_observer, model_spec=config.model)
     return fwd

@@ -24,27 +24,10 @@ from specvit.errors import InputError
 from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_from_weights, fisher_matrices,
                                         prior_weights, resolve_free, van_trees_bound)
 from specvit.labels import canonical_label
-from specvit.observe.forward import ForwardModel
+from specvit.observe.forward import ForwardModel, default_forward  # noqa: F401  (default_forward: part of fisher's API)
 from specvit.observe.noise import MagnitudeNoise, magnitude_errors
 from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
-from specvit.spectra import load_spectral_model
 from specvit.spectra.bosz import BOSZ_STEPS  # the grid spacing of the paper's nodes; also the default FD steps
-
-
-# ---------------------------------------------------------------------------------------------
-# model and observer
-# ---------------------------------------------------------------------------------------------
-
-
-def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default"):
-    """(ForwardModel, PFSObserver or None) for ``model`` (default: :func:`load_spectral_model` of ``model_spec``)."""
-    model = model if model is not None else load_spectral_model(model_spec)
-    observer = None
-    if use_observer:
-        from specvit.observe import PFSObserver
-
-        observer = PFSObserver.for_model(model)
-    return ForwardModel(model, observer), observer
 
 
 # ---------------------------------------------------------------------------------------------

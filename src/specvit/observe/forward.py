@@ -483,6 +483,16 @@ class ForwardModel:
         return flux * (NORMALISED_MEDIAN / np.median(flux, axis=-1, keepdims=True))
 
 
+
+def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default"):
+    """(ForwardModel, PFSObserver or None) for ``model`` (default: ``load_spectral_model(model_spec)``)
+    through the calibrated PFS MR arm (``use_observer=False``: the model's own grid, no instrument)."""
+    from specvit.spectra import load_spectral_model
+
+    model = model if model is not None else load_spectral_model(model_spec)
+    fwd = ForwardModel.for_model(model) if use_observer else ForwardModel(model)
+    return fwd, fwd.observer
+
 def jvp_stacked(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """μ = fn(x) (N, P) and its Jacobian (N, P, L) for a row-wise ``fn``, in one forward-mode pass.
 
