@@ -18,17 +18,10 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import numpy as np
 
-
-def timed(fn, repeat):
-    fn()  # warm up (tables, caches)
-    w0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - w0) / repeat, (time.process_time() - c0) / repeat
+from observe import timed  # benchmarks/observe.py: warm-up, then mean wall and process-CPU seconds
 
 
 def main(argv=None) -> int:

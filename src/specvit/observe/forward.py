@@ -339,9 +339,7 @@ class ForwardModel:
                 "model_wave64": torch.as_tensor(obs.model_wave, dtype=torch.float64, device=device),
                 "ccm_a": T(atm.ccm89_a_lambda_over_av(obs.model_wave) * 3.1),
                 "projector": T(obs.photometry.projector),
-                "resample": torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.long, device=device),
-                                                    torch.as_tensor(m.indices, dtype=torch.long, device=device),
-                                                    T(m.data), size=m.shape),
+                "resample": _sparse_csr(m, dtype, device),
                 "base": T(obs.base_response), "base_u": T(obs.base_response * obs._fib_u),
                 "trans_table": T(obs._trans_table), "sky_rate": T(obs.sky_rate), "floor2": T(obs.sky_floor2),
                 "moon": T(obs.moon_rate_v0),
@@ -605,6 +603,18 @@ def _accepts_dtype(model) -> bool:
         return "dtype" in inspect.signature(model.flux).parameters
     except (TypeError, ValueError):  # pragma: no cover
         return False
+
+
+def _sparse_csr(m, dtype, device) -> torch.Tensor:
+    """A scipy CSR matrix as a torch sparse CSR tensor (invariants checked once, here; torch's beta note silenced)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.long, device=device),
+                                       torch.as_tensor(m.indices, dtype=torch.long, device=device),
+                                       torch.as_tensor(m.data, dtype=dtype, device=device), size=m.shape,
+                                       check_invariants=True)
 
 
 def _median_torch(x: torch.Tensor) -> torch.Tensor:
