@@ -9,6 +9,13 @@ Layout (one HDF5 file per shard)::
     dataset/arrays/mask/value         (N, n_wave) int  optional; bits 0x1 default, 0x40000 extrapolated
     dataset/params                    pandas table (``to_hdf(format='table')``), one row per spectrum
 
+pfsspec's per-spectrum wavelength layout (``SpectrumDataset(constant_wave=False)``) stores
+``dataset/arrays/wave/value`` (N, n_wave) and ``dataset/arrays/wave_edges/value`` (N, 2, n_wave)
+instead of ``spectrumdataset/wave``. It is read when every row's grid equals the first row's
+(within ``ROW_WAVE_ATOL_A``): that grid becomes ``wave`` (``wave_layout == "per_spectrum"``).
+Rows on different grids are refused with the row and the difference named (resample them
+onto one grid first).
+
 This is the layout of the files the paper's pfsspec simulator wrote (float64
 arrays, a PyTables params table). specvit writes the same layout with float32
 arrays (the root attribute ``array_dtype`` says so) in row chunks.
@@ -40,6 +47,11 @@ WAVE_EDGES_KEY = "spectrumdataset/wave_edges"
 FLUX_KEY = "dataset/arrays/flux/value"
 ERROR_KEY = "dataset/arrays/error/value"
 MASK_KEY = "dataset/arrays/mask/value"
+#: pfsspec's per-spectrum wavelength layout (``SpectrumDataset(constant_wave=False)``): one row per spectrum
+ROW_WAVE_KEY = "dataset/arrays/wave/value"
+ROW_WAVE_EDGES_KEY = "dataset/arrays/wave_edges/value"  # (N, 2, n_wave): lower and upper edge of each pixel
+#: per-spectrum grids that differ by no more than this (Angstrom) from the first row's count as one grid
+ROW_WAVE_ATOL_A = 1e-3
 PARAMS_KEY = "dataset/params"
 
 #: pfsspec mask bits.
@@ -247,6 +259,47 @@ class LazyArray:
 
 
 # --------------------------------------------------------------------------- dataset
+def _read_wave(f: h5py.File, path: Path, chunk_rows: int = 4096):
+    """``(wave, wave_edges or None, layout)`` of one file: ``spectrumdataset/wave`` ("constant"), else
+    pfsspec's per-spectrum arrays ("per_spectrum"), accepted when every row has the first row's grid."""
+    if WAVE_KEY in f or ROW_WAVE_KEY not in f:
+        wave = np.asarray(_require(f, WAVE_KEY, path)[()], dtype=np.float64)
+        edges = np.asarray(f[WAVE_EDGES_KEY][()], dtype=np.float64) if WAVE_EDGES_KEY in f else None
+        return wave, edges, "constant"
+    ds = _require(f, ROW_WAVE_KEY, path)
+    if ds.ndim != 2 or ds.shape[0] == 0:
+        raise InputError("per-spectrum wave must be (N, n_wave) with N >= 1", file=path, field=ROW_WAVE_KEY,
+                         value=ds.shape)
+    try:
+        wave = np.asarray(ds[0], dtype=np.float64)
+        for a in range(0, ds.shape[0], chunk_rows):
+            block = np.asarray(ds[a:a + chunk_rows], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(block - wave[None, :])
+            bad = ~(diff <= ROW_WAVE_ATOL_A).all(axis=1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                d = diff[i]
+                j = int(np.nanargmax(np.where(np.isfinite(d), d, np.inf)))
+                raise InputError(
+                    f"per-spectrum wavelength grids differ: row {a + i} differs from row 0 by {d[j]:.4g} A at pixel "
+                    f"{j} ({block[i, j]:.4f} vs {wave[j]:.4f} A); specvit reads one grid per file (resample the "
+                    "spectra onto one grid first)", file=path, field=ROW_WAVE_KEY, value=f"row {a + i}")
+        edges = None
+        if ROW_WAVE_EDGES_KEY in f:
+            e = f[ROW_WAVE_EDGES_KEY]
+            if e.ndim == 3 and e.shape[1] == 2 and e.shape[2] == wave.shape[0]:
+                lo_hi = np.asarray(e[0], dtype=np.float64)
+                edges = np.concatenate([lo_hi[0], lo_hi[1][-1:]])
+            elif e.ndim == 2 and e.shape[1] == wave.shape[0] + 1:
+                edges = np.asarray(e[0], dtype=np.float64)
+            if edges is not None and not np.all(np.isfinite(edges)):
+                edges = None
+    except (OSError, RuntimeError) as e:
+        raise _corrupt(path, e, f"cannot read {ROW_WAVE_KEY}", field=ROW_WAVE_KEY) from None
+    return wave, edges, "per_spectrum"
+
+
 class SpectrumDataset:
     """A pfsspec dataset (one or more shards) opened lazily. Use :func:`open_dataset`.
 
@@ -257,6 +310,8 @@ class SpectrumDataset:
     wave : ndarray (n_wave,)
         Pixel centres, Angstrom (read into memory).
     wave_edges : ndarray (n_wave + 1,) or None
+    wave_layout : "constant" (``spectrumdataset/wave``) or "per_spectrum" (pfsspec ``constant_wave=False``:
+        ``dataset/arrays/wave/value``, every row on the same grid)
     flux, error : LazyArray (N, n_wave)
     mask : LazyArray (N, n_wave) or None
     params : DataFrame
@@ -284,7 +339,7 @@ class SpectrumDataset:
             df = read_params(p)
             f = _open_h5(p)
             self._files.append(f)
-            wave = np.asarray(_require(f, WAVE_KEY, p)[()], dtype=np.float64)
+            wave, edges, layout = _read_wave(f, p)
             fl = _require(f, FLUX_KEY, p)
             er = _require(f, ERROR_KEY, p)
             if wave.ndim != 1:
@@ -302,8 +357,8 @@ class SpectrumDataset:
                                  value=len(df))
             if self.wave is None:
                 self.wave = wave
-                if WAVE_EDGES_KEY in f:
-                    self.wave_edges = np.asarray(f[WAVE_EDGES_KEY][()], dtype=np.float64)
+                self.wave_edges = edges
+                self.wave_layout = layout
                 self.attrs = _read_attrs(f)
             elif wave.shape != self.wave.shape or not np.allclose(wave, self.wave, rtol=0, atol=1e-6):
                 raise InputError("wave grid differs from the first shard's", file=p, field=WAVE_KEY)
@@ -579,6 +634,9 @@ class DatasetWriter:
                 raise InputError(
                     "a partial file exists but does not match this job (different n, wave or config); "
                     "delete it or start without resume", file=self.tmp)
+            if with_mask and MASK_KEY not in self._f:  # a partial file begun before simulate wrote masks
+                self._f.create_dataset(MASK_KEY, shape=(self.n_rows, self.n_wave), dtype=np.int32,
+                                       chunks=(max(1, min(chunk_rows, self.n_rows)), self.n_wave), fillvalue=0)
             self._reserve()
             return
         for p in (self.tmp, self.damaged) if not resume else (self.tmp,):
