@@ -261,13 +261,16 @@ def test_predict_folder_catalogue_and_stellarparam(tmp_path, grid_nm, model_dir,
         good.append(write_pfs_fits(d / _name(kind, 0x100 + k), grid_nm, fnu, var, wcs=(k == 1)))
     bad = _bad_files(d, grid_nm)
     (d / "notes.txt").write_text("not a spectrum")  # ignored: not pfsObject-/pfsSingle-*.fits
+    broken = d / _name("pfsObject", 0x15)
+    broken.write_bytes(b"SIMPLE  =                    T" + b"\0" * 100)  # a truncated FITS file
+    bad["broken"] = broken
     assert len(list_pfs_files(d)) == 3 + len(bad)
     out, sp = tmp_path / "cat.csv", tmp_path / "params.fits"
     rc = main(["predict", "--model", str(model_dir[0]), "--input", str(d), "--out", str(out), "--stellarparam", str(sp)])
     assert rc == 0
-    assert "8 spectra" in capsys.readouterr().out
+    assert "9 spectra" in capsys.readouterr().out
     cat = pd.read_csv(out)
-    assert len(cat) == 8
+    assert len(cat) == 9
     by_file = cat.set_index("file")
     for p in good:
         r = by_file.loc[p.name]
@@ -289,14 +292,14 @@ def test_predict_folder_catalogue_and_stellarparam(tmp_path, grid_nm, model_dir,
         t = h["STELLARPARAM"]
         assert t.columns.names[:9] == ["method", "frame", "param", "covarId", "unit", "value", "valueErr", "flag",
                                        "status"]
-        assert len(t.data) == 16 and t.header["DAMD_VER"] == 2
+        assert len(t.data) == 18 and t.header["DAMD_VER"] == 2
         assert set(t.data["param"]) == {"T_eff", "log_g"} and set(t.data["unit"]) == {"K", "dex"}
         assert all(m.startswith("specvit-") for m in t.data["method"])
         rows = t.data[t.data["file"] == bad["masked"].name]
         assert rows["flag"].all() and all(s.startswith("INPUT") for s in rows["status"])
         ok = t.data[t.data["file"] == good[0].name]
         assert not ok["flag"].any() and np.isfinite(ok["valueErr"]).all()
-        assert h["STELLARCOVAR"].data.shape == (8, 2, 2)
+        assert h["STELLARCOVAR"].data.shape == (9, 2, 2)
 
 
 def test_predict_rv_table_is_applied(tmp_path, grid_nm, model_dir, monkeypatch):

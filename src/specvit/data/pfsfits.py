@@ -407,5 +407,8 @@ def load_pfs_batch(files, model_wave_A, *, rv_table: dict | None = None, require
         except InputError as e:
             failed[i] = True
             row["status"] = str(e)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # astropy on a damaged file
+            failed[i] = True
+            row["status"] = str(InputError(f"cannot read this file ({type(e).__name__}: {e})", file=f))
         info.append(row)
     return PfsBatch(files=list(files), info=info, flux=flux, error=error, masked=masked, failed=failed)
