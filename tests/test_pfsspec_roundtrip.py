@@ -135,15 +135,34 @@ def test_per_spectrum_wave_layout_is_read(tmp_path):
         assert ds.mask is not None and ds.mask.dtype == np.int64
 
 
-def test_per_spectrum_grids_that_differ_are_refused_naming_the_row(tmp_path):
+def test_per_spectrum_grids_that_differ_are_resampled_onto_one(tmp_path, caplog):
+    """Rows on their own (Doppler-shifted) grids: resampled, flux-conserving, onto the first row's grid."""
     wave, edges, flux, error, mask, params = _paper_like(20)
-    rows = np.tile(wave, (20, 1))
-    rows[7] *= 1.0 + 100.0 / 299792.458  # row 7 Doppler shifted by 100 km/s
+    shift = np.linspace(-60.0, 100.0, 20) / 299792.458
+    rows = wave[None, :] * (1.0 + shift[:, None])
+
+    def g(lam):  # one smooth spectrum, sampled on each row's own grid
+        return 0.5 + 0.05 * np.sin(lam / 3.0)
+
     p = tmp_path / "shifted.h5"
-    write_like_pfsspec(p, wave=rows, flux=flux, error=error, mask=mask, params=params, constant_wave=False)
-    with pytest.raises(InputError, match="row 7 differs from row 0") as e:
-        open_dataset(p)
-    assert "shifted.h5" in str(e.value) and "dataset/arrays/wave/value" in str(e.value)
+    write_like_pfsspec(p, wave=rows, flux=g(rows), error=error, mask=mask, params=params, constant_wave=False)
+    with caplog.at_level(logging.WARNING, logger="specvit.data"), open_dataset(p) as ds:
+        assert ds.wave_layout == "resampled" and "resampled" in caplog.text
+        np.testing.assert_array_equal(ds.wave, rows[0])
+        f, e, m = ds.flux[:], ds.error[:], ds.mask[:]
+        assert f.shape == (20, N_PIX) and np.isfinite(f).all()
+        inner = slice(12, N_PIX - 12)  # away from the uncovered ends and the NaN edge errors
+        np.testing.assert_allclose(f[:, inner], np.broadcast_to(g(rows[0])[inner], (20, N_PIX - 24)), atol=2e-3)
+        np.testing.assert_allclose(e[:, inner], 0.02, rtol=0.3)
+        # row 19 (+100 km/s) starts 160 km/s (8.9 pixels) to the red of row 0: its first 8 pixels are masked
+        assert np.isnan(e[19, :8]).all() and (m[19, :8] == 1).all() and not m[19, inner].any()
+        assert not np.isnan(e[0, 1:-1]).any()
+        np.testing.assert_array_equal(ds.flux[[19, 3]][0], f[19])
+        np.testing.assert_array_equal(ds.flux[19, 10:20], f[19, 10:20])
+        rep = check_dataset(ds, role="training", label_names=["log_g"])
+        assert rep.ok and rep.masked_pixels > 40
+    s = SpectraStream(path=p, label_names=["log_g"], batch_size=10, train=True, chunk_rows=10, buffer_rows=20)
+    assert all(torch_finite(b["flux"]) for b in s.iter_epoch(0))
 
 
 def test_nan_edge_errors_are_masked_counted_and_streamed(tmp_path, caplog):
