@@ -300,6 +300,12 @@ def test_predict_folder_catalogue_and_stellarparam(tmp_path, grid_nm, model_dir,
         ok = t.data[t.data["file"] == good[0].name]
         assert not ok["flag"].any() and np.isfinite(ok["valueErr"]).all()
         assert h["STELLARCOVAR"].data.shape == (9, 2, 2)
+        # what the datamodel's PfsTable.readHdu does with each schema column (StellarParams dtypes)
+        schema = {"method": str, "frame": str, "param": str, "covarId": np.uint8, "unit": str, "value": np.float32,
+                  "valueErr": np.float32, "flag": bool, "status": str}
+        read = {k: (np.array(["".join(a.astype(str)) for a in t.data[k]]) if t.data[k].dtype == np.object_
+                    else t.data[k].astype(dt)) for k, dt in schema.items()}
+        assert read["covarId"].tolist()[:2] == [0, 1] and read["param"].tolist()[:2] == ["T_eff", "log_g"]
 
 
 def test_predict_rv_table_is_applied(tmp_path, grid_nm, model_dir, monkeypatch):
