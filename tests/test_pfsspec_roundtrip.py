@@ -255,6 +255,8 @@ def test_simulate_writes_a_mask_pfsspec_reads_it(grid_file, tmp_path):
     np.testing.assert_array_equal(values["error"], np.concatenate([a["error"], b["error"]]))
     with open_dataset(out) as ds:
         assert ds.mask is not None and ds.wave_layout == "constant"
+    # the paper's loader (ViskaWei/VIT) reads the params without a key: the file has one pandas object
+    pd.testing.assert_frame_equal(pd.read_hdf(out), params)
 
 
 def test_resume_of_a_partial_file_without_mask_adds_it(tmp_path):
