@@ -266,7 +266,11 @@ def test_predict_folder_catalogue_and_stellarparam(tmp_path, grid_nm, model_dir,
     bad["broken"] = broken
     assert len(list_pfs_files(d)) == 3 + len(bad)
     out, sp = tmp_path / "cat.csv", tmp_path / "params.fits"
-    rc = main(["predict", "--model", str(model_dir[0]), "--input", str(d), "--out", str(out), "--stellarparam", str(sp)])
+    import specvit.train.predict_pfs as pp
+
+    monkeypatch.setattr(pp, "FILES_PER_BLOCK", 2)  # files are read 2 at a time: blocks, bad files among them
+    rc = main(["predict", "--model", str(model_dir[0]), "--input", str(d), "--out", str(out), "--stellarparam", str(sp),
+               "--batch-size", "1"])
     assert rc == 0
     assert "9 spectra" in capsys.readouterr().out
     cat = pd.read_csv(out)

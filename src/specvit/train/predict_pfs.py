@@ -36,6 +36,8 @@ FLAG_NAMES = {FLAG_INPUT: "INPUT", FLAG_LABEL_RANGE: "LABELRANGE", FLAG_SNR_RANG
 LABEL_UNITS = {"T_eff": "K", "log_g": "dex", "M_H": "dex", "a_M": "dex", "C_M": "dex"}
 #: GA datamodel version of the STELLARPARAM schema written (StellarParams.damdVer)
 GA_DAMD_VER = 2
+#: files read and prepared at a time (at least ``batch_size``)
+FILES_PER_BLOCK = 1024
 STELLARPARAM_COLUMNS = ("method", "frame", "param", "covarId", "unit", "value", "valueErr", "flag", "status")
 
 
@@ -65,21 +67,31 @@ def predict_pfs(model, input_path, *, batch_size: int = 256, device: str = "cpu"
         method = "specvit-templatefit"
     else:
         wave, names, run, method, ranges = _network_runner(model, device, batch_size)
-    batch = load_pfs_batch(files, wave, rv_table=rv)
     n = len(files)
-    ok = ~batch.failed
+    ok = np.zeros(n, dtype=bool)
     mean = np.full((n, len(names)), np.nan)
     err = np.full((n, len(names)), np.nan)
     edge = np.zeros(n, dtype=bool)
-    if ok.any():
-        m, e, b = run(batch.flux[ok], batch.error[ok], batch.masked[ok])
-        mean[ok], err[ok], edge[ok] = m, e, b
-    cat = pd.DataFrame(batch.info)
+    snr = np.full(n, np.nan)
+    info = []
+    step = max(int(batch_size), FILES_PER_BLOCK)
+    for a in range(0, n, step):  # a block of files at a time: memory does not grow with the folder
+        batch = load_pfs_batch(files[a:a + step], wave, rv_table=rv)
+        good = ~batch.failed
+        sl = slice(a, a + len(batch.files))
+        ok[sl] = good
+        if good.any():
+            m, e, b = run(batch.flux[good], batch.error[good], batch.masked[good])
+            idx = a + np.flatnonzero(good)
+            mean[idx], err[idx], edge[idx] = m, e, b
+        snr[sl] = _snr(batch.flux, batch.error, batch.masked)
+        info.extend(batch.info)
+    cat = pd.DataFrame(info)
     status = cat.pop("status")
     for j, name in enumerate(names):
         cat[name] = mean[:, j]
         cat[f"{name}_err"] = err[:, j]
-    cat["snr"] = _snr(batch.flux, batch.error, batch.masked)
+    cat["snr"] = snr
     mf = cat.pop("masked_fraction")
     cat["masked_fraction"] = mf
     if str(model) != "templatefit":
