@@ -266,6 +266,9 @@ def test_predict_folder_catalogue_and_stellarparam(tmp_path, grid_nm, model_dir,
     broken.write_bytes(b"SIMPLE  =                    T" + b"\0" * 100)  # a truncated FITS file
     bad["broken"] = broken
     assert len(list_pfs_files(d)) == 3 + len(bad)
+    assert list_pfs_files(str(d / "pfsSingle-*.fits")) == [good[2]]
+    with pytest.raises(InputError, match="glob matches no files"):
+        list_pfs_files(str(d / "pfsNothing-*.fits"))
     out, sp = tmp_path / "cat.csv", tmp_path / "params.fits"
     import specvit.train.predict_pfs as pp
 

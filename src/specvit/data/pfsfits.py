@@ -74,12 +74,20 @@ def _fits_in_dir(p: Path) -> list[Path]:
 
 
 def list_pfs_files(path) -> list[Path]:
-    """The FITS files of ``--input``: one file, or every ``pfsObject-*`` / ``pfsSingle-*`` FITS of a folder (sorted)."""
+    """The FITS files of ``--input``: one file, a glob, or every ``pfsObject-*`` / ``pfsSingle-*`` FITS of a folder
+    (sorted)."""
     paths = path if isinstance(path, (list, tuple)) else [path]
     out: list[Path] = []
     for x in paths:
         p = Path(x)
-        if p.is_dir():
+        if any(c in str(x) for c in "*?[") and not p.exists():
+            import glob
+
+            files = sorted(Path(q) for q in glob.glob(str(x)) if Path(q).is_file())
+            if not files:
+                raise InputError("glob matches no files", file=str(x))
+            out.extend(files)
+        elif p.is_dir():
             files = _fits_in_dir(p)
             if not files:
                 raise InputError("folder holds no pfsObject-*.fits or pfsSingle-*.fits files", file=p)
