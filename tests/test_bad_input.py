@@ -195,16 +195,33 @@ def test_lightgbm_refuses_a_val_file_on_another_grid_before_fitting(data, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def test_predict_and_ridge_refuse_negative_errors(data, tmp_path, capsys):
+def test_predict_and_ridge_mask_negative_errors(data, tmp_path, capsys, caplog):
+    """A negative error pixel is a masked pixel (docs/data.md): counted in the log, not refused."""
     from specvit.baselines.ridge import run_ridge
 
     neg = _copy(data / "test.h5", tmp_path / "neg.h5", error={(6, 3): -0.02})
     _save(tmp_path / "model", "log_g", 3.0, 1.15)
+    with caplog.at_level("WARNING", logger="specvit.data"):
+        rc = main(["predict", "--model", str(tmp_path / "model"), "--input", str(neg), "--out",
+                   str(tmp_path / "c.csv")])
+    assert rc == 0 and "1 masked error pixels" in caplog.text and "neg.h5" in caplog.text
+    cat = pd.read_csv(tmp_path / "c.csv")
+    assert not cat["flag_nan_input"].any() and np.isfinite(cat["log_g"]).all()
+    run_ridge(_ridge_cfg(data, tmp_path / "run", test=str(neg)), log=lambda *_: None)
+    assert (tmp_path / "run" / "predictions.csv").exists()
+
+
+def test_predict_flags_and_ridge_refuses_a_row_without_usable_errors(data, tmp_path, capsys):
+    from specvit.baselines.ridge import run_ridge
+
+    n_pix = h5py.File(data / "test.h5", "r")["dataset/arrays/error/value"].shape[1]
+    neg = _copy(data / "test.h5", tmp_path / "neg.h5", error={(6, j): -0.02 for j in range(n_pix)})
+    _save(tmp_path / "model", "log_g", 3.0, 1.15)
     rc = main(["predict", "--model", str(tmp_path / "model"), "--input", str(neg), "--out", str(tmp_path / "c.csv")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "negative error" in err and "row 6" in err and "neg.h5" in err
-    assert not (tmp_path / "c.csv").exists()
-    with pytest.raises(InputError, match="row 6"):
+    assert rc == 0
+    cat = pd.read_csv(tmp_path / "c.csv")
+    assert cat.loc[6, "flag_nan_input"] and np.isnan(cat.loc[6, "log_g"]) and cat["flag_nan_input"].sum() == 1
+    with pytest.raises(InputError, match="no usable error pixel.*row 6"):
         run_ridge(_ridge_cfg(data, tmp_path / "run", test=str(neg)), log=lambda *_: None)
     assert not (tmp_path / "run").exists()
 
@@ -293,25 +310,27 @@ def test_every_problem_of_a_dataset_is_reported_at_once(data, tmp_path):
     """Flux, error and label problems of train and test together, with the first rows and the count."""
     from specvit.baselines.ridge import run_ridge
 
+    n_pix = h5py.File(data / "train.h5", "r")["dataset/arrays/error/value"].shape[1]
     train = _copy(data / "train.h5", tmp_path / "train.h5",
-                  flux={(r, 0): np.nan for r in range(10, 18)}, error={(3, 2): -1.0},
+                  flux={(r, 0): np.nan for r in range(10, 18)}, error={(3, j): -1.0 for j in range(n_pix)},
                   labels={(40, "log_g"): np.nan})
     test = _copy(data / "test.h5", tmp_path / "test.h5", wave_shift=1.0)
     with pytest.raises(InputError) as e:
         run_ridge(_ridge_cfg(data, tmp_path / "run", train=str(train), test=str(test)), log=lambda *_: None)
     msg = str(e.value)
     assert "NaN or inf flux in 8 rows: row 10, row 11, row 12, row 13, row 14 (first 5 of 8 rows)" in msg
-    assert "error" in msg and "row 3" in msg
+    assert "no usable error pixel" in msg and "row 3" in msg
     assert "dataset/params/log_g" in msg and "row 40" in msg
     assert "wavelength grid differs" in msg and "test.h5" in msg
 
 
-def test_train_refuses_negative_error_before_building_the_model(data, tmp_path):
+def test_train_refuses_a_row_without_usable_errors_before_building_the_model(data, tmp_path):
     from specvit.train import Trainer, load_train_config
 
-    train = _copy(data / "train.h5", tmp_path / "neg.h5", error={(50, 7): -0.5})
+    n_pix = h5py.File(data / "train.h5", "r")["dataset/arrays/error/value"].shape[1]
+    train = _copy(data / "train.h5", tmp_path / "neg.h5", error={(50, j): -0.5 for j in range(n_pix)})
     cfg = load_train_config(data=_train_cfg(data, tmp_path / "run", train=[str(train)]))
-    with pytest.raises(InputError, match="row 50"):
+    with pytest.raises(InputError, match="no usable error pixel.*row 50"):
         Trainer(cfg)
 
 

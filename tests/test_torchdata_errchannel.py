@@ -46,14 +46,33 @@ def test_error_channel_unbiased_and_from_noisy_counts(observed):
     assert max(moved) > 1e-3  # but not the stored model error: it follows the noisy counts
 
 
-def test_error_channel_needs_norm_factor(tmp_path):
+def test_error_channel_without_norm_factor_derives_it_from_mag(observed, tmp_path):
+    """pfsspec files have no norm_factor: it is derived from the noisy flux and the mag column."""
+    p, o = observed
+    df = pd.read_hdf(p, "dataset/params")
+    assert "mag" in df.columns
+    q = tmp_path / "nonorm.h5"
+    write_dataset(q, wave=o.wave, flux=o.flux.astype(np.float32), error=o.error.astype(np.float32),
+                  params=df.drop(columns=["norm_factor"]))
+    kw = dict(label_names=["log_g"], batch_size=16, train=True, chunk_rows=16, buffer_rows=48, seed=1)
+    with_norm = SpectraStream(path=p, **kw)
+    with_norm.error_fn = observer_error_fn(with_norm.src, 1.0)
+    without = SpectraStream(path=q, **kw)
+    without.error_fn = observer_error_fn(without.src, 1.0)
+    for a, b in zip(with_norm.iter_epoch(0), without.iter_epoch(0)):
+        np.testing.assert_array_equal(a["rows"].numpy(), b["rows"].numpy())
+        ratio = np.median(b["error"].numpy() / a["error"].numpy(), axis=1)
+        assert np.all(np.abs(ratio - 1) < 0.05)  # the normalisation of a noisy spectrum: a few % off
+
+
+def test_error_channel_needs_norm_factor_or_mag(tmp_path):
     from test_train_data import write_dataset as write_toy
 
     write_toy(tmp_path / "x.h5", n_rows=8, n_pixels=16)
-    df = pd.read_hdf(tmp_path / "x.h5", "dataset/params").drop(columns=["norm_factor"])
+    df = pd.read_hdf(tmp_path / "x.h5", "dataset/params").drop(columns=["norm_factor", "mag"])
     df.to_hdf(tmp_path / "x.h5", key="dataset/params", format="table")
     s = SpectraStream(path=tmp_path / "x.h5", label_names=["log_g"], batch_size=4, train=True)
     from specvit.errors import InputError
 
-    with pytest.raises(InputError, match="norm_factor"):
+    with pytest.raises(InputError, match="norm_factor.*'mag'"):
         observer_error_fn(s.src, 1.0)

@@ -147,13 +147,18 @@ def noisy_chunk(ds, start: int, stop: int, *, noise_level: float, seed: int) -> 
 
     flux = np.asarray(ds.flux[start:stop], dtype=np.float32)
     error = np.asarray(ds.error[start:stop], dtype=np.float32)
-    from specvit.data.checks import bad_error_pixels, bad_flux_pixels
+    from specvit.data.checks import bad_flux_pixels, patch_masked_errors
 
-    for name, bad in (("flux", bad_flux_pixels(flux)), ("error", bad_error_pixels(error))):
-        if bad.any():
-            r = start + int(np.argwhere(bad)[0][0])
-            what = "non-finite flux" if name == "flux" else "NaN, inf or negative error"
-            raise InputError(f"{what} in row {r}", file=_row_file(ds, r), field=f"dataset/arrays/{name}/value")
+    bad = bad_flux_pixels(flux)
+    if bad.any():
+        r = start + int(np.argwhere(bad)[0][0])
+        raise InputError(f"non-finite flux in row {r}", file=_row_file(ds, r), field="dataset/arrays/flux/value")
+    error, masked = patch_masked_errors(error)  # the masked-pixel policy (docs/data.md)
+    empty = masked.all(axis=1)
+    if empty.any():
+        r = start + int(np.argmax(empty))
+        raise InputError(f"no usable error pixel (every pixel NaN, inf, zero or negative) in row {r}",
+                         file=_row_file(ds, r), field="dataset/arrays/error/value")
     rows = np.arange(start, stop, dtype=np.int64)
     return fixed_noisy_flux(flux, error, noise_level, rows, seed).astype(np.float32, copy=False)
 
@@ -185,8 +190,8 @@ def spectrum_snr(ds, stop: int, chunk_rows: int = 4096) -> np.ndarray:
         end = min(stop, start + chunk_rows)
         f = np.asarray(ds.flux[start:end], dtype=np.float64)
         e = np.asarray(ds.error[start:end], dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[start:start + len(f)] = np.median(f / e, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # masked error pixels do not count
+            out[start:start + len(f)] = np.nanmedian(np.where(e > 0, f / e, np.nan), axis=1)
     return out
 
 

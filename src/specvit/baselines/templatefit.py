@@ -572,6 +572,7 @@ def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
     ``forward`` overrides the model (default: :func:`templatefit_forward`).
     """
     from specvit.data import fixed_noisy_flux, open_dataset
+    from specvit.data.checks import patch_masked_errors
 
     if not config.input:
         raise InputError("templatefit needs an input dataset", field="input", value=config.input)
@@ -590,11 +591,12 @@ def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
         for s0 in range(0, n, config.batch_size):
             rows = np.arange(s0, min(n, s0 + config.batch_size))
             flux = np.asarray(ds.flux[rows], dtype=np.float64)
-            err = np.asarray(ds.error[rows], dtype=np.float64)
+            err, masked = patch_masked_errors(np.asarray(ds.error[rows], dtype=np.float64))
             if not np.all(np.isfinite(flux)):
                 bad = int(np.argwhere(~np.isfinite(flux))[0, 0])
                 raise InputError("NaN in flux", file=ds.path, field="dataset/arrays/flux/value", value=f"row {rows[bad]}")
             noisy = fixed_noisy_flux(flux, err, config.noise_level, rows, config.noise_seed)
+            err = np.where(masked, np.nan, err)  # masked pixels: noise drawn as their neighbours', weight 0 in the fit
             if config.mode == "lm":
                 res = fit_lm(forward, noisy, err, free=config.free_labels, fixed_values=config.fixed_values,
                              noise_level=config.noise_level, degree=config.flux_correction_degree,

@@ -5,7 +5,9 @@
 * the wavelength grid: finite and increasing, and equal to the reference grid (the
   training set's, or the model's) when there is one;
 * the flux: NaN / inf pixels;
-* the error: pixels :func:`bad_error_pixels` calls bad (NaN, inf, negative);
+* the error: pixels :func:`bad_error_pixels` calls bad (NaN, inf, zero or negative) are *masked*
+  pixels (counted, not refused; see "Masked pixels" below); a row whose every error pixel is bad
+  is a problem;
 * the labels: the columns exist, are finite and lie inside the model's label range
   when a model (with a range) is given.
 
@@ -14,11 +16,24 @@ whose message names the file, the field and the rows (the first few, plus the co
 :func:`raise_problems` joins the reports of several files (train + val + test).
 
 Policy lives in one place: :func:`bad_error_pixels` decides which error pixels are
-bad (to treat non-finite error pixels at the spectrum edges as masked, change that
-one function).
+bad, :func:`patch_masked_errors` what a consumer does with them.
+
+Masked pixels (THE policy for bad error pixels)
+-----------------------------------------------
+An error pixel that is NaN, inf, zero or negative is a *masked pixel* (pfsspec files carry NaN
+errors in the first and last pixels; the paper's loader patched them). It never makes a
+file unusable: every consumer (training stream, validation, predict, baselines) replaces
+the error of a masked pixel by the error of the nearest unmasked pixel of the same
+spectrum (ties: the bluer one), so noise is drawn at the level of its neighbours and the
+flux there is used as it is (it must be finite: NaN/inf flux stays a problem). Weighted
+fits (the template fit) give masked pixels zero weight instead. The number of masked
+pixels and of rows having any is counted by :func:`check_dataset` and logged
+(logger ``specvit.data``). A row with no unmasked error pixel at all is refused (train,
+baselines) or flagged (predict).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -40,9 +55,35 @@ MAX_ROWS_SHOWN = 5
 WAVE_ATOL_A = 1e-3
 
 
+log = logging.getLogger("specvit.data")
+
+
 def bad_error_pixels(error: np.ndarray) -> np.ndarray:
-    """Boolean mask of unusable 1-sigma error pixels: NaN, inf or negative (THE error policy)."""
-    return ~(np.isfinite(error) & (error >= 0))
+    """Boolean mask of masked 1-sigma error pixels: NaN, inf, zero or negative (THE error policy)."""
+    return ~(np.isfinite(error) & (error > 0))
+
+
+def patch_masked_errors(error: np.ndarray, bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the masked-pixel policy to (N, P) errors: each bad pixel takes the error of the nearest good
+    pixel of its row (ties: the bluer one). Returns ``(patched copy, bad)``; rows without any good pixel
+    are left as they are (the caller refuses or flags them: ``~(~bad).any(axis=1)``)."""
+    error = np.asarray(error)
+    bad = bad_error_pixels(error) if bad is None else np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return error, bad
+    out = error.copy()
+    n_pix = error.shape[-1]
+    idx = np.arange(n_pix)
+    for i in np.flatnonzero(bad.any(axis=1)):
+        good = np.flatnonzero(~bad[i])
+        if good.size == 0:
+            continue
+        pos = np.searchsorted(good, idx)
+        left = good[np.clip(pos - 1, 0, good.size - 1)]
+        right = good[np.clip(pos, 0, good.size - 1)]
+        nearest = np.where(np.abs(idx - left) <= np.abs(right - idx), left, right)
+        out[i, bad[i]] = error[i, nearest[bad[i]]]
+    return out, bad
 
 
 def bad_flux_pixels(flux: np.ndarray) -> np.ndarray:
@@ -85,6 +126,9 @@ class DatasetReport:
     problems: list[Problem] = field(default_factory=list)
     #: rows with non-finite flux or error when the caller flags them instead (``nonfinite="flag"``)
     flagged: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: masked error pixels (the masked-pixel policy) in all, and rows that have any
+    masked_pixels: int = 0
+    masked_rows: int = 0
     ds: object = None
 
     @property
@@ -154,8 +198,9 @@ def check_dataset(ds, *, role: str, label_names: Sequence[str] = (), n_rows: int
     label_names : label columns the consumer uses: they must exist and be finite.
     ref_wave, ref_name : the reference grid (the training set's or the model's) and how to call it.
     label_bounds : ``{name: (low, high)}`` of the model; labels outside are problems.
-    nonfinite : "error" (NaN/inf flux or error is a problem) or "flag" (such rows are returned in
-        ``report.flagged``; negative errors are still problems).
+    nonfinite : "error" (NaN/inf flux, or a row without any unmasked error pixel, is a problem) or
+        "flag" (such rows are returned in ``report.flagged``). Masked error pixels (NaN, inf, zero,
+        negative: :func:`bad_error_pixels`) are counted in ``masked_pixels`` / ``masked_rows`` and logged.
     raise_errors : raise an InputError listing every problem (else return the report).
     """
     if nonfinite not in ("error", "flag"):
@@ -182,7 +227,8 @@ def check_dataset(ds, *, role: str, label_names: Sequence[str] = (), n_rows: int
                                                                     f"(e.g. {y[out[0]]:g})", out))
     # flux and error, in chunks
     flagged = np.zeros(n, dtype=bool)
-    bad_flux, bad_err, neg_err = [], [], []
+    bad_flux, no_err = [], []
+    n_masked, rows_masked = 0, 0
     step = max(1, int(chunk_rows))
     for a in range(0, n, step):
         b = min(n, a + step)
@@ -190,19 +236,24 @@ def check_dataset(ds, *, role: str, label_names: Sequence[str] = (), n_rows: int
         error = np.asarray(ds.error[a:b])
         fbad = bad_flux_pixels(flux).any(axis=1)
         epix = bad_error_pixels(error)
+        none_good = epix.all(axis=1)
+        n_masked += int(epix[~none_good].sum())
+        rows_masked += int((epix.any(axis=1) & ~none_good).sum())
         if nonfinite == "flag":
-            negative = error < 0
-            neg_err.append(a + np.flatnonzero((epix & negative).any(axis=1)))
-            flagged[a:b] = fbad | (epix & ~negative).any(axis=1)
+            flagged[a:b] = fbad | none_good
         else:
             bad_flux.append(a + np.flatnonzero(fbad))
-            bad_err.append(a + np.flatnonzero(epix.any(axis=1)))
+            no_err.append(a + np.flatnonzero(none_good))
     if bad_flux and np.concatenate(bad_flux).size:
         rep.problems.append(Problem(FLUX_KEY, "NaN or inf flux", np.concatenate(bad_flux)))
-    if bad_err and np.concatenate(bad_err).size:
-        rep.problems.append(Problem(ERROR_KEY, "NaN, inf or negative error", np.concatenate(bad_err)))
-    if neg_err and np.concatenate(neg_err).size:
-        rep.problems.append(Problem(ERROR_KEY, "negative error", np.concatenate(neg_err)))
+    if no_err and np.concatenate(no_err).size:
+        rep.problems.append(Problem(ERROR_KEY, "no usable error pixel (every pixel NaN, inf, zero or negative)",
+                                    np.concatenate(no_err)))
+    rep.masked_pixels, rep.masked_rows = n_masked, rows_masked
+    if n_masked:
+        log.warning("%s dataset %s: %d masked error pixels (NaN, inf, zero or negative) in %d of %d rows; each "
+                    "takes the error of its nearest unmasked pixel (masked-pixel policy, docs/data.md)",
+                    role, rep.file, n_masked, rows_masked, n)
     rep.flagged = flagged
     if raise_errors:
         rep.raise_if_bad()

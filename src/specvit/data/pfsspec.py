@@ -9,6 +9,14 @@ Layout (one HDF5 file per shard)::
     dataset/arrays/mask/value         (N, n_wave) int  optional; bits 0x1 default, 0x40000 extrapolated
     dataset/params                    pandas table (``to_hdf(format='table')``), one row per spectrum
 
+pfsspec's per-spectrum wavelength layout (``SpectrumDataset(constant_wave=False)``) stores
+``dataset/arrays/wave/value`` (N, n_wave) and ``dataset/arrays/wave_edges/value`` (N, 2, n_wave)
+instead of ``spectrumdataset/wave``. It is read when every row's grid equals the first row's
+(within ``ROW_WAVE_ATOL_A``): that grid becomes ``wave`` (``wave_layout == "per_spectrum"``).
+Rows on different grids (``wave_layout == "resampled"``) are resampled as they are read,
+flux-conserving, onto one grid: the PFS MR grid for 4096-pixel spectra, else the first row's
+(:class:`_RegridSource`); output pixels not covered are masked pixels (NaN error, mask 0x1).
+
 This is the layout of the files the paper's pfsspec simulator wrote (float64
 arrays, a PyTables params table). specvit writes the same layout with float32
 arrays (the root attribute ``array_dtype`` says so) in row chunks.
@@ -40,6 +48,11 @@ WAVE_EDGES_KEY = "spectrumdataset/wave_edges"
 FLUX_KEY = "dataset/arrays/flux/value"
 ERROR_KEY = "dataset/arrays/error/value"
 MASK_KEY = "dataset/arrays/mask/value"
+#: pfsspec's per-spectrum wavelength layout (``SpectrumDataset(constant_wave=False)``): one row per spectrum
+ROW_WAVE_KEY = "dataset/arrays/wave/value"
+ROW_WAVE_EDGES_KEY = "dataset/arrays/wave_edges/value"  # (N, 2, n_wave): lower and upper edge of each pixel
+#: per-spectrum grids that differ by no more than this (Angstrom) from the first row's count as one grid
+ROW_WAVE_ATOL_A = 1e-3
 PARAMS_KEY = "dataset/params"
 
 #: pfsspec mask bits.
@@ -247,6 +260,133 @@ class LazyArray:
 
 
 # --------------------------------------------------------------------------- dataset
+def _read_wave(f: h5py.File, path: Path, chunk_rows: int = 4096):
+    """``(wave, wave_edges or None, layout)`` of one file: ``spectrumdataset/wave`` ("constant"), else
+    pfsspec's per-spectrum arrays ("per_spectrum"), accepted when every row has the first row's grid."""
+    if WAVE_KEY in f or ROW_WAVE_KEY not in f:
+        wave = np.asarray(_require(f, WAVE_KEY, path)[()], dtype=np.float64)
+        edges = np.asarray(f[WAVE_EDGES_KEY][()], dtype=np.float64) if WAVE_EDGES_KEY in f else None
+        return wave, edges, "constant"
+    ds = _require(f, ROW_WAVE_KEY, path)
+    if ds.ndim != 2 or ds.shape[0] == 0:
+        raise InputError("per-spectrum wave must be (N, n_wave) with N >= 1", file=path, field=ROW_WAVE_KEY,
+                         value=ds.shape)
+    try:
+        wave = np.asarray(ds[0], dtype=np.float64)
+        for a in range(0, ds.shape[0], chunk_rows):
+            block = np.asarray(ds[a:a + chunk_rows], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(block - wave[None, :])
+            bad = ~(diff <= ROW_WAVE_ATOL_A).all(axis=1)
+            if bad.any():
+                if not np.all(np.isfinite(block)) or not np.all(np.diff(block, axis=1) > 0):
+                    i = int(np.argmax(~np.isfinite(block).all(axis=1) | ~(np.diff(block, axis=1) > 0).all(axis=1)))
+                    raise InputError("per-spectrum wavelengths must be finite and increasing", file=path,
+                                     field=ROW_WAVE_KEY, value=f"row {a + i}")
+                return (*_regrid_reference(wave), "resampled")
+        edges = None
+        if ROW_WAVE_EDGES_KEY in f:
+            e = f[ROW_WAVE_EDGES_KEY]
+            if e.ndim == 3 and e.shape[1] == 2 and e.shape[2] == wave.shape[0]:
+                lo_hi = np.asarray(e[0], dtype=np.float64)
+                edges = np.concatenate([lo_hi[0], lo_hi[1][-1:]])
+            elif e.ndim == 2 and e.shape[1] == wave.shape[0] + 1:
+                edges = np.asarray(e[0], dtype=np.float64)
+            if edges is not None and not np.all(np.isfinite(edges)):
+                edges = None
+    except (OSError, RuntimeError) as e:
+        raise _corrupt(path, e, f"cannot read {ROW_WAVE_KEY}", field=ROW_WAVE_KEY) from None
+    return wave, edges, "per_spectrum"
+
+
+def _regrid_reference(row0: np.ndarray):
+    """The common grid rows on different grids are resampled onto: the PFS MR grid for 4096-pixel
+    spectra (the grid every specvit file and model uses), else the first row's grid."""
+    from specvit.observe.pfs import PFS_MR_N_PIXELS, pfs_mr_wave, pfs_mr_wave_edges
+
+    if row0.shape[0] == PFS_MR_N_PIXELS:
+        return pfs_mr_wave(), pfs_mr_wave_edges()
+    mid = 0.5 * (row0[1:] + row0[:-1])
+    return row0.copy(), np.concatenate([[row0[0] - (mid[0] - row0[0])], mid, [row0[-1] + (row0[-1] - mid[-1])]])
+
+
+class _RegridSource:
+    """Rows of a per-spectrum-grid dataset resampled onto one grid, on demand (the last block is cached so
+    that flux, error and mask of the same rows are resampled once). Resampling: flux-conserving pixel
+    overlap (:func:`specvit.data.pfsfits.resample_flux_conserving`); input pixels with a masked error
+    (the masked-pixel policy) or non-finite flux carry no weight; an output pixel less than half covered
+    gets NaN error (a masked pixel), its flux linearly interpolated from its neighbours, mask bit 0x1."""
+
+    def __init__(self, wave: LazyArray, flux: LazyArray, error: LazyArray, mask, edges: np.ndarray):
+        self.wave, self.flux, self.error, self.mask, self.edges = wave, flux, error, mask, edges
+        self._key, self._block = None, None
+
+    def read(self, rows: np.ndarray) -> dict:
+        from specvit.data.checks import bad_error_pixels
+        from specvit.data.pfsfits import cell_edges, resample_flux_conserving
+
+        key = rows.tobytes()
+        if key == self._key:
+            return self._block
+        w = np.asarray(self.wave[rows], dtype=np.float64)
+        f = np.asarray(self.flux[rows], dtype=np.float64)
+        e = np.asarray(self.error[rows], dtype=np.float64)
+        n_out = len(self.edges) - 1
+        out = {"flux": np.empty((len(rows), n_out)), "error": np.empty((len(rows), n_out)),
+               "mask": np.zeros((len(rows), n_out), dtype=np.int32)}
+        idx = np.arange(n_out)
+        for i in range(len(rows)):
+            good = np.isfinite(f[i]) & ~bad_error_pixels(e[i])
+            fo, vo, m = resample_flux_conserving(cell_edges(w[i]), np.where(good, f[i], 0.0),
+                                                 np.where(good, e[i] ** 2, 0.0), good, self.edges)
+            if m.all():
+                out["flux"][i], out["error"][i] = np.nan, np.nan
+            else:
+                out["flux"][i] = np.where(m, np.interp(idx, idx[~m], fo[~m]), fo)
+                out["error"][i] = np.where(m, np.nan, np.sqrt(vo))
+            out["mask"][i] = np.where(m, MASK_DEFAULT, 0)
+        self._key, self._block = key, out
+        return out
+
+
+class _RegriddedArray:
+    """LazyArray-like view (``a[rows]``, ``a[rows, cols]``, ``len``, ``shape``) of one resampled array."""
+
+    def __init__(self, src: _RegridSource, which: str, n_rows: int):
+        self.src, self.which = src, which
+        self.shape = (int(n_rows), len(src.edges) - 1)
+        self.dtype = np.dtype(np.int32 if which == "mask" else np.float64)
+        self.key = which
+
+    ndim = property(lambda self: 2)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        cols = slice(None)
+        if isinstance(key, tuple):
+            if len(key) > 2:
+                raise IndexError("too many indices (this array is 2-D)")
+            key, cols = (tuple(key) + (slice(None), slice(None)))[:2]
+        kind, rows = _normalise_rows(key, self.shape[0])
+        if kind == "int":
+            return self.src.read(np.array([rows], dtype=np.int64))[self.which][0][cols]
+        if kind == "slice":
+            rows = np.arange(rows.start, rows.stop, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)[:, cols]
+        return self.src.read(rows)[self.which][:, cols]
+
+    def iter_chunks(self, chunk_rows: int = 1024):
+        for start in range(0, len(self), chunk_rows):
+            yield start, self[start : start + chunk_rows]
+
+
 class SpectrumDataset:
     """A pfsspec dataset (one or more shards) opened lazily. Use :func:`open_dataset`.
 
@@ -257,6 +397,9 @@ class SpectrumDataset:
     wave : ndarray (n_wave,)
         Pixel centres, Angstrom (read into memory).
     wave_edges : ndarray (n_wave + 1,) or None
+    wave_layout : "constant" (``spectrumdataset/wave``), "per_spectrum" (pfsspec ``constant_wave=False``:
+        ``dataset/arrays/wave/value``, every row on the same grid) or "resampled" (rows on different
+        grids, resampled onto ``wave`` as they are read)
     flux, error : LazyArray (N, n_wave)
     mask : LazyArray (N, n_wave) or None
     params : DataFrame
@@ -278,13 +421,14 @@ class SpectrumDataset:
     def _open(self, params_columns):
         params = []
         flux, error, mask = [], [], []
+        grids, row_wave = [], []
         self.wave = None
         self.wave_edges = None
         for p in self.paths:
             df = read_params(p)
             f = _open_h5(p)
             self._files.append(f)
-            wave = np.asarray(_require(f, WAVE_KEY, p)[()], dtype=np.float64)
+            wave, edges, layout = _read_wave(f, p)
             fl = _require(f, FLUX_KEY, p)
             er = _require(f, ERROR_KEY, p)
             if wave.ndim != 1:
@@ -300,13 +444,11 @@ class SpectrumDataset:
             if len(df) != fl.shape[0]:
                 raise InputError(f"params has {len(df)} rows but flux has {fl.shape[0]}", file=p, field=PARAMS_KEY,
                                  value=len(df))
+            grids.append((p, wave, edges, layout))
+            if layout != "constant":
+                row_wave.append(f[ROW_WAVE_KEY])
             if self.wave is None:
-                self.wave = wave
-                if WAVE_EDGES_KEY in f:
-                    self.wave_edges = np.asarray(f[WAVE_EDGES_KEY][()], dtype=np.float64)
                 self.attrs = _read_attrs(f)
-            elif wave.shape != self.wave.shape or not np.allclose(wave, self.wave, rtol=0, atol=1e-6):
-                raise InputError("wave grid differs from the first shard's", file=p, field=WAVE_KEY)
             has_mask = MASK_KEY in f
             if mask is not None:
                 if has_mask:
@@ -324,9 +466,38 @@ class SpectrumDataset:
         self.error = LazyArray(error, self.paths, ERROR_KEY)
         self.mask = LazyArray(mask, self.paths, MASK_KEY) if mask else None
         self.shard_offsets = self.flux._offsets.copy()
+        self._set_grid(grids, row_wave)
         self.params = pd.concat(params, ignore_index=True) if len(params) > 1 else params[0].reset_index(drop=True)
         if params_columns is not None:
             self.require_columns(params_columns)
+
+    def _set_grid(self, grids, row_wave) -> None:
+        """One wavelength grid for all shards; rows on other grids (pfsspec per-spectrum layout) are resampled."""
+        p0, wave0, edges0, layout0 = grids[0]
+        if not any(g[3] == "resampled" for g in grids):
+            for p, wave, _, _ in grids[1:]:
+                if wave.shape != wave0.shape or not np.allclose(wave, wave0, rtol=0, atol=1e-6):
+                    raise InputError("wave grid differs from the first shard's", file=p, field=WAVE_KEY)
+            self.wave, self.wave_edges, self.wave_layout = wave0, edges0, layout0
+            return
+        const = [g[0] for g in grids if g[3] == "constant"]
+        if const:
+            raise InputError("shards mix spectrumdataset/wave with per-spectrum grids that differ between rows; "
+                             "resample them onto one grid first", file=const[0], field=WAVE_KEY)
+        ref = next(g for g in grids if g[3] == "resampled")
+        self.wave, self.wave_edges, self.wave_layout = ref[1], ref[2], "resampled"
+        n = len(self.flux)
+        src = _RegridSource(LazyArray(row_wave, self.paths, ROW_WAVE_KEY), self.flux, self.error, self.mask,
+                            self.wave_edges)
+        self.flux = _RegriddedArray(src, "flux", n)
+        self.error = _RegriddedArray(src, "error", n)
+        self.mask = _RegriddedArray(src, "mask", n)
+        import logging
+
+        logging.getLogger("specvit.data").warning(
+            "%s: per-spectrum wavelength grids differ between rows; all %d rows are resampled (flux-conserving) "
+            "onto a %d-pixel grid %.2f-%.2f A as they are read", ref[0], n, len(self.wave), self.wave[0],
+            self.wave[-1])
 
     # ---- container protocol
     def __len__(self) -> int:
@@ -579,6 +750,9 @@ class DatasetWriter:
                 raise InputError(
                     "a partial file exists but does not match this job (different n, wave or config); "
                     "delete it or start without resume", file=self.tmp)
+            if with_mask and MASK_KEY not in self._f:  # a partial file begun before simulate wrote masks
+                self._f.create_dataset(MASK_KEY, shape=(self.n_rows, self.n_wave), dtype=np.int32,
+                                       chunks=(max(1, min(chunk_rows, self.n_rows)), self.n_wave), fillvalue=0)
             self._reserve()
             return
         for p in (self.tmp, self.damaged) if not resume else (self.tmp,):

@@ -466,7 +466,7 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
             todo.append(k)
             tmp = path.with_name(f".{path.name}.partial")
             reuse = allocated_bytes(tmp) if tmp.exists() and not restart else 0
-            needed += max(0, expected_bytes(size, len(wave), cfg.dtype, chunk_rows=min(C, 256)) - reuse)
+            needed += max(0, expected_bytes(size, len(wave), cfg.dtype, with_mask=True, chunk_rows=min(C, 256)) - reuse)
         if todo:
             check_space(paths[todo[0]], needed, f"{len(todo)} output file(s)")
         bar = tqdm(total=n, unit="spec", file=sys.stderr, disable=not progress, desc="simulate")
@@ -485,9 +485,11 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
                 if p.exists():
                     p.unlink()
             try:
+                # with_mask: pfsspec's readers expect dataset/arrays/mask/value (all 0 = no flag: every
+                # simulated pixel is a model pixel); flux and error are written exactly as before
                 writer = DatasetWriter(path, wave=wave, wave_edges=wave_edges, n_rows=size,
                                        dtype=np.dtype(cfg.dtype), attrs=attrs, chunk_rows=min(C, 256),
-                                       resume=resume)
+                                       resume=resume, with_mask=True)
             except InputError as e:
                 raise InputError(f"{str(e).split('; file=')[0]}; rerun with --restart to discard it",
                                  file=e.file or tmp) from None

@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from specvit.data.checks import bad_error_pixels
+from specvit.data.checks import patch_masked_errors
 from specvit.observe.noise import batch_noise, fixed_normal
 from specvit.errors import InputError
 from specvit.labels import canonical_label
@@ -186,6 +186,8 @@ class SpectraStream(torch.utils.data.IterableDataset):
         self.epoch, self.start_batch = 0, 0
         #: largest number of spectra held at once (buffer + carried-over rows), for memory checks
         self.peak_rows_in_memory = 0
+        #: masked error pixels (NaN, inf, zero, negative) patched so far (masked-pixel policy, docs/data.md)
+        self.masked_pixels_read = 0
 
     # ----------------------------------------------------------------- plan
     def __len__(self) -> int:
@@ -252,12 +254,16 @@ class SpectraStream(torch.utils.data.IterableDataset):
         if bad.any():
             raise InputError("NaN or inf in flux", file=self.source_name, field=_FLUX_KEY,
                              value=f"row {int(rows[np.argmax(bad)])}")
-        bad = ~(error.min(axis=1) >= 0) | ~np.isfinite(error.sum(axis=1, dtype=np.float64))
-        if bad.any():  # suspect rows: the one error policy decides (specvit.data.checks.bad_error_pixels)
-            bad[bad] = bad_error_pixels(error[bad]).any(axis=1)
-        if bad.any():
-            raise InputError("NaN, inf or negative error", file=self.source_name, field=_ERROR_KEY,
-                             value=f"row {int(rows[np.argmax(bad)])}")
+        bad = ~(error.min(axis=1) > 0) | ~np.isfinite(error.sum(axis=1, dtype=np.float64))
+        if bad.any():  # suspect rows: the masked-pixel policy (specvit.data.checks) patches their errors
+            sub, pix = patch_masked_errors(error[bad])
+            empty = pix.all(axis=1)
+            if empty.any():
+                row = int(rows[np.flatnonzero(bad)[np.argmax(empty)]])
+                raise InputError("no usable error pixel (every pixel NaN, inf, zero or negative)",
+                                 file=self.source_name, field=_ERROR_KEY, value=f"row {row}")
+            error[bad] = sub
+            self.masked_pixels_read += int(pix.sum())
         order = buf.perm if buf.perm is not None else np.arange(n)
         return flux, error, rows, order
 
@@ -347,20 +353,45 @@ def observer_error_fn(src, noise_level: float) -> Callable[[np.ndarray, np.ndarr
 
     The error is estimated from the NOISY flux (counts), never taken from the stored
     error array, which was computed from the noiseless model (SPEC section 3, leakage trap).
+
+    The per-spectrum normalisation (normalised flux = F_lambda * norm_factor) is the ``norm_factor``
+    column when the file has one (specvit simulate writes it). pfsspec files do not: then it is
+    derived per batch from the NOISY flux and the catalogue magnitude, ``norm_factor = 10**(-0.4 *
+    (m_i(noisy) - mag))`` with m_i the synthetic HSC i magnitude (:class:`SyntheticPhotometry`), so
+    the file needs the ``mag`` column instead.
     """
     from specvit.observe import PFSObserver  # type: ignore[attr-defined]
 
     params = src.params
-    if "norm_factor" not in params.columns:
-        raise InputError("the error channel needs the 'norm_factor' column", file=str(getattr(src, "path", "")),
-                         field="dataset/params/norm_factor")
+    source = str(getattr(src, "path", ""))
+    has_norm = "norm_factor" in params.columns
+    if not has_norm and "mag" not in params.columns:
+        raise InputError("the error channel needs the 'norm_factor' column, or the 'mag' column to derive it from "
+                         "the noisy flux (pfsspec files)", file=source, field="dataset/params/norm_factor")
     wave = np.asarray(src.wave, dtype=np.float64)
     obs = PFSObserver(model_wave=wave, model_resolution=1e6, model_medium="vacuum")
-    norm = params["norm_factor"].to_numpy(dtype=np.float64)
+    if has_norm:
+        norm = params["norm_factor"].to_numpy(dtype=np.float64)
+    else:
+        from specvit.observe.photometry import SyntheticPhotometry
+
+        phot = SyntheticPhotometry(wave)
+        mag = params["mag"].to_numpy(dtype=np.float64)
 
     def fn(noisy_flux: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        cond = params.iloc[np.asarray(rows)].reset_index(drop=True)
-        return np.asarray(obs.error_from_noisy(noisy_flux, cond, norm[np.asarray(rows)]), dtype=np.float32)
+        rows = np.asarray(rows)
+        cond = params.iloc[rows].reset_index(drop=True)
+        if has_norm:
+            nf = norm[rows]
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                nf = 10.0 ** (-0.4 * (phot.ab_mag(np.asarray(noisy_flux, dtype=np.float64)) - mag[rows]))
+            bad = ~(np.isfinite(nf) & (nf > 0))
+            if bad.any():
+                raise InputError("cannot derive norm_factor: the noisy flux has no positive i-band flux, or mag is "
+                                 "not finite", file=source, field="dataset/params/mag",
+                                 value=f"row {int(rows[np.argmax(bad)])}")
+        return np.asarray(obs.error_from_noisy(noisy_flux, cond, nf), dtype=np.float32)
 
     return fn
 

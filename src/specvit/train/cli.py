@@ -22,17 +22,29 @@ def register(subparsers) -> None:
 
     q = subparsers.add_parser(
         "predict",
-        help="predict labels (+ uncertainties, SNR, flags) for every spectrum of a dataset file -> catalogue CSV",
+        help="predict labels (+ uncertainties, SNR, flags) for a dataset file or PFS pfsObject/pfsSingle FITS "
+             "-> catalogue CSV",
         description=(
             "Run a trained model directory on a dataset file (pfsspec layout) and write a catalogue CSV: id, row, "
             "one column per label, <label>_err for Gaussian-head models, snr, flag_nan_input, flag_label_range "
             "(prediction outside the training label range), flag_snr_range (SNR outside the training range), flags "
             "(bits 1/2/4). By default the stored flux is used as it is (--noiseless); --noise-level X --seed S adds "
-            "fixed per-row noise X * error * N(0,1) like validation does."
+            "fixed per-row noise X * error * N(0,1) like validation does. "
+            "PFS data products: --input may be a pfsObject/pfsSingle FITS file or a folder of them (PFS datamodel: "
+            "flux in nJy, wavelengths in nm, vacuum). Each spectrum's MR red-arm range is converted to F_lambda, "
+            "resampled flux-conservingly onto the model's pixels (errors propagated, masked pixels carried), "
+            "normalised to median 0.5 and predicted; --model templatefit fits it with the template fit instead. "
+            "Radial velocity: spectra must already be in the rest frame unless --rv-table gives v_los (km/s) per "
+            "objId or file; specvit does not measure it. A file it cannot use (wrong arm, all pixels masked, "
+            "missing HDU, unreadable flux unit) becomes a row with flag_input and the reason in status; the batch "
+            "goes on. --stellarparam OUT.fits also writes the GA STELLARPARAM table (method, frame, param, covarId, "
+            "unit, value, valueErr, flag, status) and a STELLARCOVAR HDU. See docs/data.md."
         ),
     )
-    q.add_argument("--model", required=True, help="trained model directory (e.g. RUN/model)")
-    q.add_argument("--input", required=True, help="dataset file, list/dir/glob of shards")
+    q.add_argument("--model", required=True,
+                   help="trained model directory (e.g. RUN/model), or 'templatefit' (PFS FITS input only)")
+    q.add_argument("--input", required=True,
+                   help="dataset file, list/dir/glob of shards; or a pfsObject/pfsSingle FITS file or a folder of them")
     q.add_argument("--out", required=True, help="catalogue CSV to write (atomically; plus OUT.json provenance)")
     mode = q.add_mutually_exclusive_group()
     mode.add_argument("--noise-level", type=float, default=None, help="add fixed per-row noise at this level")
@@ -40,6 +52,13 @@ def register(subparsers) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the fixed per-row noise (default 0)")
     q.add_argument("--batch-size", type=int, default=256)
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    q.add_argument("--stellarparam", default=None, metavar="OUT.fits",
+                   help="PFS FITS input: also write the GA STELLARPARAM table (+ STELLARCOVAR) to this FITS file")
+    q.add_argument("--rv-table", default=None, metavar="CSV",
+                   help="PFS FITS input: radial velocities, columns v_los (km/s) and objId or file; spectra without "
+                        "one are taken as rest-frame")
+    q.add_argument("--templatefit-config", default=None, metavar="YAML",
+                   help="with --model templatefit: TemplateFitConfig keys (mode, free_labels, model, ...)")
     q.set_defaults(func=_predict)
 
 
@@ -60,12 +79,43 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
+    from specvit.data.pfsfits import is_pfs_fits
+    from specvit.errors import InputError
     from specvit.train.predict import predict_dataset, write_catalog
 
     level = args.noise_level if args.noise_level is not None else 0.0
+    if is_pfs_fits(args.input):
+        return _predict_pfs(args, level)
+    for opt, val in (("--stellarparam", args.stellarparam), ("--rv-table", args.rv_table),
+                     ("--templatefit-config", args.templatefit_config)):
+        if val is not None:
+            raise InputError(f"{opt} needs PFS FITS input (pfsObject/pfsSingle)", field=opt, value=args.input)
+    if args.model == "templatefit":
+        raise InputError("--model templatefit needs PFS FITS input; for datasets use `specvit baseline templatefit`",
+                         field="--model", value=args.model)
     cat = predict_dataset(args.model, args.input, noise_level=level, seed=args.seed, batch_size=args.batch_size,
                           device=args.device)
     write_catalog(cat, args.out, info={"model": str(args.model), "input": str(args.input), "noise_level": level,
                                        "seed": args.seed})
     print(f"{args.out}: {len(cat)} rows, {int((cat['flags'] > 0).sum())} flagged")
+    return 0
+
+
+def _predict_pfs(args, level: float) -> int:
+    from specvit.errors import InputError
+    from specvit.train.predict import write_catalog
+    from specvit.train.predict_pfs import predict_pfs, write_stellarparam
+
+    if level > 0:
+        raise InputError("observed PFS spectra already carry their noise: --noise-level is for simulated datasets",
+                         field="--noise-level", value=level)
+    cat, info = predict_pfs(args.model, args.input, batch_size=args.batch_size, device=args.device,
+                            rv_table=args.rv_table, templatefit_config=args.templatefit_config)
+    write_catalog(cat, args.out, info={"model": str(args.model), "input": str(args.input), "rv_table": args.rv_table,
+                                       **info})
+    if args.stellarparam:
+        write_stellarparam(cat, info["labels"], info["method"], args.stellarparam)
+    n_bad = int(cat["flag_input"].sum())
+    print(f"{args.out}: {len(cat)} spectra, {int((cat['flags'] > 0).sum())} flagged ({n_bad} unusable input)"
+          + (f"; {args.stellarparam}" if args.stellarparam else ""))
     return 0

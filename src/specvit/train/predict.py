@@ -6,7 +6,9 @@ models with a Gaussian head), ``snr`` (median over pixels of flux / (s * error) 
 stored arrays, s = the noise level added, else 1: the same definition as the training SNR range, which is
 the ``snr`` column / training noise level), and flags:
 
-* ``flag_nan_input``  (bit 1): flux or error has NaN/inf; the predictions are NaN;
+* ``flag_nan_input``  (bit 1): flux has NaN/inf, or no error pixel is usable; the predictions are NaN
+  (masked error pixels, NaN/inf/zero/negative, are patched by the masked-pixel policy of
+  :mod:`specvit.data.checks` and counted in the log, not flagged);
 * ``flag_label_range`` (bit 2): a predicted label lies outside the training label range;
 * ``flag_snr_range``  (bit 4): the SNR lies outside the training SNR range;
 * ``flags``: the bitwise OR.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +43,11 @@ def spectrum_snr(flux: np.ndarray, error: np.ndarray, scale: float = 1.0) -> np.
     """Median over pixels of flux / (scale * error) (pixels with error <= 0 ignored)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(error > 0, flux / (scale * error), np.nan)
-    return np.nanmedian(ratio, axis=1) if ratio.size else np.zeros(len(flux))
+    if not ratio.size:
+        return np.zeros(len(flux))
+    with warnings.catch_warnings():  # a row without a usable pixel: NaN (it is flagged)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(ratio, axis=1)
 
 
 @torch.no_grad()
@@ -48,7 +55,7 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
                     device: str = "cpu", max_rows: int | None = None) -> pd.DataFrame:
     """Predict every row of ``input_path`` (streamed in batches); returns the catalogue DataFrame."""
     from specvit.data import open_dataset
-    from specvit.data.checks import check_dataset
+    from specvit.data.checks import check_dataset, patch_masked_errors
     from specvit.models.io import load_model
 
     if not (math.isfinite(noise_level) and noise_level >= 0):
@@ -74,8 +81,8 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
             raise InputError(f"spectra have {n_pix} pixels but the model takes {n_model}", file=str(input_path),
                              field="spectrumdataset/wave", value=n_pix)
         n = len(ds) if max_rows is None else min(len(ds), int(max_rows))
-        # the shared dataset checks, before any prediction: grid vs the model's, negative errors;
-        # rows with NaN/inf flux or error are flagged (flag_nan_input), as documented above
+        # the shared dataset checks, before any prediction: grid vs the model's; rows with NaN/inf flux or
+        # without any usable error pixel are flagged (flag_nan_input), as documented above
         report = check_dataset(ds, role="predict input (--input)", n_rows=n, ref_wave=meta.wave_A,
                                ref_name="the model's training set", nonfinite="flag")
         ids = ds.params["id"].to_numpy()[:n] if "id" in ds.params.columns else np.arange(n)
@@ -87,8 +94,8 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
         for a in range(0, n, batch_size):
             b = min(a + batch_size, n)
             flux = np.asarray(ds.flux[a:b], dtype=np.float32)
-            error = np.asarray(ds.error[a:b], dtype=np.float32)
-            bad = report.flagged[a:b]  # the check's policy: NaN/inf flux, unusable (non-negative) error pixels
+            error, _ = patch_masked_errors(np.asarray(ds.error[a:b], dtype=np.float32))  # masked-pixel policy
+            bad = report.flagged[a:b]  # the check's policy: NaN/inf flux, or no unmasked error pixel
             nan_in[a:b] = bad
             # SNR of what the model sees: the stored flux at noise level X (the noiseless flux when we add noise)
             snr[a:b] = spectrum_snr(flux, error, noise_level if noise_level > 0 else 1.0)

@@ -352,6 +352,7 @@ class Trainer:
         seeded by ``run.seed``) over the first ``max_rows`` training rows, read in chunks.
         Every rank computes the same numbers, so DDP replicas agree.
         """
+        from specvit.data.checks import patch_masked_errors
         from specvit.observe.noise import noisy_flux
         from specvit.models.inputnorm import input_standardizers
 
@@ -365,8 +366,8 @@ class Trainer:
         step = max(1, self.cfg.data.chunk_rows)
         for start in range(0, n, step):
             stop = min(n, start + step)
-            x = noisy_flux(np.asarray(src.flux[start:stop], dtype=np.float64),
-                           np.asarray(src.error[start:stop], dtype=np.float64), self.train_data.noise_level, rng)
+            error, _ = patch_masked_errors(np.asarray(src.error[start:stop], dtype=np.float64))  # masked pixels
+            x = noisy_flux(np.asarray(src.flux[start:stop], dtype=np.float64), error, self.train_data.noise_level, rng)
             if not np.isfinite(x).all():
                 bad = int(np.argwhere(~np.isfinite(x))[0][0]) + start
                 raise InputError(f"NaN or infinite flux in row {bad}", file=self.train_data.source_name,
