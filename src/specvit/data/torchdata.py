@@ -187,6 +187,11 @@ class SpectraStream(torch.utils.data.IterableDataset):
         #: largest number of spectra held at once (buffer + carried-over rows), for memory checks
         self.peak_rows_in_memory = 0
 
+    @property
+    def wave(self) -> np.ndarray:
+        """Wavelengths of the pixels, Angstrom (the dataset's grid)."""
+        return np.asarray(self.src.wave, dtype=np.float64)
+
     # ----------------------------------------------------------------- plan
     def __len__(self) -> int:
         return self.batches_per_epoch()
