@@ -12,6 +12,11 @@ Three figures, measured in the same process and the same run (same torch threads
 3. **stream alone** — :meth:`SimulatedStream.batch_at` back to back (prior draw → forward model →
    noise), spectra/s.
 
+Wall-clock rates depend on the other jobs on the machine; the process CPU time per spectrum
+(``cpu_us_per_spectrum``, all threads of this process) does much less, and its ratios
+(``cpu_fed_ratio``, ``cpu_stream_over_consumption``) are what the wall-clock ratios become when the
+cores are all ours and the model step already uses them fully.
+
 Targets (issue #13 item 2): stream-fed step time within 10 % of the memory-fed one
 (``fed_ratio <= 1.10``) and the stream alone >= 10x what the model consumes
 (``stream_over_consumption >= 10``). Rounds of memory-fed and stream-fed steps alternate so
@@ -88,12 +93,12 @@ def main(argv=None) -> int:
     def run_steps(tr, batches, n):
         sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(n):
             loss = tr._train_step(batches, 1)
         float(loss)
         sync()
-        return time.perf_counter() - t
+        return time.perf_counter() - t, time.process_time() - c
 
     # 1. the fastest model, fed from memory
     speeds = {}
@@ -102,30 +107,37 @@ def main(argv=None) -> int:
         tr.model.train()
         it = mem_iter()
         run_steps(tr, it, 1)  # warm-up
-        speeds[name] = args.batch * 3 / run_steps(tr, it, 3)
+        speeds[name] = args.batch * 3 / run_steps(tr, it, 3)[0]
     fastest = max(speeds, key=speeds.get)
     tr = trainer(fastest, os.path.join(tmp, "main"))
     tr.model.train()
 
     # 2. memory-fed vs stream-fed steps, alternating rounds; 3. the stream alone
     mem_rates, fed_rates, alone_rates = [], [], []
+    mem_cpu, fed_cpu, alone_cpu = [], [], []  # process CPU seconds per spectrum (all threads)
     g = 0
     it = mem_iter()
     run_steps(tr, it, 1)
+    n_alone = max(2, args.steps // 2)
     for _ in range(args.rounds):
-        mem_rates.append(args.batch * args.steps / run_steps(tr, it, args.steps))
+        w, c = run_steps(tr, it, args.steps)
+        mem_rates.append(args.batch * args.steps / w)
+        mem_cpu.append(c / (args.batch * args.steps))
         batches = prefetch(stream.iter_epoch(0, start_batch=g), args.prefetch)
         next(batches)  # the producer thread is running and one batch is ready, as in a training loop
-        fed_rates.append(args.batch * args.steps / run_steps(tr, batches, args.steps))
+        w, c = run_steps(tr, batches, args.steps)
+        fed_rates.append(args.batch * args.steps / w)
+        fed_cpu.append(c / (args.batch * args.steps))
         batches.close() if hasattr(batches, "close") else None
         g += args.steps + 1 + args.prefetch
-        t = time.perf_counter()
-        for _ in range(max(2, args.steps // 2)):
+        t, c = time.perf_counter(), time.process_time()
+        for _ in range(n_alone):
             stream.batch_at(g)
             g += 1
         if tr.device.type == "cuda":
             torch.cuda.synchronize()
-        alone_rates.append(args.batch * max(2, args.steps // 2) / (time.perf_counter() - t))
+        alone_rates.append(args.batch * n_alone / (time.perf_counter() - t))
+        alone_cpu.append((time.process_time() - c) / (args.batch * n_alone))
 
     consumption, fed, alone = (statistics.median(r) for r in (mem_rates, fed_rates, alone_rates))
     res = {
@@ -139,6 +151,13 @@ def main(argv=None) -> int:
         "stream_alone_spectra_per_s": round(alone, 1),
         "fed_ratio": round(consumption / fed, 3),  # stream-fed step time / memory-fed step time
         "stream_over_consumption": round(alone / consumption, 3),
+        # CPU seconds per spectrum (process time over all threads): what the rates would be on an idle machine
+        # whose cores are all ours is bounded by these; their ratios are robust to other jobs' load
+        "cpu_us_per_spectrum": {"memory_fed_step": round(statistics.median(mem_cpu) * 1e6, 1),
+                                "stream_fed_step": round(statistics.median(fed_cpu) * 1e6, 1),
+                                "stream_alone": round(statistics.median(alone_cpu) * 1e6, 1)},
+        "cpu_fed_ratio": round(statistics.median(fed_cpu) / statistics.median(mem_cpu), 3),
+        "cpu_stream_over_consumption": round(statistics.median(mem_cpu) / statistics.median(alone_cpu), 3),
         "targets": {"fed_ratio<=1.10": consumption / fed <= 1.10, "stream_over_consumption>=10": alone / consumption >= 10},
         "rates_per_round": {"memory": [round(x, 1) for x in mem_rates], "stream_fed": [round(x, 1) for x in fed_rates],
                             "stream_alone": [round(x, 1) for x in alone_rates]},
