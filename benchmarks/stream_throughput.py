@@ -28,7 +28,7 @@ model runs on the labels' device, the noise generator is a CUDA generator).
 NOTE: other jobs may share this machine (2 cores); wall-clock figures are then lower bounds.
 
     python benchmarks/stream_throughput.py [--batch 256] [--steps 8] [--rounds 3] [--threads 2]
-        [--models mlp_small,cnn_small,...] [--device cpu] [--json]
+        [--models mlp_small,cnn_small,...] [--device cpu] [--stream-threads N] [--json]
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=None, help="comma-separated models to consider (default: every MLP and CNN)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prefetch", type=int, default=2, help="data.prefetch_batches of the stream-fed run")
+    ap.add_argument("--stream-threads", type=int, default=None,
+                    help="data.simulate.threads: CPU threads of the forward model (default: torch's)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -67,7 +69,8 @@ def main(argv=None) -> int:
     def trainer(name, out):
         cfg = load_train_config(data={
             "data": {"source": "simulate", "labels": ["T_eff", "log_g", "M_H"], "prefetch_batches": args.prefetch,
-                     "simulate": {"samples_per_epoch": 1 << 30, "stats_samples": 512}},
+                     "simulate": {"samples_per_epoch": 1 << 30, "stats_samples": 512,
+                                                "threads": args.stream_threads}},
             "model": {"name": name},
             "run": {"out_dir": out, "batch_size": args.batch, "progress": False, "tensorboard": False,
                     "device": args.device, "num_threads": args.threads, "resume": "never"}})
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     consumption, fed, alone = (statistics.median(r) for r in (mem_rates, fed_rates, alone_rates))
     res = {
         "device": args.device, "threads": args.threads, "batch": args.batch, "steps": args.steps,
-        "rounds": args.rounds, "prefetch_batches": args.prefetch,
+        "rounds": args.rounds, "prefetch_batches": args.prefetch, "stream_threads": args.stream_threads,
         "n_pixels": stream.n_pixels, "spectral_model": stream.cfg.model,
         "candidate_models_spectra_per_s": {k: round(v, 1) for k, v in speeds.items()},
         "fastest_model": fastest,

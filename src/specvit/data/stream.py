@@ -52,6 +52,7 @@ class SimulateStreamConfig:
     labels / observing / instrument / model : exactly as in a ``specvit simulate`` config.
     samples_per_epoch : spectra per "epoch" over all ranks (there is no file to count).
     stats_samples : spectra drawn (own key) to fit the label scaler and the model's input standardisation.
+    threads : CPU threads of the forward model (None = torch's); timing only.
     """
 
     labels: LabelPrior = field(default_factory=LabelPrior)
@@ -60,8 +61,12 @@ class SimulateStreamConfig:
     model: str = "default"
     samples_per_epoch: int = 65536
     stats_samples: int = 4096
+    #: CPU threads of the forward model per batch (None = torch's intra-op threads); the batches do not depend on it
+    threads: int | None = None
 
     def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("must be >= 1, or null", field="threads", value=self.threads)
         if self.samples_per_epoch < 1:
             raise ConfigError("must be >= 1", field="samples_per_epoch", value=self.samples_per_epoch)
         if self.stats_samples < 2:
@@ -192,7 +197,7 @@ class SimulatedStream:
     def simulate(self, lab: np.ndarray, cond, noise_key: tuple | None):
         """(noisy or noiseless flux, snr) of labels ``lab`` (model order) under ``cond``, on the device."""
         x = torch.as_tensor(lab, dtype=self.dtype).to(self.device)
-        obs = self.forward.observe_torch(x, cond)
+        obs = self.forward.observe_torch(x, cond, threads=self.cfg.threads)
         flux = obs.flux
         if noise_key is not None and self.noise_level > 0:
             g = torch.Generator(device=self.device)
