@@ -71,6 +71,11 @@ def test_ranks_draw_disjoint_streams():
     assert r0.batches_per_epoch() == PER_EPOCH // (2 * B)
     assert not np.isin(r0.batch_at(0)["labels"].numpy()[:, 0], r1.batch_at(0)["labels"].numpy()[:, 0]).any()
     assert np.array_equal(r0.scaler.mean, r1.scaler.mean)  # the label scaler: the same on every rank
+    from specvit.data.stream import SimulateStreamConfig, SimulatedStream
+
+    other_batch = SimulatedStream(cfg=SimulateStreamConfig(samples_per_epoch=PER_EPOCH, stats_samples=64),
+                                  label_names=["log_g", "T_eff"], batch_size=8, seed=11)
+    assert np.array_equal(other_batch.scaler.std, r0.scaler.std)  # ... and for any batch size
 
 
 # --------------------------------------------------------------------------- training

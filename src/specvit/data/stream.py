@@ -151,7 +151,8 @@ class SimulatedStream:
         # the stats draw's labels and conditions (cheap, O(stats_samples)); the label scaler from its labels
         self._stats_draws = [self._draw(np.random.default_rng([self.seed, i, TAG_STATS]), n)
                              for i, n in self._stats_chunks()]
-        self.labels = np.concatenate([lab for lab, _ in self._stats_draws])[:, self._cols]  #: labels of the stats draw (the scaler's sample)
+        #: labels of the stats draw (the label scaler's sample)
+        self.labels = np.concatenate([lab for lab, _ in self._stats_draws])[:, self._cols]
         self.scaler = LabelScaler.fit(self.labels, self.label_names)
         self._stats_snr = None
 
@@ -167,8 +168,10 @@ class SimulatedStream:
                               value=(self.n_rows, self.batch_size, self.world_size))
         return n
 
+    STATS_CHUNK = 256  #: spectra per chunk of the stats draw (fixed: the statistics do not depend on the batch size)
+
     def _stats_chunks(self):
-        n, step = int(self.cfg.stats_samples), max(self.batch_size, 256)
+        n, step = int(self.cfg.stats_samples), self.STATS_CHUNK
         return [(i, min(step, n - a)) for i, a in enumerate(range(0, n, step))]
 
     # ----------------------------------------------------------------- drawing
@@ -265,8 +268,4 @@ class SimulatedStream:
                 "snr_max": float(finite.max()) if finite.size else None, "source": "simulate"}
 
 
-def describe(cfg: SimulateStreamConfig) -> dict:
-    """The stream's config as a plain dict (for checkpoint identities and provenance)."""
-    from specvit.config import config_to_dict
-
-    return config_to_dict(cfg)
+__all__ = ["SimulateStreamConfig", "SimulatedStream"]
