@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from specvit.errors import ConfigError
+from specvit.errors import ConfigError, InputError
 from specvit.train import StopTraining, Trainer, load_train_config
 
 B, PER_EPOCH = 16, 64  # 4 steps per epoch in one process, 2 per rank with two
@@ -113,8 +113,13 @@ def test_killed_run_resumes_with_the_same_next_batch_and_weights(val_file, tmp_p
     assert probe.resume() and probe.global_step == 6  # the last checkpoint (every 3 steps) before the kill
     nxt = next(probe.train_data.iter_epoch(probe.epoch, start_batch=probe.step_in_epoch))
     assert torch.equal(nxt["flux"], seen_full[6]["flux"]) and torch.equal(nxt["target"], seen_full[6]["target"])
-    steps = []
-    resumed = Trainer(stream_cfg(tmp_path / "cut", val_file, **kw), callbacks=[lambda t, s: steps.append(s)])
+    other_prior = Trainer(stream_cfg(tmp_path / "cut", val_file, overrides=["data.simulate.observing.mag=[20,21]"], **kw))
+    with pytest.raises(InputError, match="different model configuration") as e:  # not resumed under another prior
+        other_prior.resume()
+    assert "simulate.observing" in str(e.value)
+    steps = []  # the forward model's thread count is timing only: it may change on resume
+    resumed = Trainer(stream_cfg(tmp_path / "cut", val_file, overrides=["data.simulate.threads=1"], **kw),
+                      callbacks=[lambda t, s: steps.append(s)])
     resumed.fit()
     assert steps == [7, 8]
     a, b = full.model.state_dict(), resumed.model.state_dict()

@@ -202,7 +202,7 @@ class Trainer:
                               field="data.error_channel", value=True)
         self.identity = model_identity(self.model, self.label_names)
         if d.source == "simulate":  # a checkpoint trained on another prior is not resumed from
-            self.identity["simulate"] = config_to_dict(d.simulate)
+            self.identity["simulate"] = {k: v for k, v in config_to_dict(d.simulate).items() if k != "threads"}
         self.loss_fn = make_loss(cfg.loss.kind, huber_delta=cfg.loss.huber_delta, label_weights=cfg.loss.label_weights)
 
         accum = cfg.optim.grad_accum_steps
