@@ -10,7 +10,9 @@ gradient unscale (fp16) + clipping, AdamW step, scheduler step. The data
 position (epoch, optimizer step in the epoch) plus the RNG states are saved in
 every checkpoint; because the training noise and the data order are pure
 functions of (seed, epoch, rank, batch), resuming replays exactly the batches
-and draws the uninterrupted run would have seen.
+and draws the uninterrupted run would have seen. With ``data.source: simulate`` the training
+batches are fresh simulations (:mod:`specvit.data.stream`), pure functions of (seed, step, rank):
+the same holds.
 
 Output directory (rank 0 writes): ``config.yaml`` (resolved config + seed +
 versions + command), ``metrics.csv``, ``tensorboard/``, ``checkpoints/``
