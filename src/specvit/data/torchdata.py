@@ -189,6 +189,11 @@ class SpectraStream(torch.utils.data.IterableDataset):
         #: masked error pixels (NaN, inf, zero, negative) patched so far (masked-pixel policy, docs/data.md)
         self.masked_pixels_read = 0
 
+    @property
+    def wave(self) -> np.ndarray:
+        """Wavelengths of the pixels, Angstrom (the dataset's grid)."""
+        return np.asarray(self.src.wave, dtype=np.float64)
+
     # ----------------------------------------------------------------- plan
     def __len__(self) -> int:
         return self.batches_per_epoch()

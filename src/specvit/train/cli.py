@@ -12,7 +12,11 @@ def register(subparsers) -> None:
             "Train one model with the config FILE (sections data/model/optim/schedule/loss/run; see "
             "docs/training.md and configs/*.yaml). --set section.key=value overrides any key (an unknown key is "
             "an error). Re-running with the same run.out_dir resumes from its last checkpoint (run.resume=auto). "
-            "Many GPUs / nodes: torchrun --nproc_per_node=N -m specvit.cli train --config FILE."
+            "Many GPUs / nodes: torchrun --nproc_per_node=N -m specvit.cli train --config FILE. "
+            "--set data.source=simulate trains on fresh simulations instead of data.train: every batch drawn from "
+            "the prior data.simulate (the keys of a specvit simulate config) through the forward model, on the "
+            "training device, deterministic by (seed, step, rank); validation stays the data.val files "
+            "(configs/stream_mlp.yaml; docs/training.md 'Training on fresh simulations')."
         ),
     )
     p.add_argument("--config", required=True, help="YAML training config")

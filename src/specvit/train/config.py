@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from specvit.config import load_config, name_override
+from specvit.data.stream import SimulateStreamConfig
 from specvit.errors import ConfigError, InputError
 
 
@@ -17,6 +18,9 @@ from specvit.errors import ConfigError, InputError
 class DataConfig:
     """Where the spectra come from and how they are noised."""
 
+    #: "file" = stream data.train from disk (the default, for your own data); "simulate" = draw every training
+    #: batch fresh from the prior data.simulate through the forward model (data.train is then not used)
+    source: Literal["file", "simulate"] = "file"
     train: list[str] = field(default_factory=list)  #: training dataset file(s) / shards (pfsspec dataset.h5)
     val: list[str] = field(default_factory=list)  #: validation file(s); empty = no validation
     labels: list[str] = field(default_factory=lambda: ["log_g"])  #: label columns to regress (aliases ok)
@@ -29,6 +33,9 @@ class DataConfig:
     buffer_rows: int = 8192  #: shuffle-buffer size in spectra (bounds memory: buffer_rows * n_pixels * 4 bytes)
     prefetch_batches: int = 2  #: batches read ahead in a background thread (0 = read in the training loop)
     error_channel: bool = False  #: feed a leakage-safe error estimated from the noisy flux (model must accept error=)
+    #: the prior of data.source=simulate: labels / observing / instrument / model keys exactly as in
+    #: ``specvit simulate``, plus samples_per_epoch and stats_samples (see docs/training.md)
+    simulate: SimulateStreamConfig = field(default_factory=SimulateStreamConfig)
 
 
 @dataclass
@@ -122,8 +129,8 @@ class TrainConfig:
         def finite(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        if not self.data.train:
-            bad("data.train", self.data.train, "at least one training file is required")
+        if self.data.source == "file" and not self.data.train:
+            bad("data.train", self.data.train, "at least one training file is required (or data.source=simulate)")
         if not self.data.labels:
             bad("data.labels", self.data.labels, "at least one label is required")
         from specvit.labels import canonical_label
@@ -133,6 +140,14 @@ class TrainConfig:
                 canonical_label(name)
             except InputError as e:
                 bad("data.labels", name, e.message)
+        if self.data.source == "simulate":
+            for name in self.data.labels:
+                d = getattr(self.data.simulate.labels, canonical_label(name))
+                if d.low == d.high:
+                    bad(f"data.simulate.labels.{canonical_label(name)}", [d.low, d.high],
+                        "a label the model trains on must vary in the prior (low < high)")
+            if self.data.error_channel:
+                bad("data.error_channel", True, "not available with data.source=simulate")
         # every number is checked here, when the config is read: nothing invalid is found after training started
         ge0, gt0 = (lambda v: finite(v) and v >= 0), (lambda v: finite(v) and v > 0)
         ge1 = lambda v: finite(v) and v >= 1  # noqa: E731

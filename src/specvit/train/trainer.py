@@ -10,7 +10,9 @@ gradient unscale (fp16) + clipping, AdamW step, scheduler step. The data
 position (epoch, optimizer step in the epoch) plus the RNG states are saved in
 every checkpoint; because the training noise and the data order are pure
 functions of (seed, epoch, rank, batch), resuming replays exactly the batches
-and draws the uninterrupted run would have seen.
+and draws the uninterrupted run would have seen. With ``data.source: simulate`` the training
+batches are fresh simulations (:mod:`specvit.data.stream`), pure functions of (seed, step, rank):
+the same holds.
 
 Output directory (rank 0 writes): ``config.yaml`` (resolved config + seed +
 versions + command), ``metrics.csv``, ``tensorboard/``, ``checkpoints/``
@@ -97,31 +99,36 @@ def build_network(cfg: TrainConfig, *, n_pixels: int, wave: np.ndarray | None):
     return create_model(cfg.model.name, **kw)
 
 
-def check_training_data(cfg: TrainConfig):
+def check_training_data(cfg: TrainConfig, *, train_wave=None):
     """Open data.train / data.val and run :func:`specvit.data.checks.check_dataset` on the rows training uses.
 
     Every problem of both files (val grid vs the training grid, NaN/inf flux, bad errors, missing or
     non-finite labels) is reported at once, before anything is built or written. Returns the open
-    ``(train, val or None)`` datasets.
+    ``(train, val or None)`` datasets. With ``data.source=simulate`` there is no training file
+    (``train`` is None) and the validation grid is compared with ``train_wave`` (the stream's pixels).
     """
     from specvit.data.checks import check_dataset, raise_problems
     from specvit.labels import canonical_label
 
     d = cfg.data
     labels = [canonical_label(n) for n in d.labels]
+    simulate = d.source == "simulate"
     opened = []
     try:
-        train = open_source(d.train)
-        opened.append(train)
+        train = None if simulate else open_source(d.train)
+        if train is not None:
+            opened.append(train)
         val = None
         if d.val:
             val = open_source(d.val)
             opened.append(val)
-        reports = [check_dataset(train, role="training (data.train)", label_names=labels, n_rows=d.max_train_rows,
-                                 raise_errors=False)]
+        reports = [] if simulate else [check_dataset(train, role="training (data.train)", label_names=labels,
+                                                     n_rows=d.max_train_rows, raise_errors=False)]
         if val is not None:
+            ref, ref_name = (train_wave, "the simulated training stream (data.simulate)") if simulate \
+                else (train.wave, "the training set")
             reports.append(check_dataset(val, role="validation (data.val)", label_names=labels,
-                                         n_rows=d.max_val_rows, ref_wave=train.wave, ref_name="the training set",
+                                         n_rows=d.max_val_rows, ref_wave=ref, ref_name=ref_name,
                                          raise_errors=False))
         raise_problems(reports)
     except BaseException:
@@ -164,11 +171,19 @@ class Trainer:
         torch.manual_seed(run.seed)  # model init and dropout; data order / noise have their own keyed streams
 
         d = cfg.data
-        train_src, val_src = check_training_data(cfg)
-        self.train_data = SpectraStream(
-            path=d.train, label_names=d.labels, batch_size=run.batch_size, train=True, noise_level=d.noise_level,
-            seed=run.seed, chunk_rows=d.chunk_rows, buffer_rows=d.buffer_rows, max_rows=d.max_train_rows,
-            rank=self.dist.rank, world_size=self.dist.world_size, device=self.device, source=train_src)
+        if d.source == "simulate":  # fresh simulations every batch (specvit.data.stream)
+            from specvit.data.stream import SimulatedStream
+
+            self.train_data = SimulatedStream(
+                cfg=d.simulate, label_names=d.labels, batch_size=run.batch_size, noise_level=d.noise_level,
+                seed=run.seed, rank=self.dist.rank, world_size=self.dist.world_size, device=self.device)
+            _, val_src = check_training_data(cfg, train_wave=self.train_data.wave)
+        else:
+            train_src, val_src = check_training_data(cfg)
+            self.train_data = SpectraStream(
+                path=d.train, label_names=d.labels, batch_size=run.batch_size, train=True, noise_level=d.noise_level,
+                seed=run.seed, chunk_rows=d.chunk_rows, buffer_rows=d.buffer_rows, max_rows=d.max_train_rows,
+                rank=self.dist.rank, world_size=self.dist.world_size, device=self.device, source=train_src)
         self.label_names = self.train_data.label_names
         self.scaler_labels: LabelScaler = self.train_data.scaler
         self.val_data = None
@@ -183,11 +198,13 @@ class Trainer:
                 if stream is not None:
                     stream.error_fn = observer_error_fn(stream.src, stream.noise_level)
 
-        self.model = build_network(cfg, n_pixels=self.train_data.n_pixels, wave=self.train_data.src.wave).to(self.device)
+        self.model = build_network(cfg, n_pixels=self.train_data.n_pixels, wave=self.train_data.wave).to(self.device)
         if d.error_channel and "error" not in inspect.signature(self.model.forward).parameters:
             raise ConfigError(f"model {cfg.model.name!r} does not take an error channel (forward has no 'error')",
                               field="data.error_channel", value=True)
         self.identity = model_identity(self.model, self.label_names)
+        if d.source == "simulate":  # a checkpoint trained on another prior is not resumed from
+            self.identity["simulate"] = {k: v for k, v in config_to_dict(d.simulate).items() if k != "threads"}
         self.loss_fn = make_loss(cfg.loss.kind, huber_delta=cfg.loss.huber_delta, label_weights=cfg.loss.label_weights)
 
         accum = cfg.optim.grad_accum_steps
@@ -350,7 +367,8 @@ class Trainer:
 
         Mean and standard deviation of the NOISY training flux (noise at ``data.noise_level``,
         seeded by ``run.seed``) over the first ``max_rows`` training rows, read in chunks.
-        Every rank computes the same numbers, so DDP replicas agree.
+        Every rank computes the same numbers, so DDP replicas agree. With ``data.source=simulate``:
+        over ``data.simulate.stats_samples`` spectra drawn with their own key (seed only), noised the same way.
         """
         from specvit.data.checks import patch_masked_errors
         from specvit.observe.noise import noisy_flux
@@ -358,6 +376,11 @@ class Trainer:
 
         layers = input_standardizers(self.model)
         if not layers:
+            return
+        if hasattr(self.train_data, "input_statistics"):  # the simulated stream: its own keyed stats draw
+            mean, std = self.train_data.input_statistics()
+            for layer in layers:
+                layer.fit_(mean, std)
             return
         src, n = self.train_data.src, min(self.train_data.n_rows, int(max_rows))
         rng = np.random.default_rng([self.cfg.run.seed, 7919])
@@ -511,6 +534,8 @@ class Trainer:
 
     def training_ranges(self) -> dict:
         """Label and SNR ranges of the training rows (the predict command flags inputs outside them)."""
+        if hasattr(self.train_data, "training_ranges"):  # simulated: the prior's box, the SNR of the stats draw
+            return self.train_data.training_ranges()
         lab = self.train_data.labels
         snr = self.train_data.snr(np.arange(self.train_data.n_rows))
         out = {"label_min": lab.min(axis=0).tolist(), "label_max": lab.max(axis=0).tolist(),
@@ -526,7 +551,7 @@ class Trainer:
                   "metrics": _jsonable(result)}
         save_model(self.out_dir / "model", self.model, label_names=list(self.label_names),
                    label_mean=self.scaler_labels.mean.tolist(), label_std=self.scaler_labels.std.tolist(),
-                   wave_A=np.asarray(self.train_data.src.wave, dtype=float), extras=extras)
+                   wave_A=np.asarray(self.train_data.wave, dtype=float), extras=extras)
 
 
 def _jsonable(x):
