@@ -54,7 +54,10 @@ def write_noise_figure(model, instrument, path) -> None:
 def cmd_calibrate_snr(args) -> int:
     from specvit.observe.calibrate import PAPER_SNR, calibrate_snr
 
-    instrument = load_config(InstrumentConfig, args.config, args.set or ())
+    overrides = list(args.set or ())
+    if args.preset:
+        overrides.append(f"preset={args.preset}")
+    instrument = load_config(InstrumentConfig, args.config, overrides)
     model, model_name = calibration_model(args.model)
     res = calibrate_snr(model, n=args.n, seed=args.seed, instrument=instrument)
     if args.figure:
@@ -97,5 +100,8 @@ def register(subparsers) -> None:
     p.add_argument("--figure", metavar="PATH", help="also save a noise-vs-wavelength figure (PNG) for a K giant")
     p.add_argument("--snr-figure", metavar="PATH", help="also save the SNR-vs-magnitude figure (ours vs the paper)")
     p.add_argument("--config", help="YAML file with InstrumentConfig keys")
+    p.add_argument("--preset", metavar="NAME",
+                   help="instrument preset: 'paper' (default; the paper's calibration) or 'pfs-etc' (the official "
+                        "PFS ETC's MR red arm; prints the comparison with the ETC's SNR)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an InstrumentConfig key (repeatable)")
     p.set_defaults(func=cmd_calibrate_snr)
