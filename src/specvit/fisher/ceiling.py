@@ -36,14 +36,15 @@ from specvit.spectra.bosz import BOSZ_STEPS  # the grid spacing of the paper's n
 # ---------------------------------------------------------------------------------------------
 
 
-def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default"):
-    """(ForwardModel, PFSObserver or None) for ``model`` (default: :func:`load_spectral_model` of ``model_spec``)."""
+def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default", instrument=None):
+    """(ForwardModel, PFSObserver or None) for ``model`` (default: :func:`load_spectral_model` of ``model_spec``);
+    ``instrument``: an InstrumentConfig (default: the ``paper`` preset)."""
     model = model if model is not None else load_spectral_model(model_spec)
     observer = None
     if use_observer:
         from specvit.observe import PFSObserver
 
-        observer = PFSObserver.for_model(model)
+        observer = PFSObserver.for_model(model, instrument)
     return ForwardModel(model, observer), observer
 
 
