@@ -98,6 +98,25 @@ def main(argv=None) -> int:
     np.savetxt(OUT / "throughput.txt", np.column_stack([wave_A, thr, T, frac0]), fmt="%.6f %.6e %.6e %.6e",
                header=hdr)
 
+    # line-spread function: the Gaussian (integrated over pixels) that best fits the ETC's per-pixel profile of
+    # an unresolved line (psf.spectro_dist, sigma 0: optics + defocus + pixel MTF) -> FWHM in A per wavelength
+    from scipy.optimize import minimize_scalar
+    from scipy.special import ndtr
+
+    lsf_lam = np.linspace(710.5, 884.5, 30)
+    prof = psf.spectro_dist(sp1, ia, lsf_lam, 15.5, 0.0, 32)
+    xpix = np.arange(32)
+    sig = []
+    for row in prof / prof.sum(1, keepdims=True):
+        def cost(s, row=row):
+            return float(((ndtr((xpix + 0.5 - 15.5) / s) - ndtr((xpix - 0.5 - 15.5) / s) - row) ** 2).sum())
+        sig.append(minimize_scalar(cost, bounds=(0.3, 3.0), method="bounded").x)
+    fwhm_A = 2 * math.sqrt(2 * math.log(2)) * np.array(sig) * dl * 10
+    np.savetxt(OUT / "lsf.txt", np.column_stack([lsf_lam * 10, fwhm_A]), fmt="%.3f %.5f",
+               header="PFS MR red arm line-spread function: FWHM of the Gaussian (integrated over pixels) that best fits "
+                      "the official PFS ETC's per-pixel profile of an unresolved line (psf.spectro_dist).\n"
+                      "columns: wave_A (vacuum), fwhm_A")
+
     fields = np.linspace(0.0, 0.70, 29)
     field_fac = np.array([config.field_interp(sp1.vignette, f, sp1.rfov) * params.calc_obscuration(f)[1]
                           for f in fields])

@@ -37,6 +37,7 @@ def _etc_file(name: str) -> str:
 def _pfs_etc() -> dict:
     return {
         "throughput_file": _etc_file("throughput.txt"),
+        "lsf_fwhm_file": _etc_file("lsf.txt"),
         "extinction_file": _etc_file("extinction.txt"),
         "sky_pixel_file": _etc_file("sky.txt"),
         "field_file": _etc_file("field.txt"),
