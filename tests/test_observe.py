@@ -506,3 +506,25 @@ def test_pfs_etc_sky_has_oh_lines_in_the_paranal_gap():
     gap = (w > 8545) & (w < 8615)
     s = PFSObserver(model_wave=WAVE, instrument=InstrumentConfig(preset="pfs-etc")).sky_flambda[gap]
     assert s.max() > 5 * np.median(s)
+
+
+def test_pfs_etc_matches_the_etc_off_the_calibration_setup():
+    """Other airmass, field angle, seeing and exposure count: median per-pixel SNR of a flat-AB source within 3 %
+    of the official ETC (outputs of the ETC v2.0.0 run on this machine, 2026-12-07, MR red arm, no Moon, its
+    default 0.1" fibre offset; seeing given at 800 nm there)."""
+    from specvit.observe.atmosphere import airmass
+    from specvit.observe.conditions import calibration_conditions
+
+    etc = {  # (zenith deg, field deg, seeing at 800 nm, n x 900 s, i): ETC median per-pixel SNR
+        (45.0, 0.6, 0.7, 2, 19.0): 18.213, (45.0, 0.6, 0.7, 2, 22.0): 1.7178,
+        (10.0, 0.1, 1.3, 8, 19.0): 28.088, (10.0, 0.1, 1.3, 8, 22.0): 2.3963,
+    }
+    w = np.arange(6900.0, 9100.0, 0.1)
+    obs = PFSObserver(model_wave=w, instrument=InstrumentConfig(preset="pfs-etc"))
+    for (z, field, s800, n, mag), ref in etc.items():
+        c = calibration_conditions([mag], 1)
+        x = float(airmass(z))
+        c["target_zenith_angle"], c["target_field_angle"], c["exp_count"] = z, field, float(n)
+        c["seeing"] = s800 / (x**0.6 * 1.6**-0.2)  # specvit's seeing is at 5000 A and zenith
+        snr = obs.observe(((w / 8000.0) ** -2)[None], c).snr[0]
+        assert snr == pytest.approx(ref, rel=0.03), ((z, field, s800, n, mag), snr, ref)
