@@ -436,6 +436,8 @@ def test_presets_load_and_explicit_values_win(tmp_path):
     for key in ("throughput_file", "extinction_file", "sky_pixel_file", "field_file", "fibre_aperture_file"):
         assert Path(getattr(etc, key)).exists(), key
     assert InstrumentConfig(preset="pfs-etc", read_noise_e=3.0).read_noise_e == 3.0
+    with pytest.warns(UserWarning, match="no effect.*optics_throughput"):
+        InstrumentConfig(preset="pfs-etc", optics_throughput=0.3)
     y = tmp_path / "sim.yaml"
     y.write_text("instrument:\n  preset: pfs-etc\n")
     assert load_config(SimulateConfig, y).instrument == etc

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 from specvit.errors import ConfigError
 
@@ -53,6 +54,15 @@ def _pfs_etc() -> dict:
     }
 
 
+#: table field -> the scalar fields it replaces (they have no effect while the table is set)
+SUPERSEDED = {
+    "throughput_file": ("optics_throughput",),
+    "lsf_fwhm_file": ("resolution",),
+    "sky_pixel_file": ("sky_mag_i_arcsec2", "sky_file", "sky_file_resolution"),
+    "field_file": ("vignetting_at_edge", "fibre_diameter_arcsec", "fibre_diameter_edge_arcsec"),
+    "fibre_aperture_file": ("psf_moffat_beta",),
+}
+
 #: preset name -> function returning {InstrumentConfig field: value}
 PRESETS = {"paper": dict, "pfs-etc": _pfs_etc}
 
@@ -73,3 +83,8 @@ def apply_preset(cfg) -> None:
     for key, value in values.items():
         if getattr(cfg, key) == defaults[key]:
             setattr(cfg, key, value)
+    ignored = [k for table, keys in SUPERSEDED.items() if getattr(cfg, table) for k in keys
+               if getattr(cfg, k) != defaults[k]]
+    if ignored:
+        warnings.warn(f"instrument preset {cfg.preset!r}: these fields have no effect (a table of the preset "
+                      f"replaces them; see docs/observe.md): {', '.join(ignored)}", stacklevel=3)
