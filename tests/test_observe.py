@@ -530,3 +530,16 @@ def test_pfs_etc_matches_the_etc_off_the_calibration_setup():
         c["seeing"] = s800 / (x**0.6 * 1.6**-0.2)  # specvit's seeing is at 5000 A and zenith
         snr = obs.observe(((w / 8000.0) ** -2)[None], c).snr[0]
         assert snr == pytest.approx(ref, rel=0.03), ((z, field, s800, n, mag), snr, ref)
+
+
+def test_calibrate_snr_cli_preset_prints_the_etc_table(capsys):
+    import argparse
+
+    from specvit.observe import cli
+
+    parser = argparse.ArgumentParser(prog="specvit")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["calibrate-snr", "--model", "planck", "--n", "4", "--preset", "pfs-etc"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "official PFS ETC" in out and "47.60" in out and "45.301" in out
