@@ -15,7 +15,7 @@ examples:
 
 config keys (YAML file or --set, dotted): labels.<T_eff|log_g|M_H|a_M|C_M>.{low,high,dist,beta_a,beta_b},
   observing.<mag|seeing_arcsec|exp_count|exp_time_s|target_zenith_angle_deg|...> (number or [low, high]),
-  instrument.<...>, model (default | path to a pfsspec grid .h5), interpolation (spline|linear|nearest),
+  instrument.<...> (instrument.preset: paper | pfs-etc), model (default | path to a pfsspec grid .h5), interpolation (spline|linear|nearest),
   wave_range_A, chunk_size, dtype (float32|float64), max_redraws.
 A killed run resumes when the same command is run again (progress is kept in .<name>.partial).
 Each output is locked (.<name>.lock) while a process writes it: a second writer is refused, also with

@@ -58,7 +58,12 @@ def cmd_fisher(args) -> int:
         raise InputError("must be in (0, 0.5]", field="--prior-taper", value=args.prior_taper)
     if args.fd_steps and not all(np.isfinite(s) and s > 0 for s in args.fd_steps):
         raise InputError("finite-difference steps must be finite numbers > 0", field="--fd-steps", value=args.fd_steps)
-    forward, _ = default_forward(model_spec=args.model)
+    instrument = None
+    if args.preset:
+        from specvit.observe.config import InstrumentConfig
+
+        instrument = InstrumentConfig(preset=args.preset)
+    forward, _ = default_forward(model_spec=args.model, instrument=instrument)
     names = list(forward.label_names)
     tgt, free_idx = resolve_free(names, args.label, args.nuisance)  # checks the label early
     free = [names[i] for i in free_idx]
@@ -245,6 +250,8 @@ def register(subparsers) -> None:
                    help="spectral model: 'default' (the embedded emulator), MODULE:FACTORY, an emulator .npz, or a "
                         "grid .h5")
     p.add_argument("--seed", type=int, default=0, help="seed of the point subsample / design (default 0)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="instrument preset of the observer: 'paper' (default) or 'pfs-etc' (the official PFS ETC)")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by magnitude (or SNR bin)")
     p.set_defaults(func=cmd_fisher)
     _register_montecarlo(p)

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 #: The paper's median SNR per magnitude (SPEC section 3).
 PAPER_SNR: dict[str, float] = {"18": 87.4, "20": 24.0, "21.5": 7.1, "22": 4.6, "22.5": 3.0, "23": 1.9}
+#: The official PFS ETC's median per-pixel SNR at the calibration setup as quoted in issue #16 (ETC v2.0,
+#: MR red arm, 4 x 900 s, zenith 22.5 deg, field 0.325 deg, seeing 0.95" at 800 nm, no Moon; run by the
+#: issue's author). Only i = 18 and 22 were quoted as numbers.
+ETC_SNR_ISSUE16: dict[str, float] = {"18": 47.6, "22": 2.45}
 #: Label box of the calibration sample: the default box (:data:`specvit.labels.DEFAULT_LABEL_BOUNDS`)
 #: with [M/H] capped at +0.5 and solar-scaled abundances ([alpha/M] = [C/M] = 0). Intentionally narrower:
 #: it is the sample the paper's SNR table is matched on and the calibrated throughput / sky numbers
@@ -165,3 +169,41 @@ def plot_snr_calibration(result: dict, paper: dict = PAPER_SNR):
     fig.suptitle("SNR calibration: 4 x 900 s, seeing 1.0\", zenith 22.5 deg, new moon", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def etc_reference() -> dict:
+    """The official PFS ETC's own per-pixel SNR of a flat-AB source at the calibration setup, per magnitude:
+    ``{"18": {"median": ..., "p10": ..., "p90": ...}, ...}`` (run locally by scripts/derive_pfs_etc_data.py
+    with Subaru-PFS/spt_ExposureTimeCalculator v2.0.0; stored in data_files/observe/pfs_etc_mr/scalars.json)."""
+    import json
+
+    from specvit.observe.atmosphere import data_path
+
+    return json.loads(data_path("pfs_etc_mr/scalars.json").read_text())["etc_snr_flat_ab"]
+
+
+def flat_ab_snr(instrument=None, mags=CALIBRATION_MAGS, observer: PFSObserver | None = None) -> dict:
+    """Median per-pixel SNR of a flat-AB (constant F_nu) source under the calibration setup, per magnitude;
+    the quantity the ETC reports (compare with :func:`etc_reference`). Returns ``{"18": snr, ...}`` and
+    the per-pixel SNR (n_mag, 4096) under ``"per_pixel"``."""
+    wave = np.arange(6900.0, 9100.0, 0.1)
+    obs = observer or PFSObserver(model_wave=wave, instrument=instrument)
+    flux = (obs.model_wave / 8000.0) ** -2
+    o = obs.observe(np.repeat(flux[None], len(mags), 0), calibration_conditions(list(mags), 1))
+    out = {mag_key(m): float(v) for m, v in zip(mags, o.snr)}
+    out["per_pixel"] = o.flux / o.error
+    return out
+
+
+def etc_comparison(res: dict, instrument) -> list[dict]:
+    """Rows of the ETC-comparison table: per magnitude, the sample's median SNR vs the ETC numbers of
+    issue #16, and the flat-AB median per-pixel SNR vs the ETC run on the same source."""
+    ref = etc_reference()
+    flat = flat_ab_snr(instrument)
+    rows = []
+    for k, v in res["snr"].items():
+        q = ETC_SNR_ISSUE16.get(k)
+        e = ref.get(k, {}).get("median")
+        rows.append({"mag": k, "snr": v, "etc_issue16": q, "ratio_issue16": v / q if q else None,
+                     "flat_ab": flat[k], "etc_flat_ab": e, "ratio_flat_ab": flat[k] / e if e else None})
+    return rows

@@ -54,7 +54,10 @@ def write_noise_figure(model, instrument, path) -> None:
 def cmd_calibrate_snr(args) -> int:
     from specvit.observe.calibrate import PAPER_SNR, calibrate_snr
 
-    instrument = load_config(InstrumentConfig, args.config, args.set or ())
+    overrides = list(args.set or ())
+    if args.preset:
+        overrides.append(f"preset={args.preset}")
+    instrument = load_config(InstrumentConfig, args.config, overrides)
     model, model_name = calibration_model(args.model)
     res = calibrate_snr(model, n=args.n, seed=args.seed, instrument=instrument)
     if args.figure:
@@ -72,11 +75,32 @@ def cmd_calibrate_snr(args) -> int:
         return 0
     print(f"median SNR, calibration setup (4 x 900 s, seeing 1.0\", zenith 22.5 deg, field 0.325 deg, new moon); "
           f"model={model_name}, n={res['n']}, seed={res['seed']}")
+    if instrument.preset != "paper":
+        print_etc_table(res, instrument)
+        return 0
     print(f"{'mag':>5} {'SNR':>8} {'paper':>7} {'ratio':>6} {'median error':>13}")
     for k, v in res["snr"].items():
         ref = PAPER_SNR.get(k, float("nan"))
         print(f"{k:>5} {v:8.2f} {ref:7.1f} {v / ref:6.3f} {res['median_error'][k]:13.4f}")
     return 0
+
+
+def print_etc_table(res, instrument) -> None:
+    """The comparison with the official PFS ETC (median per-pixel SNR; see docs/observe.md)."""
+    from specvit.observe.calibrate import etc_comparison
+
+    def f(x, fmt):
+        return format(x, fmt) if x is not None else "-"
+
+    print(f"preset {instrument.preset}: median per-pixel SNR vs the official PFS ETC (v2.0, MR red arm)")
+    print(f"{'mag':>5} {'SNR':>8} {'ETC#16':>7} {'ratio':>6} | {'flat-AB':>8} {'ETC flat-AB':>11} {'ratio':>6}"
+          f" {'median error':>13}")
+    for r in etc_comparison(res, instrument):
+        print(f"{r['mag']:>5} {r['snr']:8.2f} {f(r['etc_issue16'], '7.2f'):>7} {f(r['ratio_issue16'], '6.3f'):>6} | "
+              f"{r['flat_ab']:8.3f} {f(r['etc_flat_ab'], '11.3f'):>11} {f(r['ratio_flat_ab'], '6.3f'):>6}"
+              f" {res['median_error'][r['mag']]:13.4f}")
+    print("SNR: this sample (stars); ETC#16: the ETC's numbers quoted in issue #16; flat-AB: a constant-F_nu source, "
+          "against the ETC run locally on the same source (scripts/derive_pfs_etc_data.py)")
 
 
 def register(subparsers) -> None:
@@ -97,5 +121,8 @@ def register(subparsers) -> None:
     p.add_argument("--figure", metavar="PATH", help="also save a noise-vs-wavelength figure (PNG) for a K giant")
     p.add_argument("--snr-figure", metavar="PATH", help="also save the SNR-vs-magnitude figure (ours vs the paper)")
     p.add_argument("--config", help="YAML file with InstrumentConfig keys")
+    p.add_argument("--preset", metavar="NAME",
+                   help="instrument preset: 'paper' (default; the paper's calibration) or 'pfs-etc' (the official "
+                        "PFS ETC's MR red arm; prints the comparison with the ETC's SNR)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an InstrumentConfig key (repeatable)")
     p.set_defaults(func=cmd_calibrate_snr)

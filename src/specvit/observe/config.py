@@ -21,7 +21,15 @@ class InstrumentConfig:
     The two calibrated numbers are ``optics_throughput`` and ``sky_mag_i_arcsec2``:
     they were chosen so that the median SNR of the calibration setup matches the
     paper's table (SPEC section 3) and are both inside their physical ranges.
+
+    ``preset`` selects a named set of values (:mod:`specvit.observe.presets`): ``paper`` (these
+    defaults, the paper's calibration) or ``pfs-etc`` (the real MR red arm of the official PFS
+    exposure-time calculator). A preset fills every field that is still at its ``paper`` default;
+    fields given explicitly with another value win.
     """
+
+    #: Named instrument preset: 'paper' (default, reproduces the paper) or 'pfs-etc' (official PFS ETC).
+    preset: str = "paper"
 
     #: Resolving power lambda / FWHM of the Gaussian LSF (R=5000: FWHM 1.6 A = 3.75 px at 8000 A).
     resolution: float = 5000.0
@@ -73,8 +81,21 @@ class InstrumentConfig:
     throughput_file: Optional[str] = None
     #: Optional user extinction table (text: wave_A, mag per airmass). Default: Mauna Kea (Buton et al. 2013).
     extinction_file: Optional[str] = None
+    #: Optional sky table already at the instrument resolution, absolute (text: wave_A vacuum,
+    #: F_lambda at zenith in erg/s/cm^2/A/arcsec^2), interpolated to the pixels; replaces the sky
+    #: model, ``sky_mag_i_arcsec2`` and the LSF smoothing of the sky.
+    sky_pixel_file: Optional[str] = None
+    #: Optional field-angle table (text: field_deg, transmission, fibre_diameter_arcsec), linear
+    #: interpolation; replaces ``vignetting_at_edge`` and the fibre-diameter model.
+    field_file: Optional[str] = None
+    #: Optional fibre-aperture table (npz: seeing_800nm_arcsec, field_deg, wave_A, fraction[seeing, field, wave]):
+    #: fraction of a point source in the fibre vs the delivered FWHM at 8000 A; replaces the Moffat model.
+    fibre_aperture_file: Optional[str] = None
 
     def __post_init__(self):
+        from specvit.observe.presets import apply_preset
+
+        apply_preset(self)
         positive = ("resolution", "lsf_truncate_sigma", "telescope_diameter_m", "fibre_diameter_arcsec",
                     "fibre_diameter_edge_arcsec",
                     "psf_moffat_beta", "optics_throughput", "field_radius_deg", "extraction_pixels")

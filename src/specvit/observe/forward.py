@@ -482,13 +482,14 @@ class ForwardModel:
 
 
 
-def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default"):
+def default_forward(model=None, *, use_observer: bool = True, model_spec: str = "default", instrument=None):
     """(ForwardModel, PFSObserver or None) for ``model`` (default: ``load_spectral_model(model_spec)``)
-    through the calibrated PFS MR arm (``use_observer=False``: the model's own grid, no instrument)."""
+    through the PFS MR arm (``instrument``: an InstrumentConfig, default the ``paper`` preset;
+    ``use_observer=False``: the model's own grid, no instrument)."""
     from specvit.spectra import load_spectral_model
 
     model = model if model is not None else load_spectral_model(model_spec)
-    fwd = ForwardModel.for_model(model) if use_observer else ForwardModel(model)
+    fwd = ForwardModel.for_model(model, instrument) if use_observer else ForwardModel(model)
     return fwd, fwd.observer
 
 def jvp_stacked(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,3 +67,56 @@ def vignetting(field_angle_deg, cfg: InstrumentConfig) -> np.ndarray:
     """Transmitted fraction vs distance from the field centre: 1 - v_edge (theta / R)^2, clipped at 0."""
     t = np.asarray(field_angle_deg, dtype=float) / cfg.field_radius_deg
     return np.clip(1 - cfg.vignetting_at_edge * t**2, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- tabulated (e.g. the pfs-etc preset)
+def load_field_table(path) -> np.ndarray:
+    """(n, 3) field-angle table: field_deg (increasing), transmission, fibre_diameter_arcsec."""
+    from pathlib import Path
+
+    from specvit.errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("table file not found", file=p, field="field_file")
+    t = np.loadtxt(p, comments="#", ndmin=2)
+    if t.shape[1] < 3 or len(t) < 2 or not np.all(np.isfinite(t[:, :3])) or not np.all(np.diff(t[:, 0]) > 0) \
+            or not np.all(t[:, 1:3] > 0):
+        raise InputError("needs >= 2 rows of (field_deg increasing, transmission > 0, fibre diameter > 0)",
+                         file=p, field="field_file")
+    return t[:, :3]
+
+
+def field_table_values(table: np.ndarray, field_angle_deg) -> tuple[np.ndarray, np.ndarray]:
+    """(transmission, fibre diameter in arcsec) at ``field_angle_deg`` (linear; clamped at the table ends)."""
+    f = np.asarray(field_angle_deg, dtype=float)
+    return np.interp(f, table[:, 0], table[:, 1]), np.interp(f, table[:, 0], table[:, 2])
+
+
+def load_aperture_table(path):
+    """RegularGridInterpolator over (seeing FWHM at 8000 A, field_deg, wave_A) of the fibre-aperture fraction."""
+    from pathlib import Path
+
+    from scipy.interpolate import RegularGridInterpolator
+
+    from specvit.errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("table file not found", file=p, field="fibre_aperture_file")
+    try:
+        d = np.load(p)
+        axes = (d["seeing_800nm_arcsec"], d["field_deg"], d["wave_A"])
+        frac = d["fraction"]
+    except (KeyError, ValueError, OSError) as e:
+        raise InputError(f"cannot read the aperture table: {e}", file=p, field="fibre_aperture_file") from None
+    return RegularGridInterpolator(axes, frac, bounds_error=False, fill_value=None)
+
+
+def aperture_table_values(interp, fwhm800_arcsec, field_angle_deg, wave_A) -> np.ndarray:
+    """(N, len(wave_A)) aperture fraction; seeing and field are clamped to the table's range."""
+    s = np.clip(np.asarray(fwhm800_arcsec, dtype=float), interp.grid[0][0], interp.grid[0][-1])
+    f = np.clip(np.asarray(field_angle_deg, dtype=float), interp.grid[1][0], interp.grid[1][-1])
+    w = np.asarray(wave_A, dtype=float)
+    pts = np.stack(np.broadcast_arrays(s[:, None], f[:, None], w[None, :]), axis=-1)
+    return np.clip(interp(pts.reshape(-1, 3)).reshape(len(s), len(w)), 0.0, 1.0)

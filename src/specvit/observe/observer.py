@@ -175,17 +175,25 @@ class PFSObserver:
         # (error < 1e-5 for k < 0.5 mag/airmass), so no exp over (N, 4096) on the hot path
         self._x_grid = np.arange(1.0, 5.0 + AIRMASS_TABLE_STEP, AIRMASS_TABLE_STEP)
         self._trans_table = 10 ** (-0.4 * self._x_grid[:, None] * self.extinction_k[None, :])
-        # night sky: resample through the LSF, scale to the dark-sky i-band brightness
-        sw, sf, s_res = atm.load_sky(cfg.sky_file, cfg.sky_file_resolution)
-        if sw[0] > self.wave_edges[0] - 20 or sw[-1] < self.wave_edges[-1] + 20:
-            raise InputError("sky table must cover the PFS MR arm 7080-8870 A", file=cfg.sky_file or "sky_paranal",
-                             field="sky_file", value=[float(sw[0]), float(sw[-1])])
-        sky_phot = SyntheticPhotometry(sw)
-        sky_scale = 10 ** (-0.4 * (cfg.sky_mag_i_arcsec2 - sky_phot.ab_mag(sf[None])[0]))
-        sky_M = resample_matrix(sw, self.wave_edges, lsf_sigma_A(w, cfg.resolution, s_res, fwhm_A=self.lsf_fwhm_A),
-                                truncate=cfg.lsf_truncate_sigma)
-        #: sky F_lambda per arcsec^2 at zenith on the PFS pixels, erg/s/cm^2/A/arcsec^2
-        self.sky_flambda = sky_M @ (sf * sky_scale)
+        if cfg.sky_pixel_file:  # absolute sky, already at the instrument resolution (e.g. the pfs-etc preset)
+            sw, sf = atm._read_table(cfg.sky_pixel_file, field="sky_pixel_file")
+            if sw[0] > w[0] + 1e-6 or sw[-1] < w[-1] - 1e-6:
+                raise InputError("sky table must cover the PFS MR pixel centres 7100.2-8849.8 A",
+                                 file=cfg.sky_pixel_file, field="sky_pixel_file", value=[float(sw[0]), float(sw[-1])])
+            self.sky_flambda = np.interp(w, sw, sf)
+        else:
+            # night sky: resample through the LSF, scale to the dark-sky i-band brightness
+            sw, sf, s_res = atm.load_sky(cfg.sky_file, cfg.sky_file_resolution)
+            if sw[0] > self.wave_edges[0] - 20 or sw[-1] < self.wave_edges[-1] + 20:
+                raise InputError("sky table must cover the PFS MR arm 7080-8870 A",
+                                 file=cfg.sky_file or "sky_paranal", field="sky_file", value=[float(sw[0]), float(sw[-1])])
+            sky_phot = SyntheticPhotometry(sw)
+            sky_scale = 10 ** (-0.4 * (cfg.sky_mag_i_arcsec2 - sky_phot.ab_mag(sf[None])[0]))
+            sky_M = resample_matrix(sw, self.wave_edges,
+                                    lsf_sigma_A(w, cfg.resolution, s_res, fwhm_A=self.lsf_fwhm_A),
+                                    truncate=cfg.lsf_truncate_sigma)
+            #: sky F_lambda per arcsec^2 at zenith on the PFS pixels, erg/s/cm^2/A/arcsec^2
+            self.sky_flambda = sky_M @ (sf * sky_scale)
         #: sky electrons per second per pixel per arcsec^2 at zenith (dark sky)
         self.sky_rate = self.sky_flambda * self.base_response
         self._sky_max3 = np.maximum(np.maximum(self.sky_rate, np.r_[self.sky_rate[1:], self.sky_rate[-1]]),
@@ -200,6 +208,8 @@ class PFSObserver:
         # fibre aperture loss is smooth in wavelength: evaluate at the arm ends, interpolate linearly
         # (<= 0.15% error for seeing 0.5-1.5", airmass 1-1.41)
         self._fib_wave = np.array([w[0], w[-1]])
+        self._field_table = ins.load_field_table(cfg.field_file) if cfg.field_file else None
+        self._aperture_table = ins.load_aperture_table(cfg.fibre_aperture_file) if cfg.fibre_aperture_file else None
         self._fib_u = (w - w[0]) / (w[-1] - w[0])
 
     # --------------------------------------------------------------- helpers
@@ -274,10 +284,18 @@ class PFSObserver:
         n_exp = c["exp_count"].to_numpy(float)
         t_tot = n_exp * c["exp_time"].to_numpy(float)
         field = c["target_field_angle"].to_numpy(float)
-        vig = ins.vignetting(field, cfg)
-        diam = ins.fibre_diameter_arcsec(field, cfg)
-        fwhm = ins.delivered_fwhm_arcsec(c["seeing"].to_numpy(float)[:, None], X[:, None], self._fib_wave[None, :])
-        fib = ins.fibre_fraction(fwhm, diam[:, None], cfg)  # (N, 2) at the two ends of the arm
+        if self._field_table is None:
+            vig = ins.vignetting(field, cfg)
+            diam = ins.fibre_diameter_arcsec(field, cfg)
+        else:
+            vig, diam = ins.field_table_values(self._field_table, field)
+        if self._aperture_table is None:
+            fwhm = ins.delivered_fwhm_arcsec(c["seeing"].to_numpy(float)[:, None], X[:, None],
+                                             self._fib_wave[None, :])
+            fib = ins.fibre_fraction(fwhm, diam[:, None], cfg)  # (N, 2) at the two ends of the arm
+        else:  # tabulated vs the delivered FWHM at 8000 A (the ETC's seeing definition)
+            fwhm800 = ins.delivered_fwhm_arcsec(c["seeing"].to_numpy(float), X, 8000.0)
+            fib = ins.aperture_table_values(self._aperture_table, fwhm800, field, self._fib_wave)
         tv = t_tot * vig
         area = np.pi / 4 * diam**2  # arcsec^2
         sky_fac = (X if cfg.sky_scales_with_airmass else np.ones_like(X)) * tv * area
