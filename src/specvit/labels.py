@@ -105,6 +105,25 @@ def check_domain(labels, label_names=LABEL_NAMES, *, max_c_to_o: float | None = 
                           value=round(ratio, 4))
 
 
+def uniform_in_domain(rng: np.random.Generator, n: int, bounds=None, label_names=LABEL_NAMES, *,
+                      margin: float = 0.0, max_c_to_o: float | None = MAX_C_TO_O) -> np.ndarray:
+    """(n, L) label sets uniform in the box ``bounds`` (default :data:`DEFAULT_LABEL_BOUNDS`, each side
+    moved inward by ``margin``) restricted to C/O < ``max_c_to_o``: per-label ``rng.uniform`` columns,
+    rows outside the domain redrawn in rounds (deterministic for ``rng``)."""
+    b = DEFAULT_LABEL_BOUNDS if bounds is None else bounds
+    out, filled = np.empty((n, len(label_names))), 0
+    for _ in range(1000):
+        m = n - filled
+        if m == 0:
+            return out
+        lab = np.column_stack([rng.uniform(b[k][0] + margin, b[k][1] - margin, m) for k in label_names])
+        lab = lab[~outside_domain(lab, label_names, max_c_to_o=max_c_to_o)]
+        out[filled:filled + len(lab)] = lab
+        filled += len(lab)
+    raise InputError("the label box lies (almost) entirely at C/O >= max_c_to_o", field="max_c_to_o",
+                     value=max_c_to_o)
+
+
 def domain_fraction(bounds=None, *, max_c_to_o: float | None = MAX_C_TO_O) -> float:
     """Fraction of the ([a/M], [C/M]) rectangle of ``bounds`` (default :data:`DEFAULT_LABEL_BOUNDS`) inside
     the domain (exact: area of the rectangle below the line [C/M] - [a/M] = log10(max C/O / solar C/O))."""
