@@ -121,7 +121,7 @@ def register(subparsers) -> None:
     # ---- BOSZ grids
     q = subparsers.add_parser(
         "import-bosz",
-        help="build a pfsspec-layout grid HDF5 from a folder of original BOSZ .asc.bz2 / .fits files",
+        help="build a pfsspec-layout grid HDF5 from a folder of BOSZ files (2017 .asc.bz2 / .fits, 2024 .txt.gz)",
         description="Reads every BOSZ file in FOLDER (names am..c..o..t..g..v20modrt0b{R}rs), rebuilds the true "
                     "log-uniform wavelength grid, and writes the grid (flux, continuum, validity mask) in the "
                     "pfsspec grid layout; use it with `specvit simulate --set model=GRID.h5`.")
@@ -129,7 +129,9 @@ def register(subparsers) -> None:
     q.add_argument("--out", type=Path, required=True, help="grid HDF5 to write (atomically)")
     q.add_argument("--wave-min", type=float, default=6900.0, help="crop: first wavelength, Angstrom (default 6900)")
     q.add_argument("--wave-max", type=float, default=9100.0, help="crop: last wavelength, Angstrom (default 9100)")
-    q.add_argument("--medium", choices=["vacuum", "air"], default="vacuum", help="medium of the BOSZ wavelengths")
+    q.add_argument("--medium", choices=["auto", "vacuum", "air"], default="auto",
+                   help="medium of the BOSZ wavelengths: auto (default) detects it from the Ca II triplet, else "
+                        "takes the release's (2024: air; 2017: vacuum); the grid is written in vacuum")
     q.add_argument("--workers", type=int, default=1, help="processes reading files (default 1)")
     q.set_defaults(func=_cmd_import_bosz)
 
@@ -142,6 +144,8 @@ def _cmd_import_bosz(args) -> int:
     path = grid.save(args.out)
     print(f"wrote {path}: axes {dict(zip(grid.label_names, grid.shape))}, {grid.n_valid} valid nodes, "
           f"{len(grid.wave)} wavelengths {grid.wave[0]:.2f}-{grid.wave[-1]:.2f} A ({grid.medium}), R={grid.resolution:g}")
+    d = grid.medium_detection
+    print(f"medium of the files: {d['file_medium']} ({d['how']})" + ("; converted to vacuum" if d["converted"] else ""))
     return 0
 
 
