@@ -101,7 +101,7 @@ def check_domain(labels, label_names=LABEL_NAMES, *, max_c_to_o: float | None = 
 
         warnings.warn(f"extrapolating: {msg}", stacklevel=3)
         return
-    raise LabelRangeError(msg + " (pass extrapolate=True to evaluate anyway)", file=source, field="C/O",
+    raise LabelRangeError(msg + " (extrapolate=True, or --extrapolate on the command line, to evaluate anyway)", file=source, field="C/O",
                           value=round(ratio, 4))
 
 

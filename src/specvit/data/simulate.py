@@ -90,7 +90,8 @@ class LabelPrior:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0):
             raise ConfigError("must be a number > 0 or null", field="max_c_to_o", value=v)
 
-    def sample(self, rng: np.random.Generator, n: int, label_names=LABEL_NAMES, *, max_rounds: int = 1000) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, n: int, label_names=LABEL_NAMES, *,
+               max_rounds: int = 1000) -> np.ndarray:
         """(n, L) label sets in ``label_names`` order: each label from its distribution, label sets
         outside the C/O limit redrawn (all labels of the row), in rounds, from ``rng`` (deterministic)."""
         out = np.empty((n, len(label_names)))
