@@ -101,8 +101,8 @@ def check_domain(labels, label_names=LABEL_NAMES, *, max_c_to_o: float | None = 
 
         warnings.warn(f"extrapolating: {msg}", stacklevel=3)
         return
-    raise LabelRangeError(msg + " (extrapolate=True, or --extrapolate on the command line, to evaluate anyway)", file=source, field="C/O",
-                          value=round(ratio, 4))
+    raise LabelRangeError(msg + " (extrapolate=True, or --extrapolate on the command line, to evaluate anyway)",
+                          file=source, field="C/O", value=round(ratio, 4))
 
 
 def uniform_in_domain(rng: np.random.Generator, n: int, bounds=None, label_names=LABEL_NAMES, *,
