@@ -212,7 +212,7 @@ def test_predict_and_ridge_refuse_negative_errors(data, tmp_path, capsys):
 def test_templatefit_refuses_a_dataset_on_another_grid(tmp_path):
     from specvit.baselines.templatefit import TemplateFitConfig, run_templatefit
     from specvit.data import write_dataset as write_ds
-    from specvit.fisher.jacobian import ForwardModel
+    from specvit.observe.forward import ForwardModel
     from toymodel import ToyModel
 
     fwd = ForwardModel(ToyModel(wave_min=8400.0, wave_max=8500.0, step=1.0, n_lines=5))
