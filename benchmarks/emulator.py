@@ -89,9 +89,10 @@ def run(args) -> dict:
     if args.components:
         model = synthetic_emulator(model, args.components, args.seed)
     rng = np.random.default_rng(args.seed)
-    lo = np.array([model.bounds[n][0] for n in model.label_names])
-    hi = np.array([model.bounds[n][1] for n in model.label_names])
-    labels = lo + rng.random((args.batch, len(lo))) * (hi - lo)
+    from specvit.labels import uniform_in_domain
+
+    # uniform in the box and the physical domain (C/O < 1; docs/emulator.md)
+    labels = uniform_in_domain(rng, args.batch, model.bounds, model.label_names, max_c_to_o=model.max_c_to_o)
     chunk = args.chunk_rows or FAST_CHUNK_ROWS
     n = args.batch
 

@@ -42,7 +42,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     fwd = ForwardModel.for_model(load_spectral_model("default"))
     rng = np.random.default_rng(args.seed)
-    lab = np.column_stack([rng.uniform(*fwd.bounds[k], args.n) for k in fwd.label_names])
+    from specvit.labels import uniform_in_domain
+
+    # uniform in the box and the physical domain (C/O < 1; docs/emulator.md)
+    lab = uniform_in_domain(rng, args.n, fwd.bounds, fwd.label_names, max_c_to_o=fwd.model.max_c_to_o)
     cond = draw_conditions(ObservingConfig(), args.n, rng)
     x32 = torch.as_tensor(lab, dtype=torch.float32)
     gen = torch.Generator().manual_seed(args.seed)

@@ -125,3 +125,139 @@ def test_import_bosz_command_writes_a_grid_simulate_can_read(tmp_path):
     assert g.n_valid == 2 and g.wave[0] >= 8000.0 and g.wave[-1] <= 8002.5
     assert main(["import-bosz", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.h5")]) == 2
     assert not (tmp_path / "x.h5").exists()
+
+
+# ---------------------------------------------------------------- the wavelength medium (issue #15 item 4)
+from specvit.physics import air_to_vacuum  # noqa: E402
+from specvit.spectra.bosz import CA_II_AIR_A, bosz2024_filename, detect_medium  # noqa: E402
+
+CA_LO, CA_HI = 8470.0, 8700.0  # covers the Ca II triplet in both media
+
+
+def _ca_spectrum(w, centres, depth=0.6, sigma=0.8):
+    """Continuum 1e6 (w / 8500)^-2 with Gaussian Ca II lines at ``centres``: (flux, continuum)."""
+    cont = 1e6 * (w / 8500.0) ** -2
+    norm = np.ones_like(w)
+    for c in centres:
+        norm *= 1 - depth * np.exp(-0.5 * ((w - c) / sigma) ** 2)
+    return cont * norm, cont
+
+
+def _centres(medium, shift=0.0):
+    air = np.array(CA_II_AIR_A) + shift
+    return air if medium == "air" else air_to_vacuum(air)
+
+
+def write_2017(folder, lab, medium):
+    """A 2017-release .asc.bz2 file on the rebuilt log-lambda grid, lines at the ``medium`` positions."""
+    w = bosz_wave_grid(R)
+    w = w[(w > CA_LO) & (w < CA_HI)]
+    f, c = _ca_spectrum(w, _centres(medium))
+    text = "".join(f"{x:.3f} {a:.6e} {b:.6e}\n" for x, a, b in zip(w, f, c))
+    p = folder / bosz_filename(**lab, R=R)
+    p.write_bytes(bz2.compress(text.encode()))
+    return p
+
+
+def _wave_2024():
+    """A log-uniform grid with 2 samples per R = 5000 resolution element (the layout of bosz2024_wave_r5000)."""
+    n = int(np.log(CA_HI / CA_LO) * 2 * R)
+    return CA_LO * np.exp(np.arange(n) / (2 * R))
+
+
+def write_2024(folder, lab, medium, *, shift=0.0, orig=False, wave_file=True):
+    """A 2024-release file: gzip text, two columns (flux, continuum) + bosz2024_wave_r5000.txt, or three
+    columns at the original resolution (``_rorig_``)."""
+    import gzip
+
+    w = _wave_2024()
+    f, c = _ca_spectrum(w, _centres(medium, shift))
+    name = bosz2024_filename(**lab, R=0 if orig else R, atmos="ms" if lab["log_g"] < 3.5 else "mp")
+    with gzip.open(folder / name, "wt") as fh:
+        for x, a, b in zip(w, f, c):
+            fh.write(f"{x:.4f} {a:.6e} {b:.6e}\n" if orig else f"{a:.6e} {b:.6e}\n")
+    if wave_file and not orig:
+        (folder / f"bosz2024_wave_r{R}.txt").write_text("".join(f"{x:.4f}\n" for x in w))
+    return folder / name
+
+
+def _line_min(grid, lab, near):
+    row = np.array([[lab[k] for k in grid.label_names]])
+    n = grid.flux(row, mode="nearest")[0] / grid.continuum(row, mode="nearest")[0]
+    m = np.abs(grid.wave - near) < 3.0
+    return grid.wave[m][np.argmin(n[m])]
+
+
+LABS = [dict(M_H=0.0, C_M=0.0, a_M=0.0, T_eff=t, log_g=g) for t in (4000.0, 4500.0) for g in (1.5, 4.5)]
+
+
+def test_bosz2024_filename_roundtrip():
+    name = bosz2024_filename(M_H=-1.25, C_M=0.25, a_M=-0.25, T_eff=3750, log_g=1.5, R=5000, atmos="ms")
+    assert name == "bosz2024_ms_t3750_g+1.5_m-1.25_a-0.25_c+0.25_v2_r5000_resam.txt.gz"
+    info = parse_bosz_filename(name)
+    assert info["release"] == "2024" and info["M_H"] == -1.25 and info["C_M"] == 0.25 and info["R"] == 5000
+    assert parse_bosz_filename(bosz_filename(**LABS[0], R=R))["release"] == "2017"
+
+
+@pytest.mark.parametrize("medium", ["air", "vacuum"])
+def test_detect_medium_from_the_ca_triplet(medium):
+    w = _wave_2024()
+    assert detect_medium(w, *_ca_spectrum(w, _centres(medium))) == medium
+    assert detect_medium(w, *_ca_spectrum(w, _centres(medium), depth=0.02)) is None  # too weak to tell
+    with pytest.raises(InputError, match="cannot tell the wavelength medium"):  # half-way: ambiguous
+        detect_medium(w, *_ca_spectrum(w, _centres("air", shift=1.2)))
+
+
+def test_import_bosz2024_air_files_are_converted_to_vacuum(tmp_path):
+    for lab in LABS:
+        write_2024(tmp_path, lab, "air")
+    g = import_bosz(tmp_path, wave_range_A=(8480.0, 8690.0), dtype=np.float64)
+    assert g.medium == "vacuum" and g.medium_detection["file_medium"] == "air"
+    assert g.medium_detection["converted"] and "Ca II" in g.medium_detection["how"]
+    np.testing.assert_allclose(g.wave, air_to_vacuum(_wave_2024())[(air_to_vacuum(_wave_2024()) >= 8480.0)
+                                                                    & (air_to_vacuum(_wave_2024()) <= 8690.0)])
+    for air in CA_II_AIR_A:  # the line sits at its vacuum wavelength in the grid
+        assert abs(_line_min(g, LABS[0], air_to_vacuum(air)) - air_to_vacuum(air)) < 0.6
+    # forcing the wrong medium is refused; keeping air is possible
+    with pytest.raises(InputError, match="contradicts"):
+        import_bosz(tmp_path, wave_range_A=(8480.0, 8690.0), medium="vacuum")
+    ga = import_bosz(tmp_path, wave_range_A=(8480.0, 8690.0), to_medium="air")
+    assert ga.medium == "air" and not ga.medium_detection["converted"]
+
+
+def test_import_bosz2024_original_resolution_and_release_default(tmp_path):
+    (tmp_path / "orig").mkdir()
+    for lab in LABS[:2]:
+        write_2024(tmp_path / "orig", lab, "air", orig=True)
+    g = import_bosz(tmp_path / "orig", wave_range_A=(8480.0, 8690.0))
+    assert g.medium_detection["file_medium"] == "air" and g.resolution == np.inf
+    # no file decisive (hot stars only): the release decides (2024: air), still converted
+    (tmp_path / "hot").mkdir()
+    write_2024(tmp_path / "hot", dict(LABS[0], T_eff=8000.0), "vacuum")  # Paschen-dominated: not used
+    g = import_bosz(tmp_path / "hot", wave_range_A=(8480.0, 8690.0))
+    assert g.medium_detection["how"].startswith("release 2024") and g.medium_detection["converted"]
+
+
+def test_import_bosz2017_detects_either_medium(tmp_path):
+    for medium in ("vacuum", "air"):
+        d = tmp_path / medium
+        d.mkdir()
+        for lab in LABS:
+            write_2017(d, lab, medium)
+        g = import_bosz(d, wave_range_A=(8480.0, 8690.0), dtype=np.float64)
+        assert g.medium == "vacuum" and g.medium_detection["file_medium"] == medium
+        assert g.medium_detection["converted"] == (medium == "air")
+        for air in CA_II_AIR_A:
+            assert abs(_line_min(g, LABS[1], air_to_vacuum(air)) - air_to_vacuum(air)) < 0.6
+
+
+def test_import_bosz_files_that_disagree_are_an_error(tmp_path):
+    write_2024(tmp_path, LABS[0], "air")
+    write_2024(tmp_path, LABS[1], "vacuum")
+    with pytest.raises(InputError, match="disagree on the wavelength medium"):
+        import_bosz(tmp_path)
+    (tmp_path / "two").mkdir()
+    write_2024(tmp_path / "two", LABS[0], "air")
+    write_2017(tmp_path / "two", LABS[1], "air")
+    with pytest.raises(InputError, match="several BOSZ releases"):
+        import_bosz(tmp_path / "two")

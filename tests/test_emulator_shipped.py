@@ -66,7 +66,8 @@ def test_tio_bands_below_4000K(model):
 
 
 def test_cn_deepens_with_carbon(model):
-    lab = np.array([[4500.0, 1.5, 0.0, 0.0, -0.5], [4500.0, 1.5, 0.0, 0.0, 0.5]])
+    # [a/M] = +0.25 keeps [C/M] = +0.5 inside the physical domain (C/O = 0.95 < 1)
+    lab = np.array([[4500.0, 1.5, 0.0, 0.25, -0.5], [4500.0, 1.5, 0.0, 0.25, 0.5]])
     n = model.normalized_flux(lab)
     cn = _depression(model, n, 7870.0, 8300.0)
     assert cn[1] > cn[0], cn

@@ -67,7 +67,11 @@ def draw_labels(model, n, seed):
     rng = np.random.default_rng(seed)
     lo = np.array([model.bounds[k][0] for k in model.label_names])
     hi = np.array([model.bounds[k][1] for k in model.label_names])
-    return lo + rng.random((n, len(lo))) * (hi - lo)
+    out = np.empty((0, len(lo)))
+    while len(out) < n:  # uniform in the box; label sets outside the model's domain (C/O >= 1) redrawn
+        x = lo + rng.random((n, len(lo))) * (hi - lo)
+        out = np.vstack([out, x[~model.outside_domain(x)]])
+    return out[:n]
 
 
 def rel_err(a, truth):

@@ -18,7 +18,7 @@ from specvit.observe.noise import MagnitudeNoise, magnitude_errors
 from specvit.fisher.information import crlb_bound, fisher_from_weights, fisher_matrices, resolve_free
 from specvit.observe.forward import ForwardModel
 from specvit.observe.forward import autograd_flux_and_jacobian, model_flux_and_jacobian
-from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
+from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES, outside_domain
 
 MAGS = [18.0, 21.0, 22.5]
 
@@ -53,7 +53,11 @@ def _points(n, seed=0):
     rng = np.random.default_rng(seed)
     lo = np.array([DEFAULT_LABEL_BOUNDS[k][0] for k in LABEL_NAMES])
     hi = np.array([DEFAULT_LABEL_BOUNDS[k][1] for k in LABEL_NAMES])
-    return lo + (hi - lo) * rng.random((n, 5))
+    out = np.empty((0, 5))
+    while len(out) < n:  # uniform in the box, label sets outside the domain (C/O >= 1) redrawn
+        p = lo + (hi - lo) * rng.random((n, 5))
+        out = np.vstack([out, p[~outside_domain(p)]])
+    return out[:n]
 
 
 @pytest.fixture(scope="module")

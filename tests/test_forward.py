@@ -25,9 +25,11 @@ def toy_fwd(toy_model):
 
 
 def _labels(fwd, n, seed=0, margin=1e-3):
-    rng = np.random.default_rng(seed)
-    return np.column_stack([rng.uniform(fwd.bounds[k][0] + margin, fwd.bounds[k][1] - margin, n)
-                            for k in fwd.label_names])
+    """Uniform in the model's box and domain (C/O < 1 for the emulator)."""
+    from specvit.labels import uniform_in_domain
+
+    return uniform_in_domain(np.random.default_rng(seed), n, fwd.bounds, fwd.label_names, margin=margin,
+                             max_c_to_o=getattr(fwd.model, "max_c_to_o", None))
 
 
 def _conditions(n, seed=1, **fixed):

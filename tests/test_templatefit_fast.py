@@ -31,7 +31,11 @@ def _labels(fwd, n, seed, t_min=4500.0):
     rng = np.random.default_rng(seed)
     lo, hi = fwd.lower.copy(), fwd.upper.copy()
     lo[0] = max(lo[0], t_min)
-    return lo + (hi - lo) * rng.uniform(0.15, 0.85, (n, len(lo)))
+    out = np.empty((0, len(lo)))
+    while len(out) < n:  # label sets outside the model's domain (C/O >= 1) redrawn
+        p = lo + (hi - lo) * rng.uniform(0.15, 0.85, (n, len(lo)))
+        out = np.vstack([out, p[~fwd.outside_domain(p)]])
+    return out[:n]
 
 
 def test_on_the_model_grid_the_fast_model_is_the_exact_model(emulator):

@@ -56,3 +56,28 @@ def dln_pi_planck_dteff(wave_A, teff_K):
 def planck_shape(wave_A, teff_K):
     """lambda^-5 / (e^x - 1): the Planck spectrum up to a constant (numpy)."""
     return 1.0 / (wave_A**5 * np.expm1(HC_OVER_K_A_K / (wave_A * teff_K)))
+
+
+# ---------------------------------------------------------------- air <-> vacuum (one place)
+def air_to_vacuum(wave_air_A) -> np.ndarray:
+    """Air -> vacuum wavelength (Angstrom), float64.
+
+    The inversion of the Ciddor (1996) / Birch & Downs (1994) IAU standard refractive index by
+    N. Piskunov, as used by VALD3 (Morton 2000): ``s = 1e4 / lambda_air``,
+    ``n = 1 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s^2) + 1.599740894897e-4 / (38.92568793293 - s^2)``,
+    ``lambda_vac = n * lambda_air``. Good to ~1e-4 A at 7000-9000 A (Ca II 8542.09 air -> 8544.44 vacuum).
+    Used by the synthesis line lists (``spectra.synthesis.prepare``), the BOSZ import (``spectra.bosz``) and
+    the observer (``observe.lsf``).
+    """
+    w = np.asarray(wave_air_A, dtype=np.float64)
+    s2 = (1e4 / w) ** 2
+    n = 1.0 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2)
+    return w * n
+
+
+def vacuum_to_air(wave_vac_A) -> np.ndarray:
+    """Vacuum -> air (Angstrom), IAU standard (Morton 2000 / Ciddor 1996), as used by VALD3."""
+    w = np.asarray(wave_vac_A, dtype=np.float64)
+    s2 = (1e4 / w) ** 2
+    n = 1.0 + 8.34254e-5 + 2.406147e-2 / (130.0 - s2) + 1.5998e-4 / (38.9 - s2)
+    return w / n

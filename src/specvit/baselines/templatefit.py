@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from specvit.baselines.templatefit_fast import lm_observed, solve_spd
+from specvit.baselines.templatefit_fast import domain_projector, lm_observed, solve_spd
 from specvit.errors import InputError
 from specvit.observe.forward import jvp_stacked
 from specvit.labels import LABEL_NAMES, canonical_label
@@ -313,13 +313,17 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
         init = np.asarray(init, dtype=np.float64)[:, free_idx]
         starts.append(np.clip((init - lower.numpy()) / (upper - lower).numpy(), 0, 1))
     s = len(starts)
+    # every start and step stays in the model's domain (the emulator: C/O < 1), not only its box
+    project = domain_projector(forward, free_idx, fixed, lower.numpy(), upper.numpy())
+    if project is not None:
+        starts = [project(torch.as_tensor(np.asarray(st, dtype=np.float64))).numpy() for st in starts]
     if observed:
 
         if polish_steps < 0:
             raise InputError("polish_steps must be >= 0", field="polish_steps", value=polish_steps)
         u_best, chi2_b, h = lm_observed(forward, y, w, np.concatenate(starts), s=s, free_idx=free_idx, fixed=fixed,
                                         lower=lower, upper=upper, basis=legendre_basis(n_pix, degree),
-                                        max_iter=max_iter, polish_steps=polish_steps)
+                                        max_iter=max_iter, polish_steps=polish_steps, project=project)
         return _result(forward, names, free_idx, fixed, lower, upper, u_best, chi2_b, h, w, degree)
     u = torch.as_tensor(np.concatenate(starts))  # (S*N, F), start-major
     yt = torch.as_tensor(np.tile(y, (s, 1)))
@@ -336,6 +340,7 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
         dh = torch.diagonal(h, dim1=-2, dim2=-1).clamp_min(1e-30)
         step = torch.linalg.solve(h + (lam[:, None] * dh + 1e-12 * dh.amax(1, keepdim=True)).diag_embed(), g)
         u_new = (u + step).clamp(0.0, 1.0)
+        u_new = project(u_new) if project is not None else u_new
         with torch.no_grad():
             _, _, chi2_new = prob.profile(prob.mu(u_new))
         better = chi2_new < chi2
@@ -486,7 +491,15 @@ def fit_grid(forward, flux, error, *, free=("T_eff", "log_g", "M_H"), fixed_valu
     steps = {**BOSZ_STEPS, **(steps or {})}
     axes, nodes = grid_nodes(forward, free, steps, fixed)
     shape = tuple(len(a) for a in axes)
-    mu_nodes = forward.numpy(nodes)
+    # nodes outside the model's domain (the emulator: C/O >= 1) are not evaluated; their χ² is +inf
+    outside = np.asarray(forward.outside_domain(nodes), dtype=bool) if hasattr(forward, "outside_domain") \
+        else np.zeros(len(nodes), bool)
+    if outside.all():
+        raise InputError("every grid node lies outside the spectral model's domain (C/O >= 1)", field="free_labels",
+                         value=list(free))
+    mu_in = forward.numpy(nodes[~outside])
+    mu_nodes = np.zeros((len(nodes), mu_in.shape[1]))
+    mu_nodes[~outside] = mu_in
     basis = legendre_basis(y.shape[1], degree).numpy()
     n = len(y)
     labels = np.tile(fixed, (n, 1))
@@ -496,6 +509,7 @@ def fit_grid(forward, flux, error, *, free=("T_eff", "log_g", "M_H"), fixed_valu
     for s0 in range(0, n, batch_size):
         sl = slice(s0, s0 + batch_size)
         chi2 = _grid_chi2(y[sl], w[sl], mu_nodes, basis)  # (B, G)
+        chi2[:, outside] = np.inf
         ib = np.argmin(chi2, axis=1)
         chi2_best[sl] = chi2[np.arange(len(ib)), ib]
         multi = np.stack(np.unravel_index(ib, shape), axis=1)  # (B, F)
@@ -513,7 +527,7 @@ def fit_grid(forward, flux, error, *, free=("T_eff", "log_g", "M_H"), fixed_valu
                 cm = cube[(rows, *lo_i.T)]
                 cp = cube[(rows, *hi_i.T)]
                 curv = cm - 2 * c0 + cp
-                ok = inside & (curv > 0)
+                ok = inside & (curv > 0) & np.isfinite(curv)  # a neighbour outside the domain: no refinement
                 off = np.where(ok, 0.5 * (cm - cp) / np.where(ok, curv, 1.0), 0.0)
                 val = val + np.clip(off, -0.5, 0.5) * steps[f]
                 # χ² = χ²_min + (Δθ / σ)²: curvature/h² = 2 / σ²  → conditional σ along the axis
@@ -524,6 +538,10 @@ def fit_grid(forward, flux, error, *, free=("T_eff", "log_g", "M_H"), fixed_valu
         lo = torch.as_tensor(forward.lower[free_idx])
         hi = torch.as_tensor(forward.upper[free_idx])
         u = torch.as_tensor((labels[:, free_idx] - lo.numpy()) / (hi - lo).numpy()).clamp(0, 1)
+        project = domain_projector(forward, free_idx, fixed, lo.numpy(), hi.numpy())
+        if project is not None:  # the curvature offsets of two axes may cross the domain's edge
+            u = project(u)
+            labels[:, free_idx] = (lo + u * (hi - lo)).numpy()
         prob = _Problem(forward, torch.as_tensor(y), torch.as_tensor(w), free_idx,
                         torch.as_tensor(labels.copy()), lo, hi, degree)
         mu, jac = prob.mu_and_jac(u)

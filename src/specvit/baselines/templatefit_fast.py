@@ -153,13 +153,53 @@ def _predicted_decrease(h, g):
     return (g * solve_spd(h, g)).sum(1)
 
 
+def domain_projector(forward, free_idx, fixed, lower, upper):
+    """``project(u)``: box-unit points u (M, F) (torch) moved into the model's joint domain
+    (C/O < ``forward.model.max_c_to_o``, :func:`specvit.labels.outside_domain`), or None when the model
+    has no such limit or neither [a/M] nor [C/M] is free.
+
+    [C/M] is lowered to [a/M] + log10(limit / solar C/O) (minus 1e-6 dex) when it is free, else [a/M]
+    is raised to [C/M] - that; both stay inside the box (the line crosses it). A feasible map, not the
+    Euclidean projection: the fit's steps only need to stay where the model is valid.
+    """
+    from specvit.labels import SOLAR_LOG_EPS_C, SOLAR_LOG_EPS_O
+
+    limit = getattr(getattr(forward, "model", None), "max_c_to_o", None)
+    names = list(forward.label_names)
+    free_idx = list(free_idx)
+    if limit is None or "a_M" not in names or "C_M" not in names:
+        return None
+    ia, ic = names.index("a_M"), names.index("C_M")
+    fa = free_idx.index(ia) if ia in free_idx else None
+    fc = free_idx.index(ic) if ic in free_idx else None
+    if fa is None and fc is None:
+        return None
+    d = float(np.log10(limit)) - (SOLAR_LOG_EPS_C - SOLAR_LOG_EPS_O) - 1e-6
+    lo = np.asarray(lower, dtype=np.float64)
+    sc = np.asarray(upper, dtype=np.float64) - lo
+    fixed = np.asarray(fixed, dtype=np.float64)
+
+    def project(u: torch.Tensor) -> torch.Tensor:
+        u = u.clone()
+        if fc is not None:
+            a = lo[fa] + u[:, fa] * sc[fa] if fa is not None else torch.full_like(u[:, fc], fixed[ia])
+            u[:, fc] = torch.minimum(u[:, fc], (a + d - lo[fc]) / sc[fc])
+        else:
+            u[:, fa] = torch.maximum(u[:, fa], torch.full_like(u[:, fa], (fixed[ic] - d - lo[fa]) / sc[fa]))
+        return u
+
+    return project
+
+
 def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, max_iter, polish_steps,
-                search_tol=None, polish_tol=None):
+                search_tol=None, polish_tol=None, project=None):
     """Both phases for N spectra with S starts each (rows start-major, u0 (S·N, F) in box units).
 
     Returns (u (N, F), χ² (N,), H (N, F, F) in box units at the solution): exact-model χ²
-    when ``polish_steps`` > 0, else the fast model's.
+    when ``polish_steps`` > 0, else the fast model's. ``project``: maps box-unit points into the
+    model's domain after every step (:func:`domain_projector`; None: the box clamp only).
     """
+    keep_in = project if project is not None else (lambda v: v)
     fast = observed_emulator(forward)
     search_tol = SEARCH_TOL if search_tol is None else search_tol
     polish_tol = POLISH_TOL if polish_tol is None else polish_tol
@@ -209,7 +249,7 @@ def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, m
             _TRACE.append(("search", len(active)))
         if len(active):
             step = _damped_step(h_cur[active], g_cur[active], lam[active])
-            cand[active] = (u[active] + step).clamp(0.0, 1.0)
+            cand[active] = keep_in((u[active] + step).clamp(0.0, 1.0))
     best = torch.argmin(chi2.reshape(s, n), dim=0)
     pick = best * n + torch.arange(n)
     u = u[pick]
@@ -235,7 +275,7 @@ def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, m
                 _TRACE.append(("polish", len(active)))
             if len(active) == 0:
                 break
-            u_new = (ua + _damped_step(h, g, lam[active])).clamp(0.0, 1.0)
+            u_new = keep_in((ua + _damped_step(h, g, lam[active])).clamp(0.0, 1.0))
             mu_new = _exact_mu(forward, labels(u_new))
             chi2_new = exact.profile(mu_new, active)[3]
             better = chi2_new < chi2_a

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -55,28 +56,58 @@ def points_from_file(path, label_names: Sequence[str]) -> np.ndarray:
     return arr
 
 
+def drop_outside_domain(forward, pts: np.ndarray, *, what: str = "points") -> np.ndarray:
+    """``pts`` without the rows outside the model's joint domain (the emulator: C/O >= 1,
+    :func:`specvit.labels.outside_domain`); warns with the count of dropped rows."""
+    if not hasattr(forward, "outside_domain") or len(pts) == 0:
+        return pts
+    bad = np.asarray(forward.outside_domain(pts), dtype=bool)
+    if bad.any():
+        warnings.warn(f"{int(bad.sum())} of {len(pts)} {what} outside the spectral model's domain "
+                      "(C/O >= 1, docs/emulator.md 'Physical domain') dropped", stacklevel=3)
+    return pts[~bad]
+
+
 def make_points(forward, kind: str, *, free: Sequence[str], n_points: int = 0,
                 rng: np.random.Generator | None = None, fixed_values=None) -> np.ndarray:
     """Points for the ceiling: ``"grid"`` (BOSZ-spaced nodes), ``"uniform"`` (uniform in the box) or a file.
 
     ``n_points`` > 0 subsamples the grid / file without replacement (needs ``rng``)
     or sets the size of the uniform design. Labels not in ``free`` are fixed.
+    Points outside the model's joint domain (C/O >= 1 for the emulator) are left out: grid and file
+    points are dropped (with a warning giving the count; 5D BOSZ grid: 3,780 of 30,240 nodes), uniform
+    points are redrawn until ``n_points`` lie inside (deterministic for the ``rng``).
     """
     names = list(forward.label_names)
     free = [canonical_label(f) for f in free]
     fixed_values = fixed_values or {}
     if kind == "grid":
-        pts = grid_points(forward.bounds, names, free, fixed_values=fixed_values)
+        pts = drop_outside_domain(forward, grid_points(forward.bounds, names, free, fixed_values=fixed_values),
+                                  what="grid nodes")
     elif kind == "uniform":
         if n_points <= 0 or rng is None:
             raise InputError("a uniform design needs n_points > 0 and a seeded rng", field="n_points", value=n_points)
-        pts = grid_points(forward.bounds, names, [], fixed_values=fixed_values).repeat(n_points, 0)
-        for f in free:
-            lo, hi = forward.bounds[f]
-            pts[:, names.index(f)] = rng.uniform(lo, hi, n_points)
-        return pts
+        base = grid_points(forward.bounds, names, [], fixed_values=fixed_values)
+        if hasattr(forward, "outside_domain") and forward.outside_domain(base).any() and \
+                not {"a_M", "C_M"} & set(free):
+            raise InputError("the fixed labels lie outside the spectral model's domain (C/O >= 1)",
+                             field="fixed_values", value=dict(fixed_values))
+        out, filled = np.empty((n_points, len(names))), 0
+        for _ in range(1000):
+            m = n_points - filled
+            if m == 0:
+                break
+            pts = base.repeat(m, 0)
+            for f in free:
+                lo, hi = forward.bounds[f]
+                pts[:, names.index(f)] = rng.uniform(lo, hi, m)
+            if hasattr(forward, "outside_domain"):
+                pts = pts[~np.asarray(forward.outside_domain(pts), dtype=bool)]
+            out[filled:filled + len(pts)] = pts
+            filled += len(pts)
+        return out[:filled]
     else:
-        pts = points_from_file(kind, names)
+        pts = drop_outside_domain(forward, points_from_file(kind, names), what=f"points of {kind}")
     if 0 < n_points < len(pts):
         if rng is None:
             raise InputError("subsampling points needs a seeded rng", field="seed")

@@ -117,7 +117,10 @@ class ForwardModel:
         return self.observer.wave if self.observer is not None else np.asarray(self.model.wave)
 
     def check_labels(self, labels, *, extrapolate: bool = False) -> None:
-        """Shape (N, L), finite, inside the model's box (unless ``extrapolate``); clear errors otherwise."""
+        """Shape (N, L), finite, inside the model's box and domain (unless ``extrapolate``); clear errors otherwise.
+
+        The domain is the model's own :meth:`~specvit.spectra.base.SpectralModel.check_labels` (for the
+        emulator: C/O < 1, :func:`specvit.labels.check_domain`)."""
         lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels, dtype=float)
         n_lab = len(self.label_names)
         if lab.ndim != 2 or lab.shape[1] != n_lab:
@@ -135,6 +138,16 @@ class ForwardModel:
                 raise LabelRangeError(f"label outside the model's box [{self.lower[j]:g}, {self.upper[j]:g}] "
                                       f"in row {i} ({int(out.any(1).sum())} rows outside)", field=name,
                                       value=float(lab[i, j]))
+            if hasattr(self.model, "check_labels"):  # the model's own domain (e.g. the emulator's C/O < 1)
+                self.model.check_labels(lab)
+
+    def outside_domain(self, labels) -> np.ndarray:
+        """Bool (N,): label sets outside the model's box or its joint domain (the model's ``outside_domain``)."""
+        lab = np.asarray(labels, dtype=float)
+        lab = lab[None] if lab.ndim == 1 else lab
+        if hasattr(self.model, "outside_domain"):
+            return np.asarray(self.model.outside_domain(lab), dtype=bool)
+        return ((lab < self.lower) | (lab > self.upper)).any(axis=1)
 
     @property
     def lower(self) -> np.ndarray:

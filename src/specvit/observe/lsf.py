@@ -21,16 +21,9 @@ import scipy.sparse as sp
 from scipy.special import ndtr
 
 from specvit.errors import InputError
+from specvit.physics import air_to_vacuum  # noqa: F401  (re-exported: the one conversion lives in physics)
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # 2.3548
-
-
-def air_to_vacuum(wave_air_A) -> np.ndarray:
-    """Air -> vacuum wavelength, Angstrom (Ciddor 1996 via the IAU/Morton 2000 inverse of Edlen)."""
-    wave_air_A = np.asarray(wave_air_A, dtype=float)
-    s2 = (1e4 / wave_air_A) ** 2
-    n = 1 + 0.00008336624212083 + 0.02408926869968 / (130.1065924522 - s2) + 0.0001599740894897 / (38.92568793293 - s2)
-    return wave_air_A * n
 
 
 def cell_edges(wave: np.ndarray) -> np.ndarray:

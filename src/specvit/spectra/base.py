@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from specvit.errors import LabelRangeError
-from specvit.labels import as_label_array
+from specvit.labels import as_label_array, check_domain, outside_domain
 
 
 class SpectralModel(abc.ABC):
@@ -36,6 +36,9 @@ class SpectralModel(abc.ABC):
         The box where the model is valid.
     differentiable : bool
         If True, :meth:`flux` also accepts a torch tensor and keeps autograd.
+    max_c_to_o : float or None
+        The joint constraint of the physical domain: label sets with C/O >= ``max_c_to_o``
+        (:func:`specvit.labels.c_to_o`) are outside it; None = no constraint (the box only).
     """
 
     wave: np.ndarray
@@ -44,6 +47,7 @@ class SpectralModel(abc.ABC):
     label_names: tuple[str, ...]
     bounds: dict[str, tuple[float, float]]
     differentiable: bool = False
+    max_c_to_o: float | None = None
     flux_unit: str = "erg s-1 cm-2 A-1 (surface flux, arbitrary overall scale)"
 
     @property
@@ -61,8 +65,18 @@ class SpectralModel(abc.ABC):
     def labels_array(self, labels, *, source=None) -> np.ndarray:
         return as_label_array(labels, self.label_names, source=source)
 
+    def outside_domain(self, labels) -> np.ndarray:
+        """Bool (N,): label sets (N, L) outside the box :attr:`bounds` or the joint domain (:attr:`max_c_to_o`)."""
+        arr = np.asarray(labels, dtype=float)
+        arr = arr[None] if arr.ndim == 1 else arr
+        lo = np.array([self.bounds[n][0] for n in self.label_names])
+        hi = np.array([self.bounds[n][1] for n in self.label_names])
+        out = ((arr < lo - 1e-9) | (arr > hi + 1e-9)).any(axis=1)
+        return out | outside_domain(arr, self.label_names, max_c_to_o=self.max_c_to_o)
+
     def check_labels(self, labels: np.ndarray, *, extrapolate: bool = False, source=None) -> None:
-        """Raise :class:`LabelRangeError` naming the label and value if outside :attr:`bounds`.
+        """Raise :class:`LabelRangeError` naming the label and value if outside :attr:`bounds`, or naming
+        the labels and C/O if outside the joint domain (:attr:`max_c_to_o`, :func:`specvit.labels.check_domain`).
 
         With ``extrapolate=True`` it warns instead.
         """
@@ -83,6 +97,8 @@ class SpectralModel(abc.ABC):
                     warnings.warn(f"extrapolating: {msg}; field={name!r}; value={float(col[i])}", stacklevel=3)
                 else:
                     raise LabelRangeError(msg, file=source, field=name, value=float(col[i]))
+        check_domain(arr, self.label_names, max_c_to_o=self.max_c_to_o, extrapolate=extrapolate,
+                     what=type(self).__name__, source=source)
 
     def describe(self) -> dict:
         return {
@@ -94,4 +110,5 @@ class SpectralModel(abc.ABC):
             "n_wave": self.n_wave,
             "label_names": list(self.label_names),
             "bounds": {k: list(v) for k, v in self.bounds.items()},
+            **({"max_c_to_o": self.max_c_to_o} if self.max_c_to_o is not None else {}),
         }

@@ -1,6 +1,7 @@
 """Commands ``specvit synthesis {prepare,design,run}``, ``specvit emulator {train,validate}`` and ``specvit spectrum``."""
 from __future__ import annotations
 
+import argparse
 import json
 import warnings
 from pathlib import Path
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     q.add_argument("--seed", type=int, required=True, help="Sobol scrambling seed")
     q.add_argument("--val-every", type=int, default=10, help="every k-th row is held-out validation (default 10)")
     q.add_argument("--prefix", default="v1", help="id prefix (default v1)")
+    q.add_argument("--max-c-to-o", type=_c_to_o_limit, default=1.0, metavar="X|none",
+                   help="leave out label sets at C/O >= X (default 1: the physical domain, docs/emulator.md); "
+                        "'none' for no limit (the designs made before 2026-12-07)")
     q.add_argument("--out", type=Path, required=True, help="design CSV to write")
     q.set_defaults(func=_cmd_design)
 
@@ -60,6 +64,9 @@ def register(subparsers) -> None:
     q.add_argument("--include-margin", action="store_true",
                    help="draw candidates from the widened training box, not only the label box (the committee "
                         "then favours extrapolation; see docs/emulator.md)")
+    q.add_argument("--max-c-to-o", type=_c_to_o_limit, default=1.0, metavar="X|none",
+                   help="leave out label sets at C/O >= X (default 1: the physical domain, docs/emulator.md); "
+                        "'none' for no limit (the designs made before 2026-12-07)")
     q.add_argument("--out", type=Path, required=True, help="design CSV to write (+ JSON sidecar)")
     q.set_defaults(func=_cmd_refine)
 
@@ -114,7 +121,7 @@ def register(subparsers) -> None:
     # ---- BOSZ grids
     q = subparsers.add_parser(
         "import-bosz",
-        help="build a pfsspec-layout grid HDF5 from a folder of original BOSZ .asc.bz2 / .fits files",
+        help="build a pfsspec-layout grid HDF5 from a folder of BOSZ files (2017 .asc.bz2 / .fits, 2024 .txt.gz)",
         description="Reads every BOSZ file in FOLDER (names am..c..o..t..g..v20modrt0b{R}rs), rebuilds the true "
                     "log-uniform wavelength grid, and writes the grid (flux, continuum, validity mask) in the "
                     "pfsspec grid layout; use it with `specvit simulate --set model=GRID.h5`.")
@@ -122,7 +129,9 @@ def register(subparsers) -> None:
     q.add_argument("--out", type=Path, required=True, help="grid HDF5 to write (atomically)")
     q.add_argument("--wave-min", type=float, default=6900.0, help="crop: first wavelength, Angstrom (default 6900)")
     q.add_argument("--wave-max", type=float, default=9100.0, help="crop: last wavelength, Angstrom (default 9100)")
-    q.add_argument("--medium", choices=["vacuum", "air"], default="vacuum", help="medium of the BOSZ wavelengths")
+    q.add_argument("--medium", choices=["auto", "vacuum", "air"], default="auto",
+                   help="medium of the BOSZ wavelengths: auto (default) detects it from the Ca II triplet, else "
+                        "takes the release's (2024: air; 2017: vacuum); the grid is written in vacuum")
     q.add_argument("--workers", type=int, default=1, help="processes reading files (default 1)")
     q.set_defaults(func=_cmd_import_bosz)
 
@@ -135,6 +144,8 @@ def _cmd_import_bosz(args) -> int:
     path = grid.save(args.out)
     print(f"wrote {path}: axes {dict(zip(grid.label_names, grid.shape))}, {grid.n_valid} valid nodes, "
           f"{len(grid.wave)} wavelengths {grid.wave[0]:.2f}-{grid.wave[-1]:.2f} A ({grid.medium}), R={grid.resolution:g}")
+    d = grid.medium_detection
+    print(f"medium of the files: {d['file_medium']} ({d['how']})" + ("; converted to vacuum" if d["converted"] else ""))
     return 0
 
 
@@ -147,10 +158,24 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _c_to_o_limit(text: str):
+    """``--max-c-to-o``: a number > 0 or ``none``."""
+    if text.strip().lower() in ("none", "null", "inf"):
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0 or 'none', got {text!r}")
+    return v
+
+
 def _cmd_design(args) -> int:
     from specvit.spectra.synthesis.design import make_design, write_design
 
-    df = make_design(args.n, seed=args.seed, val_every=args.val_every, prefix=args.prefix)
+    df = make_design(args.n, seed=args.seed, val_every=args.val_every, prefix=args.prefix,
+                     max_c_to_o=args.max_c_to_o)
     write_design(df, args.out)
     print(f"wrote {args.out} ({len(df)} rows, {int((df['split'] == 'val').sum())} validation)")
     return 0
@@ -166,7 +191,7 @@ def _cmd_refine(args) -> int:
     cfg = EmulatorTrainConfig() if args.epochs is None else EmulatorTrainConfig(epochs=args.epochs)
     df = refine_design(data, n=args.n, seed=args.seed, prefix=args.prefix, n_candidates=args.candidates,
                        n_members=args.members, exclusion=args.exclusion, include_margin=args.include_margin,
-                       config=cfg)
+                       config=cfg, max_c_to_o=args.max_c_to_o)
     if taken & set(df["id"]):
         raise InputError("refinement ids collide with existing ids; choose another --prefix", field="prefix",
                          value=args.prefix)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from specvit.errors import InputError
+from specvit.labels import MAX_C_TO_O
 from specvit.physics import HC_OVER_K_A_K, LN_PI_2HC2_PER_A, ln_pi_planck, pi_planck_numerator
 from specvit.spectra.base import SpectralModel
 
@@ -82,6 +83,9 @@ class SpectralEmulator(SpectralModel):
     wave : (n_wave,) vacuum wavelengths, Angstrom.
     resolution : Gaussian resolving power R of the emulated spectra.
     label_names, bounds : label order and the valid box (outside: :class:`LabelRangeError`).
+    The domain is also limited to C/O < ``meta["max_c_to_o"]`` (default :data:`specvit.labels.MAX_C_TO_O`
+    = 1; ``None`` in ``meta``: no limit), because the spectra were synthesised on oxygen-rich MARCS
+    atmospheres (docs/emulator.md, "Physical domain").
     train_lo, train_hi : the box the labels are scaled over (training box incl. margin).
     net : :class:`EmulatorNet`; norm_mean (n_wave,), norm_basis (K, n_wave),
     lncont_mean (n_wave,), lncont_basis (K_c, n_wave).
@@ -100,6 +104,7 @@ class SpectralEmulator(SpectralModel):
         self.bounds = {k: (float(v[0]), float(v[1])) for k, v in bounds.items()}
         self.meta = dict(meta or {})
         self.version = self.meta.get("version", "")
+        self.max_c_to_o = self.meta.get("max_c_to_o", MAX_C_TO_O)
         self.net = net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from specvit.errors import InputError
-from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
+from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES, outside_domain
 from specvit.physics import ln_pi_planck
 from specvit.spectra.emulator import EmulatorNet, SpectralEmulator
 from specvit.spectra.synthesis.design import read_design, training_box
@@ -238,6 +238,9 @@ REGIONS = {
     "dwarfs logg>=3": lambda L: L[:, 1] >= 3,
     "[M/H]<-1": lambda L: L[:, 2] < -1,
     "[M/H]>=-1": lambda L: L[:, 2] >= -1,
+    # the physical domain of the embedded model (specvit.labels.MAX_C_TO_O; docs/emulator.md "Physical domain")
+    "C/O<1 (domain)": lambda L: ~outside_domain(L, LABEL_NAMES),
+    "C/O>=1 (outside domain)": lambda L: outside_domain(L, LABEL_NAMES),
 }
 
 

@@ -114,7 +114,8 @@ def plot_physics_checks(model):
          [f"log g={g}" for g in (1, 3, 5)]),
         ("TiO vs T_eff (log g 2, [M/H]=0)", (7050, 7300), [[t, 2, 0, 0, 0] for t in (3800, 4200, 5000)],
          [f"{t} K" for t in (3800, 4200, 5000)]),
-        ("CN vs [C/M] (4500 K, log g 1.5)", (7870, 8000), [[4500, 1.5, 0, 0, c] for c in (-0.5, 0, 0.5)],
+        # [a/M] = +0.25 keeps [C/M] = +0.5 inside the domain (C/O = 0.95 < 1)
+        ("CN vs [C/M] (4500 K, log g 1.5, [a/M] +0.25)", (7870, 8000), [[4500, 1.5, 0, 0.25, c] for c in (-0.5, 0, 0.5)],
          [f"[C/M]={c:+}" for c in (-0.5, 0, 0.5)]),
         ("metal lines vs [M/H] (5000 K, log g 3)", (8670, 8720), [[5000, 3, m, 0, 0] for m in (0, -1, -2)],
          [f"[M/H]={m}" for m in (0, -1, -2)]),

@@ -37,6 +37,20 @@ SOLAR_PATTERN = "grevesse2007"
 MARCS_OPFLAG = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0]
 
 
+def synthesis_abundances(mh: float, a_m: float, c_m: float):
+    """The PySME ``Abund`` of a label set, as every synthesis sets it: the ``SOLAR_PATTERN`` scaled by
+    [M/H], [a/M] added to ``ALPHA_ELEMENTS`` (oxygen included) and [C/M] to carbon, relative to the
+    scaled pattern (``abund.xm``). Hence C/O = solar C/O * 10**([C/M] - [a/M]) (:func:`specvit.labels.c_to_o`,
+    tested against this function)."""
+    from pysme.abund import Abund
+
+    abund = Abund(monh=mh, pattern=SOLAR_PATTERN, type="H=12")
+    for el in ALPHA_ELEMENTS:
+        abund.xm[el] = a_m
+    abund.xm["C"] = c_m
+    return abund
+
+
 def microturbulence_kms(logg):
     """v_mic (km/s) = 2.478 - 0.325 log g (Holtzman et al. 2015, APOGEE DR12), >= 0.5 km/s."""
     return np.maximum(2.478 - 0.325 * np.asarray(logg, dtype=float), 0.5)
@@ -207,7 +221,6 @@ class PysmeSynthesizer:
     def sme_structure(self, teff, logg, mh, a_m, c_m, *, kinds, wave=None, window=None):
         """A ready-to-run PySME structure (also the hook for finite differences: reuse ``sme.wint``)."""
         logging.getLogger("pysme").setLevel(logging.ERROR)
-        from pysme.abund import Abund
         from pysme.atmosphere.atmosphere import Atmosphere
         from pysme.sme import SME_Structure
 
@@ -217,10 +230,7 @@ class PysmeSynthesizer:
         if mh_atm != mh:
             model.info["atmosphere_M_H"] = mh_atm
         vmic = float(microturbulence_kms(logg))
-        abund = Abund(monh=mh, pattern=SOLAR_PATTERN, type="H=12")
-        for el in ALPHA_ELEMENTS:
-            abund.xm[el] = a_m
-        abund.xm["C"] = c_m
+        abund = synthesis_abundances(mh, a_m, c_m)
         atmo = Atmosphere(
             teff=teff, logg=logg, vturb=vmic, lonh=0.0, method="embedded", geom="PP", depth="TAU", interp="TAU",
             tau=model.tau5000, temp=model.temp_K, rho=model.rho_cgs, rhox=model.rhox_cgs, xne=model.xne,

@@ -40,6 +40,7 @@ import numpy as np
 
 from specvit.atomic import atomic_path, write_text_atomic
 from specvit.errors import InputError
+from specvit.physics import air_to_vacuum, vacuum_to_air  # noqa: F401  (the one conversion; re-exported)
 
 #: Wavelength window kept from every list, vacuum Angstrom (synthesis range plus margin).
 LINE_WINDOW_A = (6990.0, 8960.0)
@@ -67,29 +68,6 @@ def default_cache_dir() -> Path:
     root = os.environ.get("SPECVIT_DATA")
     base = Path(root) if root else Path.home() / ".cache" / "specvit"
     return base / "synthesis"
-
-
-def air_to_vacuum(wave_air_A):
-    """Air -> vacuum wavelength (Angstrom).
-
-    Uses the inversion of the Ciddor (1996) / Birch & Downs (1994) IAU standard
-    refractive index by N. Piskunov, as used by VALD3:
-    ``s = 1e4 / lambda_air``, ``n = 1 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s^2)
-    + 1.599740894897e-4 / (38.92568793293 - s^2)``, ``lambda_vac = n * lambda_air``.
-    Good to ~1e-4 A at 7000-9000 A.
-    """
-    w = np.asarray(wave_air_A, dtype=np.float64)
-    s2 = (1e4 / w) ** 2
-    n = 1.0 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2)
-    return w * n
-
-
-def vacuum_to_air(wave_vac_A):
-    """Vacuum -> air (Angstrom), IAU standard (Morton 2000 / Ciddor 1996), as used by VALD3."""
-    w = np.asarray(wave_vac_A, dtype=np.float64)
-    s2 = (1e4 / w) ** 2
-    n = 1.0 + 8.34254e-5 + 2.406147e-2 / (130.0 - s2) + 1.5998e-4 / (38.9 - s2)
-    return w / n
 
 
 # ---------------------------------------------------------------- downloads

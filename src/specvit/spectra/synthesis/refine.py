@@ -11,7 +11,9 @@ committee of emulators (query by committee; Seung, Opper & Sompolinsky 1992):
    the shipped architecture and a per-member seed;
 2. for every candidate (a scrambled-Sobol pool over the label box users work in,
    ``DEFAULT_LABEL_BOUNDS``, T_eff uniform in 5040/T_eff as in :mod:`.design`; with
-   ``include_margin`` over the widened training box instead), the disagreement is the rms
+   ``include_margin`` over the widened training box instead), restricted to the physical
+   domain C/O < ``max_c_to_o`` (default 1; times 10**0.05 with ``include_margin``, as the
+   training rows of :mod:`.design`), the disagreement is the rms
    over pixels of the standard deviation of the members' normalised flux;
 3. pick greedily: the highest score, then damp the scores of candidates near it by
    ``1 - exp(-d^2 / 2 r^2)`` (d = Euclidean distance in labels scaled to the box, r =
@@ -39,8 +41,8 @@ import numpy as np
 import pandas as pd
 
 from specvit.errors import InputError
-from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES
-from specvit.spectra.synthesis.design import DEFAULT_MARGIN, _sobol, training_box
+from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES, MAX_C_TO_O
+from specvit.spectra.synthesis.design import DEFAULT_MARGIN, sobol_in_domain, training_box
 
 
 def committee(data: dict, *, n_members: int = 5, config=None, seed: int = 0, log=print) -> list:
@@ -103,16 +105,18 @@ def greedy_select(candidates: np.ndarray, scores: np.ndarray, n: int, *, box: di
 
 def refine_design(data: dict, *, n: int, seed: int, prefix: str = "r1", n_candidates: int = 8192,
                   n_members: int = 5, exclusion: float = 0.1, include_margin: bool = False, config=None,
-                  log=print) -> pd.DataFrame:
+                  max_c_to_o: float | None = MAX_C_TO_O, log=print) -> pd.DataFrame:
     """The ``n`` label sets of a refinement design (see module docstring), in greedy order.
 
     Candidates come from ``DEFAULT_LABEL_BOUNDS``; ``include_margin=True`` widens them to the
     training box (bounds + ``DEFAULT_MARGIN``), where the committee's spread is dominated by
-    extrapolation.
+    extrapolation. Candidates at C/O >= ``max_c_to_o`` (times the [C/M] margin with ``include_margin``)
+    are left out (the physical domain, docs/emulator.md); None: no C/O limit (the behaviour before 2026-12-07).
     """
     margin = DEFAULT_MARGIN if include_margin else {}
     box = training_box(margin)
-    cand = _sobol(n_candidates, box, seed)
+    cand_c_to_o = None if max_c_to_o is None else max_c_to_o * 10.0 ** margin.get("C_M", 0.0)
+    cand = sobol_in_domain(n_candidates, box, seed, max_c_to_o=cand_c_to_o)
     members = committee(data, n_members=n_members, config=config, seed=seed, log=log)
     scores = disagreement(members, cand)
     idx = greedy_select(cand, scores, n, box=box, exclusion=exclusion)
@@ -124,7 +128,7 @@ def refine_design(data: dict, *, n: int, seed: int, prefix: str = "r1", n_candid
                     n_candidates=n_candidates, exclusion=exclusion, n_train=int((data["split"] != "val").sum()),
                     candidate_score_median=float(np.median(scores)), candidate_score_max=float(scores.max()),
                     bounds=dict(DEFAULT_LABEL_BOUNDS), margin={k: margin.get(k, 0.0) for k in DEFAULT_MARGIN},
-                    include_margin=include_margin)
+                    include_margin=include_margin, max_c_to_o=max_c_to_o, max_c_to_o_candidates=cand_c_to_o)
     if log:
         log(f"refine: {n} of {n_candidates} candidates; committee rms of the picks {scores[idx].min():.4f}-"
             f"{scores[idx].max():.4f} (all candidates: median {np.median(scores):.4f})")
