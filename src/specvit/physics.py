@@ -44,13 +44,18 @@ def ln_pi_planck(wave_A, teff_K):
     return LN_PI_2HC2_PER_A - 5 * lib.log(wave_A * 1e-8) - lib.log(lib.expm1(x))
 
 
-def dln_pi_planck_dteff(wave_A, teff_K):
-    """d ln B_lambda / dT = (x / T) e^x / (e^x - 1), x = h c / (lambda k T), per K (numpy or torch, broadcasting)."""
+def dln_pi_planck_dteff(wave_A, teff_K, *, x=None):
+    """d ln B_lambda / dT = x / (T (1 - e^-x)), x = h c / (lambda k T), per K (numpy or torch, broadcasting).
+
+    ``x`` may be given instead of ``wave_A`` when the caller has it (e.g. h c / (lambda k) tabulated in
+    float32, divided by T); the arithmetic is then exactly this function's. No overflow at large x.
+    """
     import torch
 
-    lib = torch if isinstance(teff_K, torch.Tensor) or isinstance(wave_A, torch.Tensor) else np
-    x = HC_OVER_K_A_K / (wave_A * teff_K)
-    return x / teff_K * (1.0 + 1.0 / lib.expm1(x))
+    if x is None:
+        x = HC_OVER_K_A_K / (wave_A * teff_K)
+    lib = torch if isinstance(x, torch.Tensor) else np
+    return x / (teff_K * -lib.expm1(-x))
 
 
 def planck_shape(wave_A, teff_K):

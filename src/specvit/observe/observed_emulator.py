@@ -89,7 +89,6 @@ class ObservedEmulator:
         rows = np.asarray(r.sum(axis=1)).ravel()
         self.wave_eff = np.asarray(r @ wave).ravel() / rows  # λ_eff = R λ / R 1, Angstrom
         self.planck = m.lncont_baseline == "planck"
-        self._wave_eff_t = torch.as_tensor(self.wave_eff, dtype=dtype)
         self._hck_over_wave = torch.as_tensor(HC_OVER_K_A_K / self.wave_eff, dtype=dtype)
         self._ln_planck_num = torch.as_tensor(LN_PI_2HC2_PER_A - 5 * np.log(self.wave_eff * 1e-8), dtype=dtype)
         self.n_pix = len(self.wave_eff)
@@ -113,7 +112,7 @@ class ObservedEmulator:
 
     def _dln_planck_dT(self, teff: torch.Tensor) -> torch.Tensor:
         """∂ ln πB_λ / ∂T at λ_eff, (N, P), per K."""
-        return dln_pi_planck_dteff(self._wave_eff_t, teff[:, None])
+        return dln_pi_planck_dteff(None, teff[:, None], x=self._hck_over_wave / teff[:, None])
 
     def flux(self, labels, free_idx=None, *, jacobian: bool = False, tangent_scale=None):
         """Un-normalised f̃ (N, P) and, if asked, ∂f̃/∂θ_free (N, F, P), in the pixel dtype.

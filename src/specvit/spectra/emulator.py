@@ -46,7 +46,7 @@ import torch
 
 from specvit.errors import InputError
 from specvit.labels import MAX_C_TO_O
-from specvit.physics import HC_OVER_K_A_K, LN_PI_2HC2_PER_A, ln_pi_planck, pi_planck_numerator
+from specvit.physics import HC_OVER_K_A_K, LN_PI_2HC2_PER_A, dln_pi_planck_dteff, ln_pi_planck, pi_planck_numerator
 from specvit.spectra.base import SpectralModel
 
 FORMAT_VERSION = 1
@@ -193,10 +193,9 @@ class SpectralEmulator(SpectralModel):
         return self._planck_num / torch.expm1(self._hc_k_over_wave / teff_K.to(torch.float32).reshape(-1, 1))
 
     def dln_pi_planck_dteff(self, teff_K: torch.Tensor) -> torch.Tensor:
-        """∂ ln πB_λ / ∂T_eff on ``wave`` (N, n_wave), per K, float32: (x / T) eˣ / (eˣ − 1), x = h c / (λ k T)."""
+        """∂ ln πB_λ / ∂T_eff on ``wave`` (N, n_wave), per K, float32 (:func:`specvit.physics.dln_pi_planck_dteff`)."""
         teff = teff_K.to(torch.float32).reshape(-1, 1)
-        x = self._hc_k_over_wave / teff
-        return x / teff * (1.0 + 1.0 / torch.expm1(x))
+        return dln_pi_planck_dteff(None, teff, x=self._hc_k_over_wave / teff)
 
     def flux_and_jacobian(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """F and ∂F/∂θ by the chain rule of the closed form, pixel-major, float32, no autograd through pixels.
