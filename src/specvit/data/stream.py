@@ -37,7 +37,7 @@ import torch
 
 from specvit.data.simulate import LabelPrior  # the same dataclasses (and keys) as specvit simulate
 from specvit.errors import ConfigError, InputError
-from specvit.labels import canonical_label
+from specvit.labels import canonical_label, outside_domain
 from specvit.observe.config import InstrumentConfig, ObservingConfig
 
 TAG_DRAW, TAG_NOISE, TAG_STATS = 0x51D1, 0x51D2, 0x51D3
@@ -179,7 +179,8 @@ class SimulatedStream:
         """Labels (n, L model order, float64 exactly representable in ``dtype``) and conditions, from ``rng``."""
         from specvit.observe import draw_conditions
 
-        lab = np.stack([getattr(self.cfg.labels, name).sample(rng, n) for name in self.model.label_names], axis=1)
+        # the prior of specvit simulate: per-label distributions, label sets outside C/O < max_c_to_o redrawn
+        lab = self.cfg.labels.sample(rng, n, self.model.label_names)
         cond = draw_conditions(self.cfg.observing, n, rng)
         # the labels the model is evaluated at are the dtype-rounded ones: keep those as the targets, inside the box
         np_dt = np.float32 if self.dtype == torch.float32 else np.float64
@@ -187,6 +188,14 @@ class SimulatedStream:
         over, under = low > self._hi_dt(np_dt), low < self._lo_dt(np_dt)
         low[over] = np.nextafter(low[over], np_dt(-np.inf))
         low[under] = np.nextafter(low[under], np_dt(np.inf))
+        names = list(self.model.label_names)
+        if "C_M" in names:  # rounding must not carry a label set across the C/O limit: step C_M down by ulps
+            j = names.index("C_M")
+            for _ in range(8):
+                bad = outside_domain(low, names, max_c_to_o=self.cfg.labels.max_c_to_o)
+                if not bad.any():
+                    break
+                low[bad, j] = np.nextafter(low[bad, j], np_dt(-np.inf))
         return low.astype(np.float64), cond
 
     def _hi_dt(self, dt):
