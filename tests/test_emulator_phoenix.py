@@ -123,13 +123,14 @@ def test_documented_numbers_and_verdicts_do_not_drift(rows):
 
 def test_template_wavelengths_are_air_and_convert_onto_the_emulator_lines():
     """The templates' line minima sit at the air wavelengths; after air -> vacuum they fall within
-    one template sample (0.5 A) of the emulator's (vacuum) minima: Ca II, K I, Mg I, Na I 8183."""
+    one template sample (0.5 A) of the emulator's (vacuum) minima: Ca II, K I, Mg I (Na I 8183 is left
+    out: in the point-sampled K0V template a neighbouring line at 8181 A air is deeper)."""
     d = np.load(DATA)
     w_air = float(d["wave_air_A_start"]) + float(d["wave_air_A_step"]) * np.arange(d["g2v"].size)
     wave, flux = pc.load_templates(DATA)
     model = default_model()
     fe = model.flux([[5200.0, 4.5, 0.0, 0.0, 0.0]])[0]
-    for air in (8498.02, 8542.09, 8662.14, 7664.90, 7698.96, 8806.76, 8183.26):
+    for air in (8498.02, 8542.09, 8662.14, 7664.90, 7698.96, 8806.76):
         s = np.abs(w_air - air) < 4
         t_air = w_air[s][np.argmin(flux["K0V"][s])]
         t_vac = wave[s][np.argmin(flux["K0V"][s])]
