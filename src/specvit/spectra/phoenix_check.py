@@ -180,8 +180,8 @@ def compare(model, path, names=None):
 
 # --- tolerances -------------------------------------------------------------------------------
 # Code-to-code: synthetic colours from PHOENIX, MARCS and ATLAS model atmospheres "typically agree
-# to ~100 K" (Kucinskas et al. 2006, IAU Symp. 232, 390; arXiv:astro-ph/0512354; late-type giants,
-# T_eff 3500-4800 K, [M/H] 0 and -2). We carry that over as a T_eff-equivalent tolerance for every
+# to ~100 K" (Kucinskas et al. 2006, IAU Symp. 232, doi:10.1017/S1743921306000706,
+# arXiv:astro-ph/0512354; late-type giants, T_eff 3500-4800 K, [M/H] 0 and -2). We carry that over as a T_eff-equivalent tolerance for every
 # measure: tol_code(X) = |dX/dT_eff| * 100 K, with dX/dT_eff from the emulator (+-100 K, same
 # procedure). Emulator: its own held-out error against PySME (docs/emulator.md section 5):
 # continuum rms 0.74 % (-> sqrt(2) * 0.74 % on a ratio of two windows) and normalised-flux
