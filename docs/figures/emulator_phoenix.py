@@ -51,10 +51,11 @@ fig.suptitle("Emulator vs PHOENIX BT-Settl templates (Subaru-PFS/spt_etc_webapp)
 fig.tight_layout()
 fig.savefig(ROOT / "docs" / "figures" / "emulator_phoenix.png", dpi=70)
 
-print("| template (T_eff, log g, [M/H]) | measure | PHOENIX | emulator | Δ | tolerance | T_eff-equiv. of Δ | verdict |")
-print("|---|---|---|---|---|---|---|---|")
-for name, q, p, e, d, tol, teq, v in pc.table(model, DATA):
+print("| template (T_eff, log g, [M/H]) | measure | PHOENIX | emulator | Δ | template sampling σ | tolerance | "
+      "T_eff-equiv. of Δ | verdict |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name, q, p, e, d, tol, teq, v, smp in pc.table(model, DATA):
     lab = res[name]["labels"]
     teq_s = f"{teq:+.0f} K" if abs(teq) < 1e4 else "≫ 1e4 K"
     vv = "agree" if v == "agree" else "**disagree**"
-    print(f"| {name} ({lab[0]:.0f}, {lab[1]:.1f}, {lab[2]:+.1f}) | {q} | {p:.3f} | {e:.3f} | {d:+.3f} | {tol:.3f} | {teq_s} | {vv} |")
+    print(f"| {name} ({lab[0]:.0f}, {lab[1]:.1f}, {lab[2]:+.1f}) | {q} | {p:.3f} | {e:.3f} | {d:+.3f} | {smp:.3f} | {tol:.3f} | {teq_s} | {vv} |")

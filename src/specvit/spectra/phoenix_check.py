@@ -135,6 +135,22 @@ def measures(wave, flux):
     return out, w, norm
 
 
+def sampling_error(wave, flux, R=R_COMMON):
+    """Point-sampling error of every measure on a template, estimated from the template itself.
+
+    The 0.5 A samples are point samples of an unresolved spectrum, so narrow lines are hit or
+    missed at random. The even and the odd samples are two independent 1 A point samplings whose
+    mean is (about) the full one; each is measured with the same procedure, and
+    sigma(0.5 A) ~ |X_even - X_odd| / 2 (sigma(1 A) ~ |X_even - X_odd| / sqrt 2, halved in variance
+    by averaging the two). One realisation per measure: an order-of-magnitude error bar.
+    """
+    ms = []
+    for par in (0, 1):
+        w2, f2 = wave[par::2], flux[par::2]
+        ms.append(measures(wave, np.interp(wave, w2, degrade_template(w2, f2, R)))[0])
+    return {k: 0.5 * abs(ms[0][k] - ms[1][k]) for k in ms[0]}
+
+
 def sensitivities(model, labels, wave, dT=100.0, dZ=0.1):
     """Emulator measures at T_eff +- dT and [M/H] +- dZ (same procedure): half the differences,
     i.e. dX for a dT offset and for a dZ offset (used to state tolerances and equivalents)."""
@@ -174,7 +190,7 @@ def compare(model, path, names=None):
         mp, w, np_ = measures(wave, ft)
         me, _, ne = measures(wave, fe)
         res[name] = {"labels": lab, "phoenix": mp, "emulator": me, "curves": (w, np_, ne),
-                     "flux": (wave, ft, fe)}
+                     "flux": (wave, ft, fe), "sampling": sampling_error(wave, fluxes[name])}
     return res
 
 
@@ -186,13 +202,14 @@ def compare(model, path, names=None):
 # procedure). Emulator: its own held-out error against PySME (docs/emulator.md section 5):
 # continuum rms 0.74 % (-> sqrt(2) * 0.74 % on a ratio of two windows) and normalised-flux
 # rms-mean 0.0057 (-> 0.0057 * window width on an EW, fully correlated, i.e. an upper bound).
-# The two are added in quadrature.
+# Template: its point-sampling error, estimated from the data (`sampling_error`).
+# The three are added in quadrature.
 CODE_TEFF_TOL_K = 100.0
 EMU_CONT_RMS = 0.0074
 EMU_NORM_RMS = 0.0057
 
 
-def tolerance(measure: str, value: float, sens: dict) -> float:
+def tolerance(measure: str, value: float, sens: dict, sampling: float = 0.0) -> float:
     code = abs(sens["dT"][measure]) * CODE_TEFF_TOL_K / 100.0  # sens["dT"] is per 100 K
     if measure.startswith("EW_"):
         if measure == "EW_CaT_sum":
@@ -205,11 +222,11 @@ def tolerance(measure: str, value: float, sens: dict) -> float:
         emu = np.sqrt(2.0) * EMU_CONT_RMS * abs(value)
     else:  # TiO depth 1 - Fb/Fc: error of the ratio
         emu = np.sqrt(2.0) * EMU_CONT_RMS * abs(1.0 - value)
-    return float(np.hypot(code, emu))
+    return float(np.sqrt(code**2 + emu**2 + sampling**2))
 
 
 def table(model, path):
-    """Rows (template, measure, phoenix, emulator, diff, tol, T_eff-equivalent K, verdict)."""
+    """Rows (template, measure, phoenix, emulator, diff, tol, T_eff-equivalent K, verdict, sampling)."""
     wave, _ = load_templates(path)
     rows = []
     for name, r in compare(model, path).items():
@@ -218,8 +235,9 @@ def table(model, path):
             if q.startswith("TiO") and r["labels"][0] >= TIO_MAX_TEFF:
                 continue  # no TiO bands in G/K stars: the windows measure only atomic blends
             e = r["emulator"][q]
-            tol = tolerance(q, e, sens)
+            tol = tolerance(q, e, sens, r["sampling"][q])
             dT = sens["dT"][q]
             teq = 100.0 * (e - p) / dT if dT != 0 else np.inf
-            rows.append((name, q, p, e, e - p, tol, teq, "agree" if abs(e - p) <= tol else "DISAGREE"))
+            rows.append((name, q, p, e, e - p, tol, teq, "agree" if abs(e - p) <= tol else "DISAGREE",
+                         r["sampling"][q]))
     return rows
