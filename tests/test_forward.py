@@ -188,3 +188,17 @@ def test_simulate_goes_through_the_forward_model(tmp_path):
     ref = sim.forward.observe(lab, cond, dtype=np.float32)
     np.testing.assert_array_equal(out["flux"], ref.flux)
     np.testing.assert_array_equal(out["error"], ref.error)
+
+
+def test_fd_stencils_may_cross_the_domain_edge(emu_fwd):
+    """A point just inside C/O < 1 with paper-sized FD steps: the stencil uses the model's continuation."""
+    from specvit.labels import c_to_o
+
+    lab = np.array([[4500.0, 2.5, 0.0, 0.0, 0.265]])
+    assert c_to_o(lab, emu_fwd.label_names)[0] < 1.0
+    plus = lab.copy()
+    plus[0, 4] += 0.25
+    with pytest.raises(LabelRangeError):
+        emu_fwd.model_flux(plus)
+    oj = emu_fwd.observed_jacobian(lab, method="fd", steps=[250.0, 0.5, 0.25, 0.25, 0.25])
+    assert oj.valid.all() and np.isfinite(oj.jac).all()
