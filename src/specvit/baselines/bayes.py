@@ -165,11 +165,11 @@ class BayesConfig:
     prior: str = "dataset"
     n_samples: int = 256
     max_rounds: int = 3
-    min_ess: float = 100.0
+    min_ess: float = 50.0
     proposal_df: float = 5.0
     proposal_scale: float = 1.3
     defensive_fraction: float = 0.1
-    n_starts: int = 2
+    n_starts: int = 1
     max_iter: int = 30
     polish_steps: int = 2
     likelihood: str = "corrected"
@@ -235,7 +235,8 @@ def _t_logpdf(x, mean, chol, df):
     """Multivariate Student-t log density; x (N, M, F), mean (N, F), chol (N, F, F) of the scale matrix."""
     f = x.shape[-1]
     d = x - mean[:, None, :]
-    z = torch.linalg.solve_triangular(chol, d.transpose(1, 2), upper=False).transpose(1, 2)  # (N, M, F)
+    inv = torch.linalg.inv(chol)  # (N, F, F): tiny; one batched product beats a batched triangular solve
+    z = d @ inv.transpose(1, 2)  # (N, M, F)
     q = (z * z).sum(-1)
     logdet = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)[:, None]
     c = math.lgamma((df + f) / 2) - math.lgamma(df / 2) - 0.5 * f * math.log(df * math.pi)
@@ -280,21 +281,34 @@ class _Likelihood:
 
         if self.kind == "exact":
             return _exact_mu(self.forward, torch.as_tensor(lab)).to(torch.float32)
-        return self.fast.evaluate(torch.as_tensor(lab), jacobian=False)[0]
+        with torch.no_grad():
+            f = self.fast.flux(torch.as_tensor(lab), jacobian=False)[0].numpy()
+        # the median as the observer takes it (mean of the two middle pixels), by one partial sort (numpy's
+        # is ~4x faster than torch.kthvalue here)
+        p = f.shape[1]
+        mid = np.partition(f, [(p - 1) // 2, p // 2], axis=1)[:, [(p - 1) // 2, p // 2]].mean(1, dtype=np.float64)
+        return torch.from_numpy(f * (0.5 / mid).astype(np.float32)[:, None])
 
-    def __call__(self, theta: np.ndarray, ok: np.ndarray) -> np.ndarray:
-        """theta (N, M, L), ok (N, M) bool (inside the support): log L (N, M), −inf where not ok."""
-        n, m, _ = theta.shape
+    def __call__(self, theta: np.ndarray, ok: np.ndarray, lower, upper) -> np.ndarray:
+        """theta (N, M, L), ok (N, M) bool (inside the support): log L (N, M), −inf where not ok.
+
+        Spectra are evaluated in groups with all their draws (no gathers of the data rows); draws outside
+        the support are clipped into it for the evaluation and get −inf.
+        """
+        n, m, nl = theta.shape
         out = np.full((n, m), -np.inf)
-        idx = np.argwhere(ok)
-        for s in range(0, len(idx), _EVAL_ROWS):
-            ii = idx[s:s + _EVAL_ROWS]
-            mu = self._mu(theta[ii[:, 0], ii[:, 1]])
-            rows = torch.as_tensor(ii[:, 0])
-            r = self.y[rows] - mu
+        todo = np.flatnonzero(ok.any(1))
+        g = max(1, _EVAL_ROWS // m)
+        for s in range(0, len(todo), g):
+            ii = todo[s:s + g]
+            lab = np.clip(theta[ii], lower, upper).reshape(-1, nl)
+            mu = self._mu(lab).reshape(len(ii), m, -1)
+            r = self.y[ii][:, None] - mu
             if self.delta is not None:
-                r -= self.delta[rows]
-            out[ii[:, 0], ii[:, 1]] = -0.5 * (self.w[rows] * r * r).double().sum(1).numpy()
+                r -= self.delta[ii][:, None]
+            r *= r
+            chi2 = torch.einsum("nmp,np->nm", r, self.w[ii]).double().numpy()
+            out[ii] = np.where(ok[ii], -0.5 * chi2, -np.inf)
         return out
 
 
@@ -411,7 +425,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
         lp = prior.logpdf(new)
         ok = np.isfinite(lp)
         ok[np.setdiff1d(np.arange(n), active)] = False
-        ll = like(new, ok)
+        ll = like(new, ok, prior.lower, prior.upper)
         theta = np.concatenate([theta, new], 1)
         logpl = np.concatenate([logpl, np.where(ok, lp + ll, -np.inf)], 1)
         rounds[active] += 1
