@@ -102,8 +102,10 @@ def main(argv=None) -> int:
     else:
         info = np.empty((len(rows), len(names), len(names)))
         for s in range(0, len(rows), 64):
-            oj = fwd.observed_jacobian(truth[s:s + 64])
-            info[s:s + 64] = fisher_from_weights(oj.jac, 1.0 / err[None, s:s + 64] ** 2)[0]
+            oj = fwd.observed_jacobian(truth[s:s + 64])  # drops points with model flux <= 0 (NaN info there)
+            blk = np.full((len(oj.valid), len(names), len(names)), np.nan)
+            blk[oj.valid] = fisher_from_weights(oj.jac, 1.0 / err[None, s:s + 64][:, oj.valid] ** 2)[0]
+            info[s:s + 64] = blk
         np.save(cache, info)
     lo = np.array([prior_cfg[n]["low"] for n in names])
     hi = np.array([prior_cfg[n]["high"] for n in names])
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     for j, n in enumerate(names):
         rows_out = []
         for k, name in enumerate(labels_bins):
-            sel = (b == k) & use
+            sel = (b == k) & use & np.isfinite(info).all((1, 2))
             if sel.sum() < 20:
                 continue
             row = {"bin": name, "n": int(sel.sum())}

@@ -147,11 +147,13 @@ class BayesConfig:
         (uniform over the model's label box)
     n_samples : importance draws per round and spectrum
     max_rounds : adaptation rounds (a spectrum stops when its ESS reaches ``min_ess``)
+    min_rounds : rounds every spectrum makes (≥ 2: the proposal is always adapted once to the weighted draws)
     min_ess : Kish effective sample size below which a spectrum is adapted again, and flagged at the end
     proposal_df, proposal_scale : Student-t degrees of freedom and covariance inflation s of the proposal
     defensive_fraction : weight α of the prior component of every proposal (heavy tails, multimodality)
     n_starts, max_iter, polish_steps : the mode search (template fit's observed-grid LM; first start = best
-        coarse-grid node, then random)
+        coarse-grid node, then uniform in the inner 80 % of the box); every start's local mode is one component
+        of the first proposal
     likelihood : 'corrected' | 'fast' | 'exact' (see the module doc)
     poor_fit_sigma : flag ``poor_fit`` when (χ²_mode − n_pix) / √(2 n_pix) exceeds this
     noise_level, noise_seed : noisy = flux + noise_level · error · z with the fixed per-row draw (as every
@@ -165,11 +167,12 @@ class BayesConfig:
     prior: str = "dataset"
     n_samples: int = 256
     max_rounds: int = 3
+    min_rounds: int = 1
     min_ess: float = 50.0
     proposal_df: float = 5.0
     proposal_scale: float = 1.3
     defensive_fraction: float = 0.1
-    n_starts: int = 1
+    n_starts: int = 3
     max_iter: int = 30
     polish_steps: int = 2
     likelihood: str = "corrected"
@@ -181,7 +184,7 @@ class BayesConfig:
     max_spectra: int = 0
 
     def __post_init__(self):
-        for name in ("n_samples", "max_rounds", "n_starts", "max_iter", "batch_size"):
+        for name in ("n_samples", "max_rounds", "min_rounds", "n_starts", "max_iter", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise InputError("must be >= 1", field=name, value=getattr(self, name))
         if self.prior not in ("dataset", "box"):
@@ -393,32 +396,45 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
     # the grid start is in the model box's units: map into the prior's
     starts[0] = np.clip((lo_box + starts[0] * (hi_box - lo_box) - prior.lower) / (prior.upper - prior.lower), 0, 1)
     starts += [rng.uniform(0.1, 0.9, size=(n, nl)) for _ in range(cfg.n_starts - 1)]
-    u, chi2, h = lm_observed(forward, y, w, np.concatenate(starts), s=len(starts), free_idx=free_idx, fixed=fixed,
-                             lower=lower, upper=upper, basis=legendre_basis(p, -1), max_iter=cfg.max_iter,
-                             polish_steps=cfg.polish_steps)
-    mode = (lower + u * scale).numpy()
-    cov_u = torch.linalg.pinv(h, hermitian=True)
-    cov = cov_u * scale[None, :, None] * scale[None, None, :]  # label units
-    # the posterior cannot be wider than the prior: cap the Laplace variances at the prior box's (flat directions)
+    # one search per start, every local mode kept: each becomes a component of the first proposal
     box_var = torch.as_tensor((prior.upper - prior.lower) ** 2 / 12.0)
-    sd = torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-300))
-    capped = torch.minimum(sd, box_var.sqrt())
-    corr = cov / (sd[:, :, None] * sd[:, None, :])
-    cov = corr * capped[:, :, None] * capped[:, None, :]
+    modes, covs, chi2s = [], [], []
+    for st in starts:
+        u, chi2_k, h = lm_observed(forward, y, w, st, s=1, free_idx=free_idx, fixed=fixed, lower=lower, upper=upper,
+                                   basis=legendre_basis(p, -1), max_iter=cfg.max_iter, polish_steps=cfg.polish_steps)
+        cov = torch.linalg.pinv(h, hermitian=True) * scale[None, :, None] * scale[None, None, :]  # label units
+        # the posterior cannot be wider than the prior: cap the Laplace sds at the prior box's (flat directions)
+        sd = torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-300))
+        capped = torch.minimum(sd, box_var.sqrt())
+        cov = cov / (sd[:, :, None] * sd[:, None, :]) * capped[:, :, None] * capped[:, None, :]
+        modes.append((lower + u * scale).numpy())
+        covs.append(cov)
+        chi2s.append(chi2_k.numpy())
+    best = np.argmin(np.stack(chi2s), axis=0)
+    mode = np.stack(modes)[best, np.arange(n)]
+    chi2 = torch.as_tensor(np.stack(chi2s)[best, np.arange(n)])
+    cov = torch.stack(covs)[torch.as_tensor(best), torch.arange(n)]
     like = _Likelihood(forward, y, w, mode, cfg.likelihood)
     # ---- 2-3. adaptive importance sampling, all rounds pooled (balance heuristic)
     s2 = cfg.proposal_scale ** 2
     alpha, df, m = cfg.defensive_fraction, cfg.proposal_df, cfg.n_samples
-    comps = [(torch.as_tensor(mode), _safe_chol(cov * s2))]  # per round: (mean (n, L), chol (n, L, L))
+    # per round: a list of equally weighted t components (mean (n, L), chol (n, L, L)); round 1: one per start
+    comps = [[(torch.as_tensor(mk), _safe_chol(ck * s2)) for mk, ck in zip(modes, covs)]]
     theta = np.zeros((n, 0, nl))
     logpl = np.zeros((n, 0))  # log prior + log likelihood
     active = np.arange(n)
     rounds = np.zeros(n, int)
+
+    def round_logq(th_t, round_comps):
+        lt = torch.stack([_t_logpdf(th_t, mu_c, ch_c, df) for mu_c, ch_c in round_comps])
+        lt = torch.logsumexp(lt, dim=0) - math.log(len(round_comps))
+        return torch.logaddexp(math.log1p(-alpha) + lt, math.log(alpha) + torch.as_tensor(prior.logpdf(theta)))
+
     for r in range(cfg.max_rounds):
-        mean_r, chol_r = comps[-1]
         # draw for every spectrum (shape-regular arrays); inactive spectra's new draws get weight −inf
         k = rng.binomial(m, alpha, size=n)  # draws from the prior component
-        t = _t_sample(rng, mean_r, chol_r, df, m).numpy()
+        t = np.stack([_t_sample(rng, mu_c, ch_c, df, m).numpy() for mu_c, ch_c in comps[-1]])  # (K, n, m, L)
+        t = t[np.arange(m) % len(comps[-1]), :, np.arange(m)].transpose(1, 0, 2)  # draw j from component j mod K
         pr = prior.sample(rng, (n, m))
         take_prior = np.arange(m)[None, :] < k[:, None]
         new = np.where(take_prior[:, :, None], pr, t)
@@ -431,9 +447,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
         rounds[active] += 1
         # mixture density of every draw under every round's proposal, rounds weighted by their draw counts
         th_t = torch.as_tensor(theta)
-        lq_rounds = torch.stack([torch.logaddexp(math.log1p(-alpha) + _t_logpdf(th_t, mu_c, ch_c, df),
-                                                 math.log(alpha) + torch.as_tensor(prior.logpdf(theta)))
-                                 for mu_c, ch_c in comps])  # (R, n, M_tot)
+        lq_rounds = torch.stack([round_logq(th_t, rc) for rc in comps])  # (R, n, M_tot)
         n_r = np.array([(rounds > i).astype(float) for i in range(len(comps))])  # (R, n): spectrum drew in round i
         with np.errstate(divide="ignore"):
             log_frac = torch.as_tensor(np.log(n_r / n_r.sum(0, keepdims=True)))[:, :, None]
@@ -442,14 +456,14 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
         drew = np.repeat(n_r.T > 0, m, axis=1)  # (n, M_tot)
         logw = np.where(drew & np.isfinite(logpl), logpl - lq, -np.inf)
         mean, sd_w, quant, ess, pit, wn = _summaries(theta, logw, None)
-        active = np.flatnonzero(ess < cfg.min_ess)
+        active = np.flatnonzero((ess < cfg.min_ess) | (r + 1 < cfg.min_rounds))
         if len(active) == 0 or r == cfg.max_rounds - 1:
             break
         # next proposal: weighted moments of the pooled draws (inflated), the mode where they are degenerate
         d = theta - mean[:, None]
         cov_w = torch.as_tensor(np.einsum("nm,nmi,nmj->nij", wn, d, d))
         cov_next = torch.where((torch.as_tensor(ess) > 5)[:, None, None], cov_w, cov)
-        comps.append((torch.as_tensor(np.where((ess > 5)[:, None], mean, mode)), _safe_chol(cov_next * s2)))
+        comps.append([(torch.as_tensor(np.where((ess > 5)[:, None], mean, mode)), _safe_chol(cov_next * s2))])
     tr = None if truth is None else np.asarray(truth, dtype=np.float64)[good]
     mean, sd_w, quant, ess, pit, wn = _summaries(theta, logw, tr)
     flag = np.full(n, "ok", dtype=object)
