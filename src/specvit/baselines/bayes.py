@@ -150,6 +150,7 @@ class BayesConfig:
     min_rounds : rounds every spectrum makes (≥ 2: the proposal is always adapted once to the weighted draws)
     min_ess : Kish effective sample size below which a spectrum is adapted again, and flagged at the end
     proposal_df, proposal_scale : Student-t degrees of freedom and covariance inflation s of the proposal
+    wide_scale : inflation of the wide first-round component per mode (sds capped at the prior's)
     defensive_fraction : weight α of the prior component of every proposal (heavy tails, multimodality)
     n_starts, max_iter, polish_steps : the mode search (template fit's observed-grid LM; first start = best
         coarse-grid node, then uniform in the inner 80 % of the box); every start's local mode is one component
@@ -171,6 +172,7 @@ class BayesConfig:
     min_ess: float = 50.0
     proposal_df: float = 5.0
     proposal_scale: float = 1.3
+    wide_scale: float = 4.0
     defensive_fraction: float = 0.1
     n_starts: int = 3
     max_iter: int = 30
@@ -395,7 +397,19 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
     starts = [_grid_start(forward, y, w, names, fixed, -1, fast=True)]
     # the grid start is in the model box's units: map into the prior's
     starts[0] = np.clip((lo_box + starts[0] * (hi_box - lo_box) - prior.lower) / (prior.upper - prior.lower), 0, 1)
-    starts += [rng.uniform(0.1, 0.9, size=(n, nl)) for _ in range(cfg.n_starts - 1)]
+    # further starts: the grid node with the labels the coarse grid does not scan ([α/M], [C/M], the worst
+    # constrained and the ones whose secondary modes the validation found) moved to other corners of their
+    # range, then uniform draws in the inner 80 % of the box
+    unscanned = [j for j, nm in enumerate(names) if nm not in ("T_eff", "log_g", "M_H")]
+    corners = [(0.15, 0.15), (0.85, 0.85), (0.15, 0.85), (0.85, 0.15)]
+    for k in range(cfg.n_starts - 1):
+        if k < len(corners) and unscanned:
+            st = starts[0].copy()
+            for j, c in zip(unscanned, corners[k]):
+                st[:, j] = c
+            starts.append(st)
+        else:
+            starts.append(rng.uniform(0.1, 0.9, size=(n, nl)))
     # one search per start, every local mode kept: each becomes a component of the first proposal
     box_var = torch.as_tensor((prior.upper - prior.lower) ** 2 / 12.0)
     modes, covs, chi2s = [], [], []
@@ -419,7 +433,17 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
     s2 = cfg.proposal_scale ** 2
     alpha, df, m = cfg.defensive_fraction, cfg.proposal_df, cfg.n_samples
     # per round: a list of equally weighted t components (mean (n, L), chol (n, L, L)); round 1: one per start
-    comps = [[(torch.as_tensor(mk), _safe_chol(ck * s2)) for mk, ck in zip(modes, covs)]]
+    # per mode a narrow component (s² H⁻¹) and a wide one (``wide_scale``² H⁻¹, sds capped at the prior's): the
+    # wide one reaches the flat ridges along poorly constrained labels that the Laplace curvature does not see
+    box_sd = box_var.sqrt()
+
+    def widened(c, f):
+        sd_c = torch.sqrt(torch.diagonal(c, dim1=-2, dim2=-1).clamp_min(1e-300))
+        new_sd = torch.minimum(sd_c * f, box_sd)
+        return c / (sd_c[:, :, None] * sd_c[:, None, :]) * new_sd[:, :, None] * new_sd[:, None, :]
+
+    comps = [[(torch.as_tensor(mk), _safe_chol(ck * s2)) for mk, ck in zip(modes, covs)]
+             + [(torch.as_tensor(mk), _safe_chol(widened(ck, cfg.wide_scale))) for mk, ck in zip(modes, covs)]]
     theta = np.zeros((n, 0, nl))
     logpl = np.zeros((n, 0))  # log prior + log likelihood
     active = np.arange(n)
