@@ -292,7 +292,8 @@ class _Likelihood:
         # is ~4x faster than torch.kthvalue here)
         p = f.shape[1]
         mid = np.partition(f, [(p - 1) // 2, p // 2], axis=1)[:, [(p - 1) // 2, p // 2]].mean(1, dtype=np.float64)
-        return torch.from_numpy(f * (0.5 / mid).astype(np.float32)[:, None])
+        with np.errstate(divide="ignore", invalid="ignore"):  # median 0 (emulator clip, box corners): NaN → −inf
+            return torch.from_numpy(f * (0.5 / mid).astype(np.float32)[:, None])
 
     def __call__(self, theta: np.ndarray, ok: np.ndarray, lower, upper) -> np.ndarray:
         """theta (N, M, L), ok (N, M) bool (inside the support): log L (N, M), −inf where not ok.
@@ -313,7 +314,7 @@ class _Likelihood:
                 r -= self.delta[ii][:, None]
             r *= r
             chi2 = torch.einsum("nmp,np->nm", r, self.w[ii]).double().numpy()
-            out[ii] = np.where(ok[ii], -0.5 * chi2, -np.inf)
+            out[ii] = np.where(ok[ii] & np.isfinite(chi2), -0.5 * chi2, -np.inf)
         return out
 
 
