@@ -24,10 +24,13 @@ What else the simulator draws, and how it enters (the table of ``docs/bayes.md``
 
 Method: batched adaptive importance sampling (multiple importance sampling, balance heuristic):
 
-1. mode: Levenberg–Marquardt on the fast observed-grid emulator (the template fit's search,
-   :func:`specvit.baselines.templatefit_fast.lm_observed`, no flux correction, coarse-grid start + random
-   starts) with exact-model polish; Laplace covariance H⁻¹ = (J̃ᵀ Σ⁻¹ J̃)⁻¹ there;
-2. round 1: ``n_samples`` draws from (1 − α) · t_ν(θ̂, s² H⁻¹) + α · π (defensive prior component);
+1. modes: Levenberg–Marquardt on the fast observed-grid emulator (the template fit's search,
+   :func:`specvit.baselines.templatefit_fast.lm_observed`, no flux correction), one search per start
+   (coarse-grid node; that node with [α/M], [C/M] at the corners of their range; random), exact-model
+   polish; Laplace covariance H_k⁻¹ = (J̃ᵀ Σ⁻¹ J̃)⁻¹ at every local mode θ̂_k;
+2. round 1: ``n_samples`` draws from (1 − α) · T + α · π (defensive prior component), T the equal mixture
+   over modes of a narrow t_ν(θ̂_k, s² H_k⁻¹) and a wide t_ν(θ̂_k, ``wide_scale``² H_k⁻¹) (sds capped at the
+   prior's);
    round r > 1, only for spectra whose ESS is still below ``min_ess``: the t component moved to the weighted
    mean and covariance of all draws so far (inflated by s²), ``n_samples`` more draws;
 3. weights π(θ) L(θ) / q̄(θ), q̄ = Σ_r (M_r / M) q_r (every draw against every round's proposal), draws
