@@ -7,7 +7,7 @@ simulation-based-calibration draw: θ ~ π, y = μ(θ) + σ z with the fixed tes
 ``--out``):
 
 1. the posterior of the first ``--n`` spectra (``run_bayes``, default config, noise_seed 42) and the
-   template fit of the same spectra (5 labels, no flux correction... its default degree-2 correction);
+   template fit of the same spectra (its defaults: 5 labels, Legendre degree-2 flux correction, 1 start);
 2. coverage of the central 68 % / 95 % intervals per label, overall and per SNR bin;
 3. SBC: the normalised rank of the truth among the weighted posterior draws (the posterior CDF at the
    truth, the L → ∞ limit of the rank statistic of Talts et al. 2018), 20-bin histograms, χ² and KS
