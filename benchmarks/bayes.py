@@ -1,0 +1,90 @@
+"""Benchmark: full five-label posteriors per second (``specvit baseline bayes``; goal >= 10 spectra/s on 2 cores).
+
+Spectra: ``--n-spectra`` draws of the ``specvit simulate`` default prior and observing conditions (i = 20.5-22.5,
+the quickstart's test set), simulated in memory, with the fixed test noise (seed 42). Timed: ``posterior`` with
+the default :class:`~specvit.baselines.bayes.BayesConfig` (mode search, adaptive importance sampling, summaries),
+after a warm-up (model load, start-grid cache). Measured in the same run, on the same spectra, as the reference
+for this (shared, loaded) machine: the template fit's default (``fit_lm``, 1 start, degree-2 flux correction,
+observed-grid search + exact polish), whose ``benchmarks/templatefit.py`` number is known.
+
+    PYTHONPATH=src python benchmarks/bayes.py [--n-spectra 128] [--repeat 2] [--threads 2] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-spectra", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (alternating; best kept)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from specvit.baselines.bayes import BayesConfig, Prior, bayes_forward, posterior
+    from specvit.baselines.templatefit import fit_lm
+    from specvit.data.simulate import SimulateConfig
+    from specvit.observe import draw_conditions
+    from specvit.observe.noise import fixed_noisy_flux
+
+    cfg = BayesConfig()
+    fwd = bayes_forward(cfg)
+    sim = SimulateConfig()
+    rng = np.random.default_rng(args.seed)
+    prior = Prior.from_simulate_config({k: vars(getattr(sim.labels, k)) for k in fwd.label_names}, fwd.label_names)
+    n = args.n_spectra
+    truth = prior.sample(rng, n)
+    obs = fwd.observe(truth, draw_conditions(sim.observing, n, rng), dtype=np.float64)
+    noisy = fixed_noisy_flux(obs.flux, obs.error, 1.0, np.arange(n), 42)
+    err = obs.error
+    posterior(fwd, noisy[:4], err[:4], prior=prior, config=cfg)  # warm-up
+    fit_lm(fwd, noisy[:4], err[:4], n_starts=1, grid_start=True, rng=rng)
+    t_b, t_t = [], []
+    for _ in range(args.repeat):
+        c0 = time.process_time()
+        t = time.perf_counter()
+        res = posterior(fwd, noisy, err, prior=prior, config=cfg, rng=np.random.default_rng(1), truth=truth)
+        t_b.append((time.perf_counter() - t, time.process_time() - c0))
+        c0 = time.process_time()
+        t = time.perf_counter()
+        fit_lm(fwd, noisy, err, n_starts=1, grid_start=True, rng=np.random.default_rng(1))
+        t_t.append((time.perf_counter() - t, time.process_time() - c0))
+    b = min(t_b)
+    tf = min(t_t)
+    z = np.abs(res.mean - truth) / res.sd
+    out = {"benchmark": "bayes", "n_spectra": n, "median_snr": float(np.median(obs.snr)),
+           "seconds": round(b[0], 3), "cpu_seconds": round(b[1], 3), "spectra_per_s": round(n / b[0], 2),
+           "goal_spectra_per_s": 10.0, "median_ess": float(np.median(res.ess)),
+           "mean_draws": float(res.n_draws.mean()), "flags": {k: int(v) for k, v in
+                                                               zip(*np.unique(res.flag.astype(str), return_counts=True))},
+           "median_abs_z": float(np.median(z)),
+           "reference": "template fit default (fit_lm, 1 start, degree 2)", "ref_seconds": round(tf[0], 3),
+           "ref_fits_per_s": round(n / tf[0], 2), "bayes_over_templatefit_time": round(b[0] / tf[0], 2),
+           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "load_average_1min": round(os.getloadavg()[0], 2), "machine": platform.platform(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"bayes posterior, {n} spectra (median SNR {out['median_snr']:.1f}), torch threads {out['torch_threads']}, "
+          f"load average {out['load_average_1min']} on {out['cpu_count']} CPUs")
+    print(f"  posterior: {b[0]:7.2f} s wall ({b[1]:.2f} s CPU)  {n / b[0]:6.2f} spectra/s  median ESS "
+          f"{out['median_ess']:.0f}, mean draws {out['mean_draws']:.0f}, flags {out['flags']}")
+    print(f"  reference, template fit: {tf[0]:7.2f} s wall ({tf[1]:.2f} s CPU)  {n / tf[0]:6.2f} fits/s  "
+          f"-> the posterior costs {out['bayes_over_templatefit_time']:.1f}x the template fit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
