@@ -5,7 +5,7 @@ Subaru-PFS/spt_etc_webapp (MIT licence), cut to 6990-9010 A (air) and committed 
 ``tests/data/phoenix_btsettl_pfs.npz`` (see ``tests/data/README_phoenix.md``). No specvit code
 computed them. Everything here is measured the same way on both spectra:
 
-1. wavelengths: template air -> vacuum (IAU/Morton, :func:`specvit.observe.lsf.air_to_vacuum`);
+1. wavelengths: template air -> vacuum (IAU/Morton, :func:`specvit.physics.air_to_vacuum`);
 2. resolution: both brought to a Gaussian LSF of R = 3000 (FWHM = lambda / R). The templates
    are point samples every 0.5 A of a much higher resolution model, so they get the full
    R = 3000 kernel; the emulator (R = 10,000 Gaussian already) gets the quadrature difference;
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specvit.observe.lsf import air_to_vacuum
+from specvit.physics import air_to_vacuum
 
 TEMPLATES = {
     # name: (file key, T_eff, log g, [M/H]) -- from the BT-Settl file names lteTTT-G.G-Z.Z (T in 100 K)
