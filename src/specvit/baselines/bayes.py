@@ -57,7 +57,7 @@ import pandas as pd
 import torch
 
 from specvit.errors import InputError
-from specvit.labels import LABEL_NAMES
+from specvit.labels import LABEL_NAMES, MAX_C_TO_O, c_to_o, outside_domain
 
 #: Percentiles written per label (posterior quantiles, %).
 PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
@@ -101,9 +101,16 @@ class PriorAxis:
 
 
 class Prior:
-    """Independent per-label prior in the model's label order."""
+    """Per-label prior in the model's label order, truncated to the physical domain C/O < ``max_c_to_o``.
 
-    def __init__(self, axes: dict[str, PriorAxis], label_names):
+    The density is the product of the per-label densities times 1[C/O < max_c_to_o] / Z, with Z the
+    product prior's mass inside the domain (:func:`specvit.labels.outside_domain`; the joint constraint
+    of ``specvit simulate``'s prior, which redraws label sets outside it). Z is estimated once from
+    2·10⁵ draws of a fixed-seed generator (relative error ~1e-3; it only enters the defensive
+    component's density). ``max_c_to_o=None``: no truncation.
+    """
+
+    def __init__(self, axes: dict[str, PriorAxis], label_names, *, max_c_to_o: float | None = MAX_C_TO_O):
         self.label_names = tuple(label_names)
         missing = [n for n in self.label_names if n not in axes]
         if missing:
@@ -111,6 +118,33 @@ class Prior:
         self.axes = [axes[n] for n in self.label_names]
         self.lower = np.array([a.low for a in self.axes])
         self.upper = np.array([a.high for a in self.axes])
+        self.max_c_to_o = max_c_to_o
+        self.log_mass = 0.0
+        if max_c_to_o is not None:
+            draws = np.stack([a.sample(np.random.default_rng(20261207), 200_000) for a in self.axes], axis=-1)
+            frac = float(np.mean(~self._outside(draws)))
+            if frac <= 0:
+                raise InputError("the prior has no mass inside the physical domain C/O < max_c_to_o",
+                                 field="labels.max_c_to_o", value=max_c_to_o)
+            self.log_mass = math.log(frac)
+
+    def _outside(self, x: np.ndarray) -> np.ndarray:
+        if self.max_c_to_o is None:
+            return np.zeros(x.shape[:-1], dtype=bool)
+        flat = x.reshape(-1, x.shape[-1])
+        return outside_domain(flat, self.label_names, max_c_to_o=self.max_c_to_o).reshape(x.shape[:-1])
+
+    def into_domain(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (…, L) with label sets outside the domain moved to its edge along [C/M] (a start, not a draw)."""
+        if self.max_c_to_o is None or "C_M" not in self.label_names or "a_M" not in self.label_names:
+            return x
+        x = np.array(x, dtype=np.float64)
+        j, ja = self.label_names.index("C_M"), self.label_names.index("a_M")
+        bad = self._outside(x)
+        edge = x[..., ja] + math.log10(self.max_c_to_o / c_to_o(np.zeros((1, len(self.label_names))),
+                                                                  self.label_names)[0]) - 0.02
+        x[..., j] = np.where(bad, np.maximum(edge, self.lower[j]), x[..., j])
+        return x
 
     @classmethod
     def from_simulate_config(cls, labels_cfg: dict, label_names) -> "Prior":
@@ -121,21 +155,34 @@ class Prior:
                 raise InputError("the dataset's simulate config has no prior for a label", field=f"labels.{name}")
             axes[name] = PriorAxis(float(d["low"]), float(d["high"]), str(d.get("dist", "uniform")),
                                    float(d.get("beta_a", 1.0)), float(d.get("beta_b", 1.0)))
-        return cls(axes, label_names)
+        # datasets simulated before the domain existed record no limit: the model refuses C/O >= 1 anyway
+        return cls(axes, label_names, max_c_to_o=labels_cfg.get("max_c_to_o", MAX_C_TO_O))
 
     @classmethod
     def box(cls, forward) -> "Prior":
-        return cls({n: PriorAxis(*forward.bounds[n]) for n in forward.label_names}, forward.label_names)
+        return cls({n: PriorAxis(*forward.bounds[n]) for n in forward.label_names}, forward.label_names,
+                   max_c_to_o=getattr(forward.model, "max_c_to_o", MAX_C_TO_O))
 
     def logpdf(self, x: np.ndarray) -> np.ndarray:
-        """(…, L) → (…,) log density (−inf outside the support)."""
-        return sum(a.logpdf(x[..., j]) for j, a in enumerate(self.axes))
+        """(…, L) → (…,) log density (−inf outside the support: the box and the C/O domain)."""
+        lp = sum(a.logpdf(x[..., j]) for j, a in enumerate(self.axes)) - self.log_mass
+        return np.where(self._outside(x), -np.inf, lp)
 
     def sample(self, rng, shape) -> np.ndarray:
-        return np.stack([a.sample(rng, shape) for a in self.axes], axis=-1)
+        """Draws of the truncated prior: product-prior draws, those outside the domain redrawn (in rounds)."""
+        out = np.stack([a.sample(rng, shape) for a in self.axes], axis=-1)
+        for _ in range(1000):
+            bad = self._outside(out)
+            if not bad.any():
+                return out
+            k = int(bad.sum())
+            out[bad] = np.stack([a.sample(rng, k) for a in self.axes], axis=-1)
+        raise InputError("cannot draw from the prior inside the C/O domain", field="labels.max_c_to_o",
+                         value=self.max_c_to_o)
 
     def describe(self) -> dict:
-        return {n: dataclasses.asdict(a) for n, a in zip(self.label_names, self.axes)}
+        return {**{n: dataclasses.asdict(a) for n, a in zip(self.label_names, self.axes)},
+                "max_c_to_o": self.max_c_to_o}
 
 
 @dataclass
@@ -279,6 +326,7 @@ class _Likelihood:
         self.y = torch.as_tensor(y, dtype=torch.float32)
         self.w = torch.as_tensor(w, dtype=torch.float32)
         self.delta = None
+        self.mode = np.asarray(mode_labels, dtype=np.float64)  # a point of the support per spectrum
         if kind == "corrected":  # the fast model's error at the mode, from one exact evaluation per spectrum
             mu_exact = _exact_mu(forward, torch.as_tensor(mode_labels)).to(torch.float32)
             mu_fast = self.fast.evaluate(torch.as_tensor(mode_labels), jacobian=False)[0]
@@ -302,7 +350,7 @@ class _Likelihood:
         """theta (N, M, L), ok (N, M) bool (inside the support): log L (N, M), −inf where not ok.
 
         Spectra are evaluated in groups with all their draws (no gathers of the data rows); draws outside
-        the support are clipped into it for the evaluation and get −inf.
+        the support (the box or the C/O domain) are evaluated at the spectrum's mode instead and get −inf.
         """
         n, m, nl = theta.shape
         out = np.full((n, m), -np.inf)
@@ -310,7 +358,7 @@ class _Likelihood:
         g = max(1, _EVAL_ROWS // m)
         for s in range(0, len(todo), g):
             ii = todo[s:s + g]
-            lab = np.clip(theta[ii], lower, upper).reshape(-1, nl)
+            lab = np.where(ok[ii][:, :, None], np.clip(theta[ii], lower, upper), self.mode[ii][:, None, :]).reshape(-1, nl)
             mu = self._mu(lab).reshape(len(ii), m, -1)
             r = self.y[ii][:, None] - mu
             if self.delta is not None:
@@ -361,7 +409,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
     Rows with non-finite flux or a non-finite / non-positive error are flagged ``bad_input`` (NaN numbers).
     """
     from specvit.baselines.templatefit import _grid_start, legendre_basis
-    from specvit.baselines.templatefit_fast import lm_observed
+    from specvit.baselines.templatefit_fast import domain_projector, lm_observed
 
     cfg = config or BayesConfig()
     prior = prior or Prior.box(forward)
@@ -414,12 +462,16 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
             starts.append(st)
         else:
             starts.append(rng.uniform(0.1, 0.9, size=(n, nl)))
+    span = prior.upper - prior.lower  # starts outside the C/O domain moved to its edge (the fit stays inside)
+    starts = [(prior.into_domain(prior.lower + st * span) - prior.lower) / span for st in starts]
     # one search per start, every local mode kept: each becomes a component of the first proposal
     box_var = torch.as_tensor((prior.upper - prior.lower) ** 2 / 12.0)
     modes, covs, chi2s = [], [], []
+    project = domain_projector(forward, free_idx, fixed, prior.lower, prior.upper)  # steps stay where the model is valid
     for st in starts:
         u, chi2_k, h = lm_observed(forward, y, w, st, s=1, free_idx=free_idx, fixed=fixed, lower=lower, upper=upper,
-                                   basis=legendre_basis(p, -1), max_iter=cfg.max_iter, polish_steps=cfg.polish_steps)
+                                   basis=legendre_basis(p, -1), max_iter=cfg.max_iter, polish_steps=cfg.polish_steps,
+                                   project=project)
         cov = torch.linalg.pinv(h, hermitian=True) * scale[None, :, None] * scale[None, None, :]  # label units
         # the posterior cannot be wider than the prior: cap the Laplace sds at the prior box's (flat directions)
         sd = torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-300))
