@@ -283,16 +283,16 @@ def test_runner_resume_skip_and_failure_record(tmp_path):
     (out / ".a.npz.partial").write_bytes(b"junk")
     log = io.StringIO()
     c1 = run_design(tmp_path / "d.csv", out, cache_dir=CACHE, workers=1, setup=setup, limit=1, log=log)
-    assert c1 == {"ok": 1, "failed": 0, "skipped": 0}
+    assert c1 == {"ok": 1, "failed": 0, "skipped": 0, "outside_domain": 0}
     assert (out / "a.npz").exists() and not (out / ".a.npz.partial").exists()
     first = (out / "a.npz").read_bytes()
     c2 = run_design(tmp_path / "d.csv", out, cache_dir=CACHE, workers=1, setup=setup, log=log)
-    assert c2 == {"ok": 1, "failed": 1, "skipped": 1}
+    assert c2 == {"ok": 1, "failed": 1, "skipped": 1, "outside_domain": 0}
     assert (out / "a.npz").read_bytes() == first  # finished spectra are never recomputed
     rec = json.loads((out / "failed" / "bad.json").read_text())
     assert rec["status"] == "failed" and "T_eff" in rec["error"] and rec["labels"]["T_eff"] == 9000.0
     c3 = run_design(tmp_path / "d.csv", out, cache_dir=CACHE, workers=1, setup=setup, log=log)
-    assert c3 == {"ok": 0, "failed": 0, "skipped": 3}
+    assert c3 == {"ok": 0, "failed": 0, "skipped": 3, "outside_domain": 0}
     s = read_spectrum(out / "b.npz")
     assert s["meta"]["id"] == "b" and s["meta"]["status"] == "ok" and s["meta"]["medium"] == "vacuum"
     assert s["meta"]["cpu_seconds"] > 0 and "versions" in s["meta"]
@@ -326,3 +326,23 @@ def test_metallicity_margin_below_marcs_floor_uses_floor_atmosphere(tmp_path):
     assert sme.abund.A["Fe"] - ref.abund.A["Fe"] == pytest.approx(-0.08, abs=1e-6)
     with pytest.raises(LabelRangeError, match="M_H"):
         s.sme_structure(4600, 2.2, floor - 0.2, 0.0, 0.0, kinds=("atoms",))
+
+
+def test_runner_skips_rows_outside_the_physical_domain(tmp_path):
+    """No synthesis on C/O >= 1 (validation rows) or >= 1.12 (training rows, the design's [C/M] margin)."""
+    from specvit.labels import c_to_o
+    from specvit.spectra.synthesis.runner import out_of_domain_rows, run_design
+
+    d = pd.DataFrame({"id": ["in", "val_out", "train_margin", "train_out"], "split": ["train", "val", "train", "train"],
+                      "T_eff": [4600.0] * 4, "log_g": [2.2] * 4, "M_H": [0.0] * 4, "a_M": [0.0] * 4,
+                      "C_M": [0.0, 0.28, 0.30, 0.40]})
+    co = c_to_o(d[["T_eff", "log_g", "M_H", "a_M", "C_M"]].to_numpy())
+    assert co[1] > 1.0 and 1.0 < co[2] < 1.12 < co[3]
+    assert out_of_domain_rows(d, 1.0).tolist() == [False, True, False, True]
+    assert not out_of_domain_rows(d, None).any()
+    d.iloc[[1, 3]].to_csv(tmp_path / "d.csv", index=False)  # only out-of-domain rows: nothing is synthesised
+    log = io.StringIO()
+    c = run_design(tmp_path / "d.csv", tmp_path / "out", cache_dir=CACHE, workers=1, setup=SynthesisSetup(**WINDOW),
+                   max_c_to_o=1.0, log=log)
+    assert c == {"ok": 0, "failed": 0, "skipped": 0, "outside_domain": 2}
+    assert "outside the physical domain" in log.getvalue() and not list((tmp_path / "out").glob("*.npz"))

@@ -46,6 +46,10 @@ def register(subparsers) -> None:
     q.add_argument("--linelist-version", type=int, choices=(1, 2), default=2,
                    help="2 (default): atoms + CN/TiO + hydrogen Paschen lines; 1: without hydrogen "
                         "(an output directory holds one version)")
+    q.add_argument("--max-c-to-o", type=_c_to_o_limit, default=1.0, metavar="X|none",
+                   help="skip design rows outside the physical domain (docs/emulator.md): validation rows at "
+                        "C/O >= X, training rows at C/O >= X * 10**0.05 (the design's [C/M] margin); default 1; "
+                        "'none' synthesises every row (designs made before the domain, e.g. design_v1, hold such rows)")
     q.set_defaults(func=_cmd_run)
 
     q = sub.add_parser("refine", help="a refinement design: label sets where a committee of emulators disagrees most")
@@ -213,7 +217,8 @@ def _cmd_run(args) -> int:
     from specvit.spectra.synthesis.backend import SynthesisSetup
 
     counts = run_design(args.design, args.out, cache_dir=cache, workers=args.workers, limit=args.limit,
-                        retry_failed=args.retry_failed, setup=SynthesisSetup(hydrogen=args.linelist_version == 2))
+                        retry_failed=args.retry_failed, setup=SynthesisSetup(hydrogen=args.linelist_version == 2),
+                        max_c_to_o=args.max_c_to_o)
     print(json.dumps(counts))
     return 0
 

@@ -137,8 +137,27 @@ def run_design(design_path, out_dir, **kwargs) -> dict:
         return _run_design(design_path, out_dir, **kwargs)
 
 
+def out_of_domain_rows(df, max_c_to_o) -> np.ndarray:
+    """Bool per design row: outside the physical domain the design tools now respect (C/O >= ``max_c_to_o``
+    for validation rows, >= ``max_c_to_o`` * 10**margin[C_M] for training rows; None: no row)."""
+    from specvit.labels import outside_domain
+    from specvit.spectra.synthesis.design import DEFAULT_MARGIN
+
+    if max_c_to_o is None:
+        return np.zeros(len(df), dtype=bool)
+    lab = df[list(LABEL_NAMES)].to_numpy(dtype=float)
+    train = df["split"].astype(str).str.startswith("train").to_numpy() if "split" in df else np.ones(len(df), bool)
+    limit = np.where(train, max_c_to_o * 10 ** DEFAULT_MARGIN["C_M"], max_c_to_o)
+    out = np.zeros(len(df), dtype=bool)
+    for lim in np.unique(limit):
+        sel = limit == lim
+        out[sel] = outside_domain(lab[sel], LABEL_NAMES, max_c_to_o=float(lim))
+    return out
+
+
 def _run_design(design_path, out_dir, *, cache_dir, workers: int = 1, setup: SynthesisSetup | None = None,
-                limit: int | None = None, retry_failed: bool = False, log=sys.stdout) -> dict:
+                limit: int | None = None, retry_failed: bool = False, log=sys.stdout,
+                max_c_to_o: float | None = None) -> dict:
     out_dir = Path(out_dir)
     (out_dir / "failed").mkdir(parents=True, exist_ok=True)
     df = read_design(design_path)
@@ -153,6 +172,12 @@ def _run_design(design_path, out_dir, *, cache_dir, workers: int = 1, setup: Syn
             p.unlink()
     todo = pending_ids(df, out_dir, retry_failed=retry_failed)
     n_skipped = len(df) - len(todo)
+    outside = set(df["id"][out_of_domain_rows(df, max_c_to_o)])
+    n_outside = sum(1 for t in todo if t in outside)
+    if n_outside:  # no synthesis on carbon-star chemistry (C/O >= 1) the emulator does not cover
+        todo = [t for t in todo if t not in outside]
+        print(f"synthesis: {n_outside} pending rows outside the physical domain (C/O limit {max_c_to_o:g}) "
+              "skipped", file=log, flush=True)
     if limit is not None:
         todo = todo[:limit]
     rows = df.set_index("id").loc[todo, list(LABEL_NAMES)].to_numpy(dtype=float)
@@ -162,7 +187,7 @@ def _run_design(design_path, out_dir, *, cache_dir, workers: int = 1, setup: Syn
                       json.dumps({**asdict(setup), "linelist_version": setup.linelist_version}, indent=2))
     print(f"synthesis: {len(df)} in design, {n_skipped} already done/failed, {len(tasks)} to do, "
           f"{workers} worker(s)", file=log, flush=True)
-    counts = {"ok": 0, "failed": 0, "skipped": n_skipped}
+    counts = {"ok": 0, "failed": 0, "skipped": n_skipped, "outside_domain": n_outside}
     t_start = time.time()
     initargs = (str(cache_dir), asdict(setup), str(out_dir), design_meta)
     if workers <= 1:
