@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*points dropped.*")  # counted in the output instead
 
-    from specvit.fisher.ceiling import ceiling_by_magnitude, compute_information, default_forward
+    from specvit.fisher.ceiling import ceiling_by_magnitude, compute_information
+    from specvit.observe.forward import default_forward
     from specvit.fisher.points import make_points
 
     model, model_name = get_model()

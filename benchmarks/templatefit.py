@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from fisher import get_model  # benchmarks/fisher.py: default model or same-architecture surrogate
 
     from specvit.baselines.templatefit import fit_grid, fit_lm
-    from specvit.fisher.ceiling import default_forward
+    from specvit.observe.forward import default_forward
     from specvit.fisher.points import make_points
     from specvit.observe.noise import magnitude_errors
 

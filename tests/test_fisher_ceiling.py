@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from specvit.errors import InputError
-from specvit.fisher.ceiling import ceiling_by_magnitude, ceiling_by_snr_bin, compute_information, default_forward
+from specvit.fisher.ceiling import ceiling_by_magnitude, ceiling_by_snr_bin, compute_information
+from specvit.observe.forward import default_forward
 from specvit.fisher.points import make_points
 from specvit.observe.noise import magnitude_errors
 

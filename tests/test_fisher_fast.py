@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from specvit.fisher.ceiling import compute_information, default_forward
+from specvit.fisher.ceiling import compute_information
+from specvit.observe.forward import default_forward
 from specvit.observe.noise import MagnitudeNoise, magnitude_errors
 from specvit.fisher.information import crlb_bound, fisher_from_weights, fisher_matrices, resolve_free
 from specvit.observe.forward import ForwardModel

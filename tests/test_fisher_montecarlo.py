@@ -43,7 +43,7 @@ def test_ml_scatter_reaches_crlb_at_high_snr_and_departs_at_low_snr(fwd, tmp_pat
 def obs_fwd():
     from test_fisher_ceiling import small_model as arm_model
 
-    from specvit.fisher.ceiling import default_forward
+    from specvit.observe.forward import default_forward
 
     return default_forward(arm_model())[0]
 

@@ -21,7 +21,7 @@ def emulator():
 
 @pytest.fixture(scope="module")
 def fwd(emulator):
-    from specvit.fisher.ceiling import default_forward
+    from specvit.observe.forward import default_forward
 
     return default_forward(emulator)[0]  # through the PFS MR observer
 

@@ -83,7 +83,8 @@ def main():
     # 2. the Fisher ceiling of the same toy model per SNR bin (5D: all labels free)
     ceil_path = WORK / "ceiling.json"
     if not ceil_path.exists():
-        from specvit.fisher.ceiling import ceiling_by_snr_bin, compute_information, default_forward
+        from specvit.fisher.ceiling import ceiling_by_snr_bin, compute_information
+        from specvit.observe.forward import default_forward
         from specvit.fisher.points import make_points
 
         fwd, _ = default_forward(model)

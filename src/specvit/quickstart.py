@@ -158,7 +158,8 @@ def _templatefit(cfg: QuickstartConfig, paths: dict, out: Path):
 
 def _fisher(cfg: QuickstartConfig, paths: dict, out: Path):
     from specvit.data import open_dataset
-    from specvit.fisher.ceiling import ceiling_by_snr_bin, compute_information, default_forward
+    from specvit.fisher.ceiling import ceiling_by_snr_bin, compute_information
+    from specvit.observe.forward import default_forward
 
     forward, _ = default_forward()
     with open_dataset(paths["test"]) as ds:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -568,7 +568,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
 
 # ----------------------------------------------------------------------------- the CLI run
 def bayes_forward(config: BayesConfig):
-    from specvit.fisher.ceiling import default_forward
+    from specvit.observe.forward import default_forward
 
     return default_forward(model_spec=config.model)[0]
 

@@ -17,7 +17,6 @@ recorded in the partial file ``.<name>.partial``; rerun the same command).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -441,7 +440,7 @@ def simulate(cfg: SimulateConfig, out, *, n: int, seed: int, shards: int = 1, wo
     from tqdm import tqdm
 
     from specvit.atomic import OutputLock
-    from specvit.data.pfsspec import DatasetWriter, PARAMS_KEY, allocated_bytes, check_space, expected_bytes
+    from specvit.data.pfsspec import DatasetWriter, allocated_bytes, check_space, expected_bytes
 
     n, seed, workers = int(n), int(seed), int(workers)
     if n < 1:

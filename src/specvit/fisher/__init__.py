@@ -8,11 +8,12 @@
 >>> ceiling_by_magnitude(iset, label="log_g", nuisance="5d")["22.5"]["r2max_median"]
 """
 from specvit.fisher.ceiling import (InformationSet, ceiling_by_magnitude, ceiling_by_snr_bin, compute_information,
-                                    default_forward, summarise)
-from specvit.fisher.points import make_points
+                                    summarise)
 from specvit.fisher.information import (Bound, BayesBound, SmoothBoxPrior, crlb_bound, fisher_from_weights,
                                         fisher_matrix, prior_weights, r2_max, resolve_free, schur_complement,
                                         van_trees_bound)
+from specvit.fisher.points import make_points
+from specvit.observe.forward import default_forward  # the forward model's owner is observe/
 
 __all__ = [
     "fisher_matrix", "schur_complement", "crlb_bound", "r2_max", "van_trees_bound", "SmoothBoxPrior", "prior_weights",

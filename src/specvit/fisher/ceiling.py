@@ -24,7 +24,7 @@ from specvit.errors import InputError
 from specvit.fisher.information import (SmoothBoxPrior, crlb_bound, fisher_from_weights, fisher_matrices,
                                         prior_weights, resolve_free, van_trees_bound)
 from specvit.labels import canonical_label
-from specvit.observe.forward import ForwardModel, default_forward  # noqa: F401  (default_forward: part of fisher's API)
+from specvit.observe.forward import ForwardModel
 from specvit.observe.noise import MagnitudeNoise, magnitude_errors
 from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_index, snr_bin_labels
 from specvit.spectra.bosz import BOSZ_STEPS  # the grid spacing of the paper's nodes; also the default FD steps

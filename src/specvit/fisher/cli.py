@@ -45,8 +45,8 @@ def check_mags(mags) -> list[float]:
 
 
 def cmd_fisher(args) -> int:
-    from specvit.fisher.ceiling import (ceiling_by_magnitude, ceiling_by_snr_bin, compute_information,
-                                        default_forward)
+    from specvit.fisher.ceiling import ceiling_by_magnitude, ceiling_by_snr_bin, compute_information
+    from specvit.observe.forward import default_forward
     from specvit.fisher.information import resolve_free
     from specvit.fisher.points import make_points
 
@@ -126,7 +126,7 @@ def cmd_montecarlo(args) -> int:
     import pandas as pd
 
     from specvit.atomic import atomic_path
-    from specvit.fisher.ceiling import default_forward
+    from specvit.observe.forward import default_forward
     from specvit.observe.noise import magnitude_errors
     from specvit.fisher.montecarlo import crlb_scan, plot_validation, validate_crlb
     from specvit.spectra import load_spectral_model
