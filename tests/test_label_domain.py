@@ -186,13 +186,13 @@ def test_simulate_prior_excludes_c_rich_deterministically():
 
 
 def test_simulate_refuses_a_prior_beyond_the_model_domain(emulator):
-    from specvit.data.simulate import SimulateConfig, _check_prior
+    from specvit.data.simulate import SimulateConfig, check_prior
 
     cfg = SimulateConfig()
-    _check_prior(cfg, emulator)
+    check_prior(cfg, emulator)
     cfg.labels.max_c_to_o = None
     with pytest.raises(ConfigError, match="C/O"):
-        _check_prior(cfg, emulator)
+        check_prior(cfg, emulator)
 
 
 def test_simulate_config_key(tmp_path):

@@ -319,7 +319,7 @@ class _Likelihood:
     """log L(θ) = −½ Σ_p w_p (y_p − μ(θ)_p)² for N spectra at (N, M, L) draws."""
 
     def __init__(self, forward, y, w, mode_labels, kind: str):
-        from specvit.baselines.templatefit_fast import _exact_mu, observed_emulator
+        from specvit.baselines.templatefit_fast import exact_mu, observed_emulator
 
         self.forward, self.kind = forward, kind
         self.fast = observed_emulator(forward) if kind != "exact" else None
@@ -328,15 +328,15 @@ class _Likelihood:
         self.delta = None
         self.mode = np.asarray(mode_labels, dtype=np.float64)  # a point of the support per spectrum
         if kind == "corrected":  # the fast model's error at the mode, from one exact evaluation per spectrum
-            mu_exact = _exact_mu(forward, torch.as_tensor(mode_labels)).to(torch.float32)
+            mu_exact = exact_mu(forward, torch.as_tensor(mode_labels)).to(torch.float32)
             mu_fast = self.fast.evaluate(torch.as_tensor(mode_labels), jacobian=False)[0]
             self.delta = mu_exact - mu_fast
 
     def _mu(self, lab: np.ndarray) -> torch.Tensor:
-        from specvit.baselines.templatefit_fast import _exact_mu
+        from specvit.baselines.templatefit_fast import exact_mu
 
         if self.kind == "exact":
-            return _exact_mu(self.forward, torch.as_tensor(lab)).to(torch.float32)
+            return exact_mu(self.forward, torch.as_tensor(lab)).to(torch.float32)
         with torch.no_grad():
             f = self.fast.flux(torch.as_tensor(lab), jacobian=False)[0].numpy()
         # the median as the observer takes it (mean of the two middle pixels), by one partial sort (numpy's
@@ -408,7 +408,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
     truth : optional (N, L) true labels: the PIT (posterior CDF at the truth) for calibration checks.
     Rows with non-finite flux or a non-finite / non-positive error are flagged ``bad_input`` (NaN numbers).
     """
-    from specvit.baselines.templatefit import _grid_start, legendre_basis
+    from specvit.baselines.templatefit import coarse_grid_start, legendre_basis
     from specvit.baselines.templatefit_fast import domain_projector, lm_observed
 
     cfg = config or BayesConfig()
@@ -446,7 +446,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
     scale = (upper - lower)
     fixed = 0.5 * (prior.lower + prior.upper)
     free_idx = list(range(nl))
-    starts = [_grid_start(forward, y, w, names, fixed, -1, fast=True)]
+    starts = [coarse_grid_start(forward, y, w, names, fixed, -1, fast=True)]
     # the grid start is in the model box's units: map into the prior's
     starts[0] = np.clip((lo_box + starts[0] * (hi_box - lo_box) - prior.lower) / (prior.upper - prior.lower), 0, 1)
     # further starts: the grid node with the labels the coarse grid does not scan ([α/M], [C/M], the worst
@@ -604,7 +604,7 @@ def run_bayes(config: BayesConfig, forward=None) -> pd.DataFrame:
     ``rounds``, ``chi2_mode``, ``chi2_red_mode``, ``flag``, ``snr``, and ``true_<label>`` + ``<label>_pit``
     (posterior CDF at the truth) when the dataset has the truth.
     """
-    from specvit.baselines.templatefit import _check_input
+    from specvit.baselines.templatefit import check_input
     from specvit.data import fixed_noisy_flux, open_dataset
 
     if not config.input:
@@ -619,7 +619,7 @@ def run_bayes(config: BayesConfig, forward=None) -> pd.DataFrame:
             raise InputError(f"the dataset has {ds.n_wave} pixels but the forward model {len(forward.wave)}",
                              file=ds.path, field="spectrumdataset/wave", value=ds.n_wave)
         prior = dataset_prior(ds, forward, config)
-        _check_input(ds, forward, n, len(forward.wave))
+        check_input(ds, forward, n, len(forward.wave))
         _check_conditions(ds, np.arange(n))
         have_truth = all(k in ds.params.columns for k in forward.label_names)
         for s0 in range(0, n, config.batch_size):

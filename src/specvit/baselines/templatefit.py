@@ -303,7 +303,7 @@ def fit_lm(forward, flux, error, *, free=LABEL_NAMES, fixed_values=None, noise_l
     upper = torch.as_tensor(forward.upper[free_idx])
     n_free = len(free_idx)
     observed = _resolve_method(forward, method) == "observed"
-    starts = [_grid_start(forward, y, w, free, fixed, degree, fast=observed) if grid_start
+    starts = [coarse_grid_start(forward, y, w, free, fixed, degree, fast=observed) if grid_start
               else np.full((n, n_free), 0.5)]
     if n_starts > 1:
         if rng is None:
@@ -391,11 +391,11 @@ def _result(forward, names, free_idx, fixed, lower, upper, u_best, chi2, h, w, d
 START_GRID_STEPS = {"T_eff": BOSZ_STEPS["T_eff"], "log_g": BOSZ_STEPS["log_g"], "M_H": 2 * BOSZ_STEPS["M_H"]}
 
 
-#: Pixels summed per bin in the start-grid χ² of the observed-grid path (see :func:`_grid_start`).
+#: Pixels summed per bin in the start-grid χ² of the observed-grid path (see :func:`coarse_grid_start`).
 START_GRID_BIN = 4
 
 
-def _grid_start(forward, y, w, free, fixed, degree, *, fast: bool = False) -> np.ndarray:
+def coarse_grid_start(forward, y, w, free, fixed, degree, *, fast: bool = False) -> np.ndarray:
     """Best node of a coarse χ² grid search, as start in box units (N, F).
 
     ``fast``: the χ² on pixels binned by :data:`START_GRID_BIN` (inverse-variance
@@ -560,19 +560,19 @@ def templatefit_forward(config: TemplateFitConfig, wave=None):
     return fwd
 
 
-def _forward_wave(forward):
+def forward_wave(forward):
     """The wavelength grid the forward model's spectra are on (the observer's, else the model's), or None."""
     obs = getattr(forward, "observer", None)
     wave = getattr(obs, "wave", None) if obs is not None else getattr(getattr(forward, "model", None), "wave", None)
     return None if wave is None else np.asarray(wave, dtype=np.float64)
 
 
-def _check_input(ds, forward, n: int, n_model_pix: int) -> None:
+def check_input(ds, forward, n: int, n_model_pix: int) -> None:
     """The shared dataset checks before any fit: the model's grid, flux, errors, and the truth labels the file
     has (finite, inside the model's label box)."""
     from specvit.data.checks import check_dataset
 
-    wave = _forward_wave(forward)
+    wave = forward_wave(forward)
     truth = [k for k in forward.label_names if k in ds.params.columns]
     check_dataset(ds, role="templatefit input", n_rows=n,
                   ref_wave=wave if wave is not None and len(wave) == n_model_pix else None,
@@ -605,7 +605,7 @@ def run_templatefit(config: TemplateFitConfig, forward=None) -> pd.DataFrame:
             raise InputError(f"the dataset has {ds.n_wave} pixels but the model (through the observer: "
                              f"{config.use_observer}) gives {n_model_pix}", file=ds.path, field="spectrumdataset/wave",
                              value=ds.n_wave)
-        _check_input(ds, forward, n, n_model_pix)
+        check_input(ds, forward, n, n_model_pix)
         for s0 in range(0, n, config.batch_size):
             rows = np.arange(s0, min(n, s0 + config.batch_size))
             flux = np.asarray(ds.flux[rows], dtype=np.float64)

@@ -114,7 +114,7 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x[..., 0] if vec else x
 
 
-def _exact_mu(forward, labels) -> torch.Tensor:
+def exact_mu(forward, labels) -> torch.Tensor:
     """The exact model μ (n, P) float64: emulator on its grid, LSF + resampling, median normalisation.
 
     Same operator as ``forward.numpy`` (equal to ~1e-15), with the observer's blocked
@@ -259,7 +259,7 @@ def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, m
     exact = _Rows(y, w, basis, torch.float64)
     everyone = torch.arange(n)
     if polish_steps > 0:
-        mu_final = _exact_mu(forward, labels(u))
+        mu_final = exact_mu(forward, labels(u))
         lam = torch.full((n,), 1e-6, dtype=torch.float64)
         active = everyone
         for _ in range(polish_steps):
@@ -276,7 +276,7 @@ def lm_observed(forward, y, w, u0, *, s, free_idx, fixed, lower, upper, basis, m
             if len(active) == 0:
                 break
             u_new = keep_in((ua + _damped_step(h, g, lam[active])).clamp(0.0, 1.0))
-            mu_new = _exact_mu(forward, labels(u_new))
+            mu_new = exact_mu(forward, labels(u_new))
             chi2_new = exact.profile(mu_new, active)[3]
             better = chi2_new < chi2_a
             u[active] = torch.where(better[:, None], u_new, ua)

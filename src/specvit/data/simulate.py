@@ -165,7 +165,7 @@ def _grid_kwargs(cfg: SimulateConfig) -> dict:
                 pad_nodes=cfg.grid_pad_nodes)
 
 
-def _check_prior(cfg: SimulateConfig, model) -> None:
+def check_prior(cfg: SimulateConfig, model) -> None:
     for name in model.label_names:
         if name not in LABEL_NAMES:
             continue
@@ -194,7 +194,7 @@ class ChunkSimulator:
 
         self.cfg = cfg
         self.model = load_spectral_model(cfg.model, **_grid_kwargs(cfg)) if model is None else model
-        _check_prior(cfg, self.model)
+        check_prior(cfg, self.model)
         self.forward = ForwardModel.for_model(self.model, cfg.instrument)
         self.observer = self.forward.observer
         self.is_grid = hasattr(self.model, "interpolate")

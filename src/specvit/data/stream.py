@@ -102,7 +102,7 @@ class SimulatedStream:
     def __init__(self, *, cfg: SimulateStreamConfig, label_names: Sequence[str], batch_size: int,
                  noise_level: float = 1.0, seed: int = 0, rank: int = 0, world_size: int = 1, device="cpu",
                  model=None, dtype=torch.float32, field_prefix: str = "data.simulate."):
-        from specvit.data.simulate import _check_prior
+        from specvit.data.simulate import check_prior
         from specvit.data.torchdata import LabelScaler
         from specvit.observe.forward import ForwardModel
         from specvit.spectra import load_spectral_model
@@ -124,7 +124,7 @@ class SimulatedStream:
                               "emulator .npz or a torch MODULE:FACTORY); for a grid, run specvit simulate to a file",
                               field=field_prefix + "model", value=cfg.model)
         try:
-            _check_prior(cfg, model)
+            check_prior(cfg, model)
         except ConfigError as e:
             raise ConfigError(e.message, field=field_prefix + str(e.field), value=e.value) from None
         self.model = model

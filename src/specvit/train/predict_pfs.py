@@ -153,7 +153,7 @@ def _network_runner(model_dir, device, batch_size):
 
 
 def _templatefit_runner(config, forward):
-    from specvit.baselines.templatefit import (TemplateFitConfig, _forward_wave, fit_grid, fit_lm,
+    from specvit.baselines.templatefit import (TemplateFitConfig, forward_wave, fit_grid, fit_lm,
                                                templatefit_forward)
     from specvit.config import load_config
 
@@ -164,7 +164,7 @@ def _templatefit_runner(config, forward):
     else:
         cfg = load_config(TemplateFitConfig, config, [])
     forward = forward if forward is not None else templatefit_forward(cfg)
-    wave = _forward_wave(forward)
+    wave = forward_wave(forward)
     if wave is None:
         raise InputError("the template fit's spectral model has no wavelength grid", field="model", value=cfg.model)
     free = list(cfg.free_labels)
