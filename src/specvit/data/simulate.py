@@ -18,7 +18,6 @@ recorded in the partial file ``.<name>.partial``; rerun the same command).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import sys
 from dataclasses import dataclass, field
@@ -198,10 +197,6 @@ class ChunkSimulator:
         self.forward = ForwardModel.for_model(self.model, cfg.instrument)
         self.observer = self.forward.observer
         self.is_grid = hasattr(self.model, "interpolate")
-        # models that can write the stored dtype directly (the emulator's float32 path) skip a
-        # float64 round trip; the values are the same float32 numbers either way
-        flux_params = inspect.signature(self.model.flux).parameters
-        self._flux_kwargs = {"dtype": np.dtype(cfg.dtype)} if "dtype" in flux_params else {}
 
     def _sample_labels(self, rng, n) -> np.ndarray:
         return self.cfg.labels.sample(rng, n, self.model.label_names)
@@ -211,9 +206,7 @@ class ChunkSimulator:
         names = np.array(list(self.model.label_names) + [""], dtype=object)
         lab = self._sample_labels(rng, n)
         if not self.is_grid:
-            f = self.model.flux(lab, **self._flux_kwargs)
-            f = f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)  # torch-backed models
-            return lab, f, np.full(n, "", dtype=object)
+            return lab, self.forward.model_flux_as(lab, self.cfg.dtype), np.full(n, "", dtype=object)
         mode = self.cfg.interpolation
         res = self.model.interpolate(lab, mode=mode, rng=rng, on_missing="mask")
         flux, used, ip = res.flux, res.labels, res.interp_param

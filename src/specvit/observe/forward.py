@@ -199,10 +199,9 @@ class ForwardModel:
         if model_flux is None:
             lab = np.asarray(labels, dtype=np.float64)
             self.check_labels(lab)
-            f = self.model.flux(lab, dtype=np.dtype(dtype)) if _accepts_dtype(self.model) else self.model.flux(lab)
+            f = self.model_flux_as(lab, dtype)
         else:
-            f = model_flux
-        f = f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)
+            f = model_flux.detach().cpu().numpy() if hasattr(model_flux, "detach") else np.asarray(model_flux)
         return self.observer.observe(f.astype(dtype, copy=False), conditions, out=out,
                                      return_components=return_components)
 
@@ -375,6 +374,12 @@ class ForwardModel:
             with torch.no_grad():
                 return self.model.flux(torch.as_tensor(labels)).detach().numpy().astype(np.float64)
         return np.asarray(self.model.flux(labels, extrapolate=True), dtype=np.float64)
+
+    def model_flux_as(self, labels, dtype) -> np.ndarray:
+        """The model's own F_lambda (N, n_model) as numpy, computed in ``dtype`` where the model can (the
+        emulator's fused float32 path writes float32 directly: no float64 round trip, the same numbers)."""
+        f = self.model.flux(labels, dtype=np.dtype(dtype)) if _accepts_dtype(self.model) else self.model.flux(labels)
+        return f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)  # torch-backed models
 
     def _model_flux_fd(self, labels) -> np.ndarray:
         """:meth:`model_flux` for finite-difference stencils: a point inside the domain may have a stencil
