@@ -58,3 +58,20 @@ def test_labels(toy_model):
         toy_model.flux([[9000, 2, 0, 0, 0]])
     f = toy_model.flux([[4500, 2, 0, 0, 0], [5500, 4, -1, 0.2, 0]])
     assert f.shape == (2, toy_model.n_wave) and np.isfinite(f).all() and (f > 0).all()
+
+
+def test_python_dash_m_specvit_is_the_cli():
+    """``python -m specvit`` runs the same command as ``specvit``: help, version and the error exit code."""
+    import os
+    import subprocess
+    from pathlib import Path
+    import sys
+
+    import specvit
+
+    env = {**os.environ, "PYTHONPATH": str(Path(specvit.__file__).parents[1])}
+    res = subprocess.run([sys.executable, "-m", "specvit", "--version"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == f"specvit {specvit.__version__}", res.stderr
+    res = subprocess.run([sys.executable, "-m", "specvit", "train", "--config", "/nonexistent/x.yaml"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "/nonexistent/x.yaml" in res.stderr, (res.returncode, res.stderr[-500:])
