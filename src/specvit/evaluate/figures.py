@@ -214,6 +214,7 @@ def plot_r2_vs_snr(
     label: str = "log_g",
     title: str | None = None,
     ylim=(-0.1, 1.02),
+    optimal: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Figure:
     """Per-SNR-bin R² of each model against the Fisher ceilings (the paper's Figure 1).
 
@@ -229,6 +230,9 @@ def plot_r2_vs_snr(
         ("bayes"/"van trees" -> Bayesian, else CRLB).
     bin_edges : sequence of float
         SNR bin edges (per-spectrum SNR = median flux / error).
+    optimal : {name: metrics}, optional
+        Reference estimators drawn in black with a thick line (same forms as ``models``): the Bayes
+        posterior mean under the simulator's own prior and likelihood, the "Bayes-optimal" curve.
     """
     edges = _arr(bin_edges, "bin_edges")
     nb = len(edges) - 1
@@ -250,7 +254,9 @@ def plot_r2_vs_snr(
         else:
             ax.lines[-1].set_label(cname)
     styles = _styles(list(models))
-    for name, m in models.items():
+    for name in optimal or {}:
+        styles[name] = {"color": "black", "marker": "D", "linestyle": "-", "optimal": True}
+    for name, m in {**dict(models), **dict(optimal or {})}.items():
         if "labels" in m:  # the full output of evaluate_predictions
             m = r2_bins_from_metrics(m, label)
             if len(m["edges"]) != len(edges) or not np.allclose(m["edges"], edges):
@@ -260,11 +266,13 @@ def plot_r2_vs_snr(
             raise InputError("each model needs an 'r2' array per bin", field=f"models[{name!r}]", value=sorted(m))
         r2 = _arr(m["r2"], f"models[{name!r}].r2", length=nb)
         s = styles[name]
-        ax.plot(x, r2, color=s["color"], marker=s["marker"], ls=s["linestyle"], lw=1.6, ms=6, label=name, zorder=3)
+        opt = s.get("optimal", False)
+        ax.plot(x, r2, color=s["color"], marker=s["marker"], ls=s["linestyle"], lw=2.6 if opt else 1.6,
+                ms=5 if opt else 6, label=name, zorder=4 if opt else 3)
         if m.get("lo") is not None and m.get("hi") is not None:
             lo = _arr(m["lo"], f"models[{name!r}].lo", length=nb)
             hi = _arr(m["hi"], f"models[{name!r}].hi", length=nb)
-            ax.fill_between(x, lo, hi, color=s["color"], alpha=0.2, lw=0, zorder=2)
+            ax.fill_between(x, lo, hi, color=s["color"], alpha=0.12 if opt else 0.2, lw=0, zorder=2)
     for e in edges:
         ax.axvline(e, color="0.9", lw=0.6, zorder=-1)
     ax.set_xscale("log")
