@@ -21,6 +21,8 @@ Figures
 6. :func:`plot_attention` -- SpecViT attention over the spectrum with the
    strongest lines marked (see :mod:`specvit.evaluate.attention` for how to
    extract it from a model).
+7. :func:`plot_sigma_vs_posterior` -- each network's (calibrated) 1σ against the
+   posterior standard deviation of the same noisy spectrum, per label (issue #14).
 """
 from __future__ import annotations
 
@@ -587,4 +589,73 @@ def plot_attention(patch_wave, attention, *, wave=None, flux=None, lines=None, l
     ax.set_ylabel("attention per patch / uniform")
     ax.legend(loc="upper left", ncol=4, fontsize=8)
     axes[0].set_title(title)
+    return fig
+
+
+def plot_sigma_vs_posterior(network_sigma: Mapping[str, np.ndarray], posterior_sigma: np.ndarray, *,
+                            label_names, prior_sd=None, title: str | None = None) -> Figure:
+    """Per-spectrum 1σ of each network against the posterior sd of the same spectrum, one panel per label.
+
+    Parameters
+    ----------
+    network_sigma : {name: (N, L) array} 1σ in label units (e.g. the calibrated ``<label>_err`` of
+        ``specvit predict``), rows aligned with ``posterior_sigma``.
+    posterior_sigma : (N, L) posterior standard deviations (``<label>_sd`` of ``specvit baseline bayes``).
+    label_names : the L labels (column order).
+    prior_sd : optional (L,) sd of the prior, drawn as a dotted line (a network that has learned nothing
+        predicts about this).
+    Log-log axes, the 1:1 line dashed; the legend gives each network's median ratio σ_net / σ_post.
+    """
+    names = list(label_names)
+    post = _arr(posterior_sigma, "posterior_sigma", ndim=2)
+    if post.shape[1] != len(names):
+        raise InputError(f"posterior_sigma has {post.shape[1]} columns for {len(names)} labels",
+                         field="posterior_sigma", value=post.shape)
+    nets = {}
+    for name, sig in network_sigma.items():
+        a = _arr(sig, f"network_sigma[{name!r}]", ndim=2)
+        if a.shape != post.shape:
+            raise InputError("network and posterior sigmas must have the same shape (rows aligned)",
+                             field=f"network_sigma[{name!r}]", value=(a.shape, post.shape))
+        nets[name] = a
+    styles = _styles(list(nets))
+    ncol = min(3, len(names))
+    nrow = -(-len(names) // ncol)
+    fig = _new_figure((4.0 * ncol, 3.7 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for j, lab in enumerate(names):
+        ax = axes[j]
+        y0 = post[:, j]
+        vals = [y0] + [a[:, j] for a in nets.values()]
+        good = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in vals])
+        if good.size == 0:
+            ax.set_visible(False)
+            continue
+        lo, hi = np.quantile(good, 0.002) / 1.5, np.quantile(good, 0.998) * 1.5
+        for name, a in nets.items():
+            ok = np.isfinite(a[:, j]) & np.isfinite(y0) & (a[:, j] > 0) & (y0 > 0)
+            ratio = np.median(a[ok, j] / y0[ok]) if ok.any() else np.nan
+            st = styles[name]
+            ax.scatter(y0[ok], a[ok, j], s=7, alpha=0.45, color=st["color"], marker=st["marker"], lw=0,
+                       label=f"{name} (median ratio {ratio:.2f})")
+        ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1)
+        if prior_sd is not None:
+            ps = float(np.asarray(prior_sd, dtype=float)[j])
+            ax.axhline(ps, color="0.5", ls=":", lw=1)
+            ax.axvline(ps, color="0.5", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        from matplotlib.ticker import NullFormatter
+
+        for axis in (ax.xaxis, ax.yaxis):  # a narrow range would label every minor tick, overlapping
+            axis.set_minor_formatter(NullFormatter())
+        text = _label_text(lab)
+        ax.set_xlabel(f"posterior sd, {text}")
+        ax.set_ylabel(f"network σ, {text}")
+        ax.legend(loc="upper left", fontsize=7, frameon=False, markerscale=2)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title or "network σ vs the posterior sd of the same noisy spectrum (dashed: 1:1; dotted: prior sd)")
     return fig
