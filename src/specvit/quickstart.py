@@ -82,8 +82,8 @@ class QuickstartConfig:
     templatefit_starts: int = 2  #: Levenberg-Marquardt starts per spectrum (first: best coarse-grid node)
     templatefit_iterations: int = 15
     #: Bayes posterior (specvit.baselines.bayes) of the first N test spectra, same fixed test noise (0 = skip);
-    #: ~11 spectra per CPU-second on this project's machine, so 500 adds ~45 s
-    bayes_spectra: int = 500
+    #: ~11 spectra per CPU-second on this project's machine (one thread), so 1000 add ~90 CPU-s
+    bayes_spectra: int = 1000
     bayes_samples: int = 384  #: importance draws per round and spectrum (BayesConfig.n_samples)
     fisher_points: int = 400  #: ceilings at the labels of the first N test spectra (0 = skip)
     fisher_mags: list[float] = field(default_factory=lambda: [19.0, 20.0, 20.5, 21.0, 21.25, 21.5, 21.75, 22.0, 22.25, 22.5, 23.0])

@@ -604,7 +604,8 @@ def plot_sigma_vs_posterior(network_sigma: Mapping[str, np.ndarray], posterior_s
     label_names : the L labels (column order).
     prior_sd : optional (L,) sd of the prior, drawn as a dotted line (a network that has learned nothing
         predicts about this).
-    Log-log axes, the 1:1 line dashed; the legend gives each network's median ratio σ_net / σ_post.
+    One row per network, one column per label; log-log axes, the 1:1 line dashed; each panel gives the
+    network's median ratio σ_net / σ_post.
     """
     names = list(label_names)
     post = _arr(posterior_sigma, "posterior_sigma", ndim=2)
@@ -618,44 +619,42 @@ def plot_sigma_vs_posterior(network_sigma: Mapping[str, np.ndarray], posterior_s
             raise InputError("network and posterior sigmas must have the same shape (rows aligned)",
                              field=f"network_sigma[{name!r}]", value=(a.shape, post.shape))
         nets[name] = a
+    from matplotlib.ticker import NullFormatter
+
     styles = _styles(list(nets))
-    ncol = min(3, len(names))
-    nrow = -(-len(names) // ncol)
-    fig = _new_figure((4.0 * ncol, 3.7 * nrow))
-    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    nrow, ncol = max(1, len(nets)), len(names)
+    fig = _new_figure((2.9 * ncol, 2.7 * nrow + 0.4))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for j, lab in enumerate(names):
-        ax = axes[j]
         y0 = post[:, j]
         vals = [y0] + [a[:, j] for a in nets.values()]
         good = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in vals])
-        if good.size == 0:
-            ax.set_visible(False)
-            continue
-        lo, hi = np.quantile(good, 0.002) / 1.5, np.quantile(good, 0.998) * 1.5
-        for name, a in nets.items():
+        lo, hi = (np.quantile(good, 0.001) / 1.3, np.quantile(good, 0.999) * 1.3) if good.size else (0.1, 1.0)
+        for i, (name, a) in enumerate(nets.items()):
+            ax = axes[i, j]
             ok = np.isfinite(a[:, j]) & np.isfinite(y0) & (a[:, j] > 0) & (y0 > 0)
             ratio = np.median(a[ok, j] / y0[ok]) if ok.any() else np.nan
             st = styles[name]
-            ax.scatter(y0[ok], a[ok, j], s=7, alpha=0.45, color=st["color"], marker=st["marker"], lw=0,
-                       label=f"{name} (median ratio {ratio:.2f})")
-        ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1)
-        if prior_sd is not None:
-            ps = float(np.asarray(prior_sd, dtype=float)[j])
-            ax.axhline(ps, color="0.5", ls=":", lw=1)
-            ax.axvline(ps, color="0.5", ls=":", lw=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        from matplotlib.ticker import NullFormatter
-
-        for axis in (ax.xaxis, ax.yaxis):  # a narrow range would label every minor tick, overlapping
-            axis.set_minor_formatter(NullFormatter())
-        text = _label_text(lab)
-        ax.set_xlabel(f"posterior sd, {text}")
-        ax.set_ylabel(f"network σ, {text}")
-        ax.legend(loc="upper left", fontsize=7, frameon=False, markerscale=2)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
+            ax.scatter(y0[ok], a[ok, j], s=5, alpha=0.35, color=st["color"], marker="o", lw=0)
+            ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1)
+            if prior_sd is not None:
+                ps = float(np.asarray(prior_sd, dtype=float)[j])
+                ax.axhline(ps, color="0.5", ls=":", lw=1)
+                ax.axvline(ps, color="0.5", ls=":", lw=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+            for axis in (ax.xaxis, ax.yaxis):  # a narrow range would label every minor tick, overlapping
+                axis.set_minor_formatter(NullFormatter())
+            ax.text(0.97, 0.04, f"{name}\nmedian σ/sd = {ratio:.2f}", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=8, color=st["color"])
+            text = _label_text(lab)
+            if i == nrow - 1:
+                ax.set_xlabel(f"posterior sd, {text}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{name} σ", fontsize=9)
+            if i == 0:
+                ax.set_title(text, fontsize=10)
     fig.suptitle(title or "network σ vs the posterior sd of the same noisy spectrum (dashed: 1:1; dotted: prior sd)")
     return fig
