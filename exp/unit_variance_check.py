@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 
 from specvit.data import open_dataset
-from specvit.train.calibration import SigmaCalibration, calibrate_model_dir
+from specvit.train.calibration import SigmaCalibration
+from specvit.train.predict import calibrate_model_dir
 
 labels = ["T_eff", "log_g", "M_H", "a_M", "C_M"]
 with open_dataset("data/unc/test.h5") as ds:

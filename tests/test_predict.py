@@ -128,7 +128,8 @@ def test_shipped_configs_load(name):
 
 def test_trainer_writes_calibration_and_predict_applies_it(trained, tmp_path):
     """Gaussian model + validation: model/calibration.json; predict's _err = scale x raw; --raw-sigma gives raw."""
-    from specvit.train.calibration import CALIBRATION_FILE, SigmaCalibration, calibrate_model_dir
+    from specvit.train.calibration import CALIBRATION_FILE, SigmaCalibration
+    from specvit.train.predict import calibrate_model_dir
 
     model = trained / "run" / "model"
     cal = SigmaCalibration.load(model / CALIBRATION_FILE)

@@ -232,34 +232,3 @@ def load_model_calibration(model_dir, *, label_names=None, check_weights: bool =
                              value=cal.weights_sha256[:12])
     return cal
 
-
-def calibrate_model_dir(model_dir, val_path, *, noise_level: float, noise_seed: int, method: str = "coverage68",
-                        max_rows: int | None = None, batch_size: int = 256, write: bool = True) -> SigmaCalibration:
-    """Fit (and by default write) ``model_dir/calibration.json`` from a validation dataset.
-
-    The same noisy validation spectra the trainer uses (fixed per-row noise ``noise_level``, ``noise_seed``,
-    :func:`specvit.observe.noise.fixed_normal`); rows the predictor flags as bad input are an error.
-    ``specvit calibrate`` runs this (e.g. for a model trained before calibration existed)."""
-    from specvit.data import open_dataset
-    from specvit.train.predict import predict_dataset
-
-    cat = predict_dataset(model_dir, val_path, noise_level=noise_level, seed=noise_seed, batch_size=batch_size,
-                          max_rows=max_rows, calibrate=False)
-    if "sigma" not in cat.attrs:
-        raise InputError("the model has no Gaussian head: nothing to calibrate", file=str(model_dir),
-                         field="model_config/gaussian", value=False)
-    names = [c[: -len("_err")] for c in cat.columns if c.endswith("_err")]
-    with open_dataset(val_path) as ds:
-        missing = [n for n in names if n not in ds.params.columns]
-        if missing:
-            raise InputError("validation set has no true values for this label", file=str(val_path),
-                             field=f"params/{missing[0]}", value=missing[0])
-        truth = ds.labels(names)[: len(cat)]
-    cal = SigmaCalibration.fit(truth, cat[names].to_numpy(float), cat[[f"{n}_err" for n in names]].to_numpy(float),
-                               label_names=names, method=method,
-                               source={"val": str(val_path), "noise_level": noise_level, "noise_seed": noise_seed,
-                                       "max_val_rows": max_rows, "fitted_by": "specvit calibrate"})
-    cal.weights_sha256 = weights_digest(model_dir)
-    if write:
-        cal.save(Path(model_dir) / CALIBRATION_FILE)
-    return cal

@@ -108,7 +108,8 @@ def _train(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from specvit.train.calibration import CALIBRATION_FILE, calibrate_model_dir
+    from specvit.train.calibration import CALIBRATION_FILE
+    from specvit.train.predict import calibrate_model_dir
 
     cal = calibrate_model_dir(args.model, args.val, noise_level=args.noise_level, noise_seed=args.seed,
                               method=args.method, max_rows=args.max_rows)
