@@ -154,7 +154,8 @@ def _predict_pfs(args, level: float) -> int:
         raise InputError("observed PFS spectra already carry their noise: --noise-level is for simulated datasets",
                          field="--noise-level", value=level)
     cat, info = predict_pfs(args.model, args.input, batch_size=args.batch_size, device=args.device,
-                            rv_table=args.rv_table, templatefit_config=args.templatefit_config)
+                            rv_table=args.rv_table, templatefit_config=args.templatefit_config,
+                            calibrate=not args.raw_sigma)
     write_catalog(cat, args.out, info={"model": str(args.model), "input": str(args.input), "rv_table": args.rv_table,
                                        **info})
     if args.stellarparam:
