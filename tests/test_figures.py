@@ -177,3 +177,14 @@ def test_ceilings_from_fisher_output():
     assert len(fig.axes[0].collections) == 1  # one band (CRLB); van Trees is one value per bin: a line
     with pytest.raises(InputError, match="bin"):
         F.ceilings_from_fisher({"1-2": {}})
+
+
+def test_r2_vs_snr_draws_the_bayes_optimal_curve(tmp_path):
+    r2 = np.linspace(0.1, 0.9, NB)
+    fig = F.plot_r2_vs_snr({"mlp": {"r2": r2}}, optimal={"Bayes posterior mean": {"r2": r2 + 0.05}})
+    opt = next(l for l in fig.axes[0].lines if l.get_label() == "Bayes posterior mean")
+    np.testing.assert_allclose(opt.get_ydata(), r2 + 0.05)
+    assert opt.get_color() == "black" and opt.get_linewidth() > 2
+    with pytest.raises(InputError):
+        F.plot_r2_vs_snr({"mlp": {"r2": r2}}, optimal={"bayes": {"r2": r2[:-1]}})
+    _png_ok(fig, tmp_path, "r2snr_opt")

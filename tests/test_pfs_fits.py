@@ -365,3 +365,26 @@ def test_templatefit_on_pfs_fits(tmp_path):
     assert cat.loc[0, "log_g"] == pytest.approx(2.5, abs=0.05)
     assert cat.loc[0, "M_H"] == pytest.approx(-0.5, abs=0.05)
     assert np.isfinite(cat.loc[0, "T_eff_err"])
+
+
+def test_predict_pfs_applies_the_sigma_calibration(tmp_path, grid_nm, model_dir):
+    """A Gaussian model with calibration.json: <label>_err = scale x raw (the dataset route's rule)."""
+    import shutil
+
+    from specvit.train.calibration import CALIBRATION_FILE, SigmaCalibration, weights_digest
+    from specvit.train.predict_pfs import predict_pfs
+
+    model = tmp_path / "model_copy"
+    shutil.copytree(model_dir[0], model)
+    fnu, var = _observed(grid_nm, _smooth_flam(grid_nm * 10))
+    f = write_pfs_fits(tmp_path / _name("pfsObject", 0x200), grid_nm, fnu, var)
+    raw, info_raw = predict_pfs(model, f)
+    assert info_raw["sigma"] == "raw (no calibration.json)"
+    SigmaCalibration(labels=["log_g", "T_eff"], scale=[3.0, 2.0],
+                     weights_sha256=weights_digest(model)).save(model / CALIBRATION_FILE)
+    cal, info = predict_pfs(model, f)
+    assert info["sigma"] == "calibrated"
+    assert cal["T_eff_err"].iloc[0] == pytest.approx(2.0 * raw["T_eff_err"].iloc[0], rel=1e-9)
+    assert cal["log_g_err"].iloc[0] == pytest.approx(3.0 * raw["log_g_err"].iloc[0], rel=1e-9)
+    off, info_off = predict_pfs(model, f, calibrate=False)
+    assert off["log_g_err"].iloc[0] == raw["log_g_err"].iloc[0] and info_off["sigma"] == "raw (calibration disabled)"

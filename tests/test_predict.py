@@ -51,8 +51,9 @@ def test_predict_catalogue_columns_flags_uncertainties(trained, capsys):
                "--out", str(out), "--noise-level", "1", "--seed", "3"])
     assert rc == 0
     cat = pd.read_csv(out)
-    assert list(cat.columns) == ["id", "row", "log_g", "log_g_err", "T_eff", "T_eff_err", "snr", "flag_nan_input",
-                                 "flag_label_range", "flag_snr_range", "flags"]
+    assert list(cat.columns) == ["id", "row", "log_g", "log_g_err", "log_g_err_raw", "T_eff", "T_eff_err",
+                                 "T_eff_err_raw", "snr", "flag_nan_input", "flag_label_range", "flag_snr_range",
+                                 "flags"]  # the trainer wrote model/calibration.json: _err calibrated, _err_raw raw
     assert len(cat) == 50 and list(cat["id"]) == list(range(50))
     assert cat.loc[4, "flag_nan_input"] and np.isnan(cat.loc[4, "log_g"]) and cat.loc[4, "flags"] & 1
     ok = cat.drop(index=4)
@@ -123,3 +124,52 @@ def test_shipped_configs_load(name):
             ("specvit_p16_h256_l6", 200, 256, "bf16")
         assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.min_lr, cfg.optim.clip_grad_norm, cfg.run.seed) == \
             (3e-4, 0.01, 1e-5, 0.5, 42)
+
+
+def test_trainer_writes_calibration_and_predict_applies_it(trained, tmp_path):
+    """Gaussian model + validation: model/calibration.json; predict's _err = scale x raw; --raw-sigma gives raw."""
+    from specvit.train.calibration import CALIBRATION_FILE, SigmaCalibration
+    from specvit.train.predict import calibrate_model_dir
+
+    model = trained / "run" / "model"
+    cal = SigmaCalibration.load(model / CALIBRATION_FILE)
+    assert cal.labels == ["log_g", "T_eff"] and cal.n_rows == 48 and cal.method == "coverage68"
+    assert np.allclose(cal.calibrated["cov68"], 0.6827, atol=1 / 48 + 1e-9)  # the quantile on 48 rows
+    metrics = json.loads((trained / "run" / "metrics.json").read_text())
+    assert metrics["sigma_calibration"]["scale"] == cal.scale
+    # `specvit calibrate` re-fits from the same validation spectra: the trainer's noise is predict's
+    src = cal.source  # data.noise_seed of the config (default 0), recorded by the trainer
+    assert src["noise_seed"] == 0 and src["noise_level"] == 1.0 and src["fitted_by"] == "trainer"
+    refit = calibrate_model_dir(model, trained / "val.h5", noise_level=1.0, noise_seed=0, write=False)
+    assert np.allclose(refit.scale, cal.scale, rtol=1e-4)
+    args = ["predict", "--model", str(model), "--input", str(trained / "test.h5"), "--noise-level", "1", "--seed", "3"]
+    assert main(args + ["--out", str(tmp_path / "c.csv")]) == 0
+    assert main(args + ["--out", str(tmp_path / "r.csv"), "--raw-sigma"]) == 0
+    c, r = pd.read_csv(tmp_path / "c.csv"), pd.read_csv(tmp_path / "r.csv")
+    assert "log_g_err_raw" not in r.columns
+    for j, name in enumerate(cal.labels):
+        assert np.allclose(r[f"{name}_err"], c[f"{name}_err_raw"], equal_nan=True)
+        assert np.allclose(c[f"{name}_err"], cal.scale[j] * r[f"{name}_err"], equal_nan=True)
+    meta = json.loads((tmp_path / "c.csv.json").read_text())
+    assert meta["sigma"] == "calibrated" and meta["sigma_scale"]["T_eff"] == cal.scale[1]
+    assert json.loads((tmp_path / "r.csv.json").read_text())["sigma"] == "raw (calibration disabled)"
+
+
+def test_calibration_of_other_labels_or_weights_is_refused(trained, tmp_path, capsys):
+    import shutil
+
+    from specvit.train.calibration import CALIBRATION_FILE
+
+    model = tmp_path / "model"
+    shutil.copytree(trained / "run" / "model", model)
+    doc = json.loads((model / CALIBRATION_FILE).read_text())
+    args = ["predict", "--model", str(model), "--input", str(trained / "test.h5"), "--out", str(tmp_path / "x.csv")]
+    (model / CALIBRATION_FILE).write_text(json.dumps({**doc, "labels": ["log_g", "M_H"]}))
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "calibration is for labels ['log_g', 'M_H']" in err and str(model / CALIBRATION_FILE) in err
+    (model / CALIBRATION_FILE).write_text(json.dumps({**doc, "weights_sha256": "0" * 64}))
+    assert main(args) != 0
+    assert "other weights" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+    assert main(args + ["--raw-sigma"]) == 0  # the raw sigmas need no calibration

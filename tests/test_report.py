@@ -82,3 +82,71 @@ def test_report_cli_from_prediction_tables(tmp_path):
     assert html.count("data:image/png;base64,") == 3  # R² vs SNR + two parity figures
     assert main(["report", "--pred", "nocsv", "--out", str(tmp_path / "x")]) == 2
     assert main(["report", "--pred", f"x={tmp_path / 'missing.csv'}", "--out", str(tmp_path / "x")]) == 2
+
+
+def _unc_inputs(rng, n=4000):
+    """A network whose calibrated sigma is right (z ~ N(0,1)) and whose raw sigma is half of it; a posterior."""
+    truth = pd.DataFrame({"log_g": rng.uniform(1, 5, n), "M_H": rng.uniform(-2, 0.5, n)})
+    sig = rng.uniform(0.1, 0.4, (n, 2))
+    pred = truth.to_numpy() + sig * rng.standard_normal((n, 2))
+    cat = pd.DataFrame({"row": np.arange(n)})
+    for j, lab in enumerate(["log_g", "M_H"]):
+        cat[lab], cat[f"{lab}_err"], cat[f"{lab}_err_raw"] = pred[:, j], sig[:, j], 0.5 * sig[:, j]
+    m = n // 4  # the posterior of the first quarter: a Gaussian of sd 0.2 around a draw
+    b = pd.DataFrame({"row": np.arange(m), "flag": ["ok"] * (m - 1) + ["bad_input"]})
+    for lab in ["log_g", "M_H"]:
+        t = truth[lab].to_numpy()[:m]
+        mean = t + 0.2 * rng.standard_normal(m)
+        b[f"true_{lab}"], b[f"{lab}_mean"], b[f"{lab}_sd"] = t, mean, 0.2
+        for q, k in (("2.5", -1.96), ("16", -1.0), ("84", 1.0), ("97.5", 1.96)):
+            b[f"{lab}_q{q}"] = mean + k * 0.2
+    return cat, truth, b
+
+
+def test_uncertainty_tables_coverage_and_r2():
+    from specvit.evaluate.report import markdown_table, uncertainty_tables
+
+    rng = np.random.default_rng(5)
+    cat, truth, b = _unc_inputs(rng)
+    table, sub = uncertainty_tables({"net": cat}, truth, label_names=["log_g", "M_H"], bayes=b)
+    assert len(sub) == len(b) - 1  # the bad_input row is not scored
+    net = table[table.model == "net"].set_index("label")
+    assert np.allclose(net["cov68_cal"], 0.6827, atol=0.02) and np.allclose(net["cov95_cal"], 0.9545, atol=0.01)
+    assert np.allclose(net["cov68_raw"], 0.3829, atol=0.02)  # |z| <= 0.5 for a unit normal
+    t, p = truth["log_g"].to_numpy(), cat["log_g"].to_numpy()
+    assert net.loc["log_g", "r2"] == pytest.approx(1 - np.sum((p - t) ** 2) / np.sum((t - t.mean()) ** 2))
+    post = table[table.model == "bayes posterior"].set_index("label")
+    assert (post["n"] == len(sub)).all()
+    assert np.allclose(post["cov68_cal"], 0.6827, atol=0.04) and np.allclose(post["cov95_cal"], 0.95, atol=0.025)
+    md = markdown_table(table)
+    assert md.startswith("| model | label |") and "bayes posterior" in md
+    with pytest.raises(InputError, match="net/M_H_err"):
+        uncertainty_tables({"net": cat.drop(columns=["M_H_err"])}, truth, label_names=["log_g", "M_H"])
+
+
+def test_uncertainty_cli_and_sigma_figure(tmp_path):
+    """`specvit uncertainty` on catalogues + a dataset's truth writes the tables and the sigma figure."""
+    from specvit.cli import main
+    from specvit.evaluate.figures import plot_sigma_vs_posterior
+    from test_train_data import write_dataset
+
+    rng = np.random.default_rng(6)
+    write_dataset(tmp_path / "test.h5", n_rows=400, n_pixels=16, seed=0)
+    truth = pd.read_hdf(tmp_path / "test.h5", "dataset/params")
+    cat, _, b = _unc_inputs(rng, n=400)
+    for j, lab in enumerate(["log_g", "M_H"]):  # re-centre on the file's truth
+        if lab in truth.columns:
+            cat[lab] = truth[lab].to_numpy() + cat[f"{lab}_err"] * rng.standard_normal(400)
+            b[f"true_{lab}"] = truth[lab].to_numpy()[:100]
+    labs = [x for x in ["log_g", "M_H"] if x in truth.columns]
+    cat.to_csv(tmp_path / "cat.csv", index=False)
+    b.to_csv(tmp_path / "bayes.csv", index=False)
+    rc = main(["uncertainty", "--pred", f"net={tmp_path / 'cat.csv'}", "--truth", str(tmp_path / "test.h5"),
+               "--bayes", str(tmp_path / "bayes.csv"), "--labels", *labs, "--out", str(tmp_path / "u")])
+    assert rc == 0
+    assert (tmp_path / "u" / "figures" / "sigma_vs_posterior.png").stat().st_size > 10_000
+    table = pd.read_csv(tmp_path / "u" / "uncertainty.csv")
+    assert set(table["model"]) == {"net", "bayes posterior"} and set(table["label"]) == set(labs)
+    assert "| net |" in (tmp_path / "u" / "uncertainty.md").read_text()
+    with pytest.raises(InputError, match="same shape"):
+        plot_sigma_vs_posterior({"net": np.ones((5, 2))}, np.ones((4, 2)), label_names=["a", "b"])

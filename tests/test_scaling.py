@@ -170,7 +170,9 @@ def test_predict_model_dir_gaussian_head_and_label_selection(splits, tmp_path):
     save_model(tmp_path / "m", m, label_names=["T_eff", "log_g"], label_mean=[4800.0, 3.0], label_std=[600.0, 1.2])
     df = predict_model_dir(tmp_path / "m", splits["test"], labels=["log_g"], noise_level=1.0, noise_seed=42,
                            max_rows=40, batch_size=16)
-    assert list(df.columns) == ["id", "row", "snr", "log_g_true", "log_g_pred", "log_g_sigma"] and len(df) == 40
+    assert list(df.columns) == ["id", "row", "snr", "log_g_true", "log_g_pred", "log_g_sigma",
+                                "log_g_sigma_raw"] and len(df) == 40
+    assert np.array_equal(df["log_g_sigma"], df["log_g_sigma_raw"])  # no calibration.json: raw
     ds = open_split(splits["test"], ["log_g"], split="test")
     x = noisy_chunk(ds, 0, 40, noise_level=1.0, seed=42)
     ds.close()
@@ -180,3 +182,12 @@ def test_predict_model_dir_gaussian_head_and_label_selection(splits, tmp_path):
     np.testing.assert_allclose(df["log_g_sigma"], 1.2 * np.exp(0.5 * log_var[:, 1].double().numpy()), rtol=1e-5)
     with pytest.raises(InputError, match="M_H"):
         predict_model_dir(tmp_path / "m", splits["test"], labels=["M_H"], noise_level=1.0, noise_seed=42)
+    # with the model's sigma calibration: log_g's own scale (3.0), not T_eff's
+    from specvit.train.calibration import CALIBRATION_FILE, SigmaCalibration, weights_digest
+
+    SigmaCalibration(labels=["log_g", "T_eff"], scale=[3.0, 2.0],
+                     weights_sha256=weights_digest(tmp_path / "m")).save(tmp_path / "m" / CALIBRATION_FILE)
+    cal = predict_model_dir(tmp_path / "m", splits["test"], labels=["log_g"], noise_level=1.0, noise_seed=42,
+                            max_rows=40, batch_size=16)
+    np.testing.assert_allclose(cal["log_g_sigma"], 3.0 * df["log_g_sigma_raw"])
+    np.testing.assert_allclose(cal["log_g_sigma_raw"], df["log_g_sigma_raw"])

@@ -71,6 +71,9 @@ def test_every_loss_trains(files, tmp_path, loss):
     meta = read_meta(tmp_path / "model")
     assert meta.model_config["gaussian"] is (loss == "gaussian_nll")
     assert meta.extras["train_config"]["loss"]["kind"] == loss
+    # the sigma calibration (specvit.train.calibration) exists exactly for the Gaussian head
+    assert (tmp_path / "model" / "calibration.json").exists() is (loss == "gaussian_nll")
+    assert ("sigma_calibration" in res) is (loss == "gaussian_nll")
 
 
 def test_loss_values_match_formulas():

@@ -1,9 +1,10 @@
 """``specvit quickstart``: the main job, end to end, on the embedded default spectral model.
 
 simulate train / val / test (PFS MR arm) -> train SpecViT, CNN, MLP (training engine) and
-LightGBM, Ridge on the same split -> template fit of the test spectra -> Fisher ceilings
-(Cramer-Rao and van Trees) at the test labels -> per-SNR-bin evaluation of every model on the
-same noisy test spectra -> figures -> ``report.html`` and ``metrics.json``.
+LightGBM, Ridge on the same split -> template fit of the test spectra -> the Bayes posterior of the
+first test spectra (``specvit baseline bayes``: the Bayes-optimal estimate under the simulator's prior
+and likelihood) -> Fisher ceilings (Cramer-Rao and van Trees) at the test labels -> per-SNR-bin
+evaluation of every model on the same noisy test spectra -> figures -> ``report.html`` and ``metrics.json``.
 
 Sized to finish in well under 15 minutes on a 2-core laptop; every size is a config key
 (``--set n_train=100000 ...``), and the same modules scale to the paper's runs
@@ -15,9 +16,12 @@ Output folder::
     data/{train,val,test}.h5        the simulated split (pfsspec layout)
     runs/<model>/n<N>/              each model's run (config, weights, predictions.csv, metrics)
     templatefit/predictions.csv     the template fit of the first test spectra
+    bayes/catalogue.csv             the posterior of the first test spectra (all five labels, percentiles, flags)
     fisher/ceiling_by_snr_bin.json  the ceilings per SNR bin
     report.html, figures/*.png      the report
-    metrics.json                    per model: overall test R2, MAE, RMSE, bias, per-SNR-bin R2; the ceilings
+    metrics.json                    per model: overall test R2, MAE, RMSE, bias, per-SNR-bin R2; the ceilings;
+                                    coverage: 68/95 % interval coverage per label of the Bayes posterior and
+                                    of every Gaussian-head network (raw and calibrated sigmas)
     config.yaml                     resolved config, seeds, versions, command
 """
 from __future__ import annotations
@@ -77,6 +81,10 @@ class QuickstartConfig:
     templatefit_spectra: int = 200  #: template-fit the first N test spectra (0 = skip)
     templatefit_starts: int = 2  #: Levenberg-Marquardt starts per spectrum (first: best coarse-grid node)
     templatefit_iterations: int = 15
+    #: Bayes posterior (specvit.baselines.bayes) of the first N test spectra, same fixed test noise (0 = skip);
+    #: ~11 spectra per CPU-second on this project's machine (one thread), so 1000 add ~90 CPU-s
+    bayes_spectra: int = 1000
+    bayes_samples: int = 384  #: importance draws per round and spectrum (BayesConfig.n_samples)
     fisher_points: int = 400  #: ceilings at the labels of the first N test spectra (0 = skip)
     fisher_mags: list[float] = field(default_factory=lambda: [19.0, 20.0, 20.5, 21.0, 21.25, 21.5, 21.75, 22.0, 22.25, 22.5, 23.0])
     fisher_nuisance: str = "5d"  #: labels marginalised (5d: every label is free, as in the simulation)
@@ -87,6 +95,11 @@ class QuickstartConfig:
         for k in ("n_train", "n_val", "n_test"):
             if getattr(self, k) < 10:
                 raise ConfigError("needs at least 10 spectra", field=k, value=getattr(self, k))
+        for k in ("bayes_spectra", "templatefit_spectra", "fisher_points"):
+            if getattr(self, k) < 0:
+                raise ConfigError("must be >= 0 (0 = skip)", field=k, value=getattr(self, k))
+        if self.bayes_samples < 1:
+            raise ConfigError("must be >= 1", field="bayes_samples", value=self.bayes_samples)
         if self.fisher_nuisance not in ("3d", "5d"):
             raise ConfigError("must be 3d or 5d", field="fisher_nuisance", value=self.fisher_nuisance)
 
@@ -156,6 +169,61 @@ def _templatefit(cfg: QuickstartConfig, paths: dict, out: Path):
     return table, metrics
 
 
+def _bayes(cfg: QuickstartConfig, paths: dict, out: Path):
+    """Posterior of the first ``bayes_spectra`` test spectra with the shared fixed test noise.
+
+    Returns (shared prediction table of ``cfg.label`` over the usable rows, its metrics, coverage of every label).
+    """
+    import pandas as pd
+
+    from specvit.baselines.bayes import BayesConfig, bayes_table, coverage, run_bayes
+    from specvit.baselines.common import write_csv
+    from specvit.scores import evaluate_predictions
+
+    cat_path = out / "catalogue.csv"
+    if cat_path.exists():  # resume
+        df = pd.read_csv(cat_path)
+    else:
+        bc = BayesConfig(input=str(paths["test"]), output="", noise_level=cfg.noise_level,
+                         noise_seed=cfg.eval_noise_seed, seed=cfg.seed, max_spectra=cfg.bayes_spectra,
+                         n_samples=cfg.bayes_samples)
+        df = run_bayes(bc)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(cat_path, df)
+    names = [n for n in ("T_eff", "log_g", "M_H", "a_M", "C_M") if f"true_{n}" in df.columns]
+    table, _ = bayes_table(df, names)
+    use = df["flag"].isin(["ok", "low_ess"]).to_numpy()  # bad_input / poor_fit rows are not scored
+    table = table[use].reset_index(drop=True)
+    metrics = evaluate_predictions(table, [cfg.label], "snr", cfg.seed, n_resamples=cfg.bootstrap_resamples)
+    cov = coverage(df, names)
+    flags = {str(k): int(v) for k, v in df["flag"].value_counts().items()}
+    return table, metrics, {"per_label": cov, "flags": flags, "n_spectra": int(len(df))}
+
+
+def _network_coverage(pred_path: Path) -> dict | None:
+    """68/95 % coverage of a Gaussian network's sigmas per label (calibrated and raw), or None."""
+    import pandas as pd
+
+    from specvit.train.calibration import coverage
+
+    df = pd.read_csv(pred_path)
+    names = [c[: -len("_sigma")] for c in df.columns if c.endswith("_sigma")]
+    if not names:
+        return None
+    out = {}
+    for n in names:
+        t, p = df[f"{n}_true"].to_numpy(float), df[f"{n}_pred"].to_numpy(float)
+        ok = np.isfinite(p)
+        entry = {}
+        for kind, col in (("calibrated", f"{n}_sigma"), ("raw", f"{n}_sigma_raw")):
+            if col in df.columns:
+                c = coverage(t[ok], p[ok], df[col].to_numpy(float)[ok])
+                entry[kind] = {"cov68": c["cov68"][0], "cov95": c["cov95"][0], "z_rms": c["z_rms"][0]}
+        entry["n"] = int(ok.sum())
+        out[n] = entry
+    return out
+
+
 def _fisher(cfg: QuickstartConfig, paths: dict, out: Path):
     from specvit.data import open_dataset
     from specvit.fisher.ceiling import ceiling_by_snr_bin, compute_information
@@ -207,6 +275,9 @@ def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
     if cfg.templatefit_spectra > 0:
         tf = clock.step(f"template fit of {cfg.templatefit_spectra} test spectra", _templatefit, cfg, paths,
                         out / "templatefit")
+    bayes = None
+    if cfg.bayes_spectra > 0:
+        bayes = clock.step(f"Bayes posterior of {cfg.bayes_spectra} test spectra", _bayes, cfg, paths, out / "bayes")
     fisher = None
     if cfg.fisher_points > 0:
         fisher = clock.step("Fisher ceilings", _fisher, cfg, paths, out / "fisher")
@@ -215,6 +286,8 @@ def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
     per_model = {name: r["result"]["test"] for name, r in models.items()}
     if tf is not None:
         per_model["templatefit"] = tf[1]
+    if bayes is not None:
+        per_model["bayes"] = bayes[1]
     from specvit.snr_bins import SNR_BIN_EDGES, snr_bin_labels
 
     metrics: dict[str, Any] = {"label": cfg.label, "n_train": cfg.n_train, "n_test": cfg.n_test,
@@ -228,19 +301,46 @@ def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
                                    "per_snr_bin": entry["snr_bins"]}
         rows.append({"model": name, "R2": o["r2"], "MAE": o["mae"], "RMSE": o["rmse"], "bias": o["bias"],
                      "n_test": o["n"]})
+    # interval coverage (fraction of truths inside the 68 % / 95 % intervals) per label
+    metrics["coverage"] = {}
+    if bayes is not None:
+        metrics["coverage"]["bayes"] = bayes[2]
+        metrics["models"]["bayes"]["coverage"] = bayes[2]["per_label"]
+    for name, r in models.items():
+        cov = _network_coverage(r["dir"] / "predictions.csv")
+        if cov is not None:
+            metrics["coverage"][name] = cov
+            metrics["models"][name]["coverage"] = cov
     if fisher is not None:
         metrics["ceiling_by_snr_bin"] = fisher[2]
         metrics["ceiling_label_variance"] = fisher[3]
     summary_table = pd.DataFrame(rows)
+    cov_rows = []
+    for name, cov in metrics["coverage"].items():
+        per_label = cov.get("per_label", cov)
+        for lab, c in per_label.items():
+            kinds = [("posterior", c)] if "cov68" in c else [(k, c[k]) for k in ("raw", "calibrated") if k in c]
+            for kind, v in kinds:
+                cov_rows.append({"model": name, "label": lab, "interval": kind, "coverage 68%": v["cov68"],
+                                 "coverage 95%": v["cov95"], "n": c.get("n")})
 
     # ---- figures
     figs, captions = {}, {}
     ceilings = F.ceilings_from_fisher(fisher[2]) if fisher is not None else None
-    figs["r2_vs_snr"] = F.plot_r2_vs_snr(per_model, ceilings=ceilings, label=cfg.label,
+    optimal = None
+    if bayes is not None:
+        optimal = {f"Bayes posterior mean (first {bayes[2]['n_spectra']} test spectra)": per_model.pop("bayes")}
+    figs["r2_vs_snr"] = F.plot_r2_vs_snr(per_model, ceilings=ceilings, label=cfg.label, optimal=optimal,
                                          title=f"test R² of {cfg.label} per SNR bin (N_train = {cfg.n_train})")
+    if bayes is not None:
+        per_model.update({"bayes": bayes[1]})
     captions["r2_vs_snr"] = ("R² per SNR bin for every model on the same noisy test spectra (bands: bootstrap "
                              "10-90%), against the Cramér-Rao ceiling (unbiased estimators; band p10-p90 over "
-                             "points) and the van Trees ceiling (any estimator, with the training prior).")
+                             "points) and the van Trees ceiling (any estimator, with the training prior)"
+                             + ("; black: the posterior mean under the simulator's own prior and likelihood "
+                                "(the Bayes-optimal estimate for squared error, here on the first "
+                                f"{bayes[2]['n_spectra']} test spectra), which an estimator trained on "
+                                "this prior can at best reach." if bayes is not None else "."))
     spec_pred = pd.read_csv(models[cfg.models[0].name]["dir"] / "predictions.csv")
     envelope = _sigma_min_of_test(fisher[0], fisher[1], cfg, spec_pred["snr"].to_numpy()) if fisher else None
     figs["parity"] = F.plot_parity(spec_pred[f"{cfg.label}_true"], spec_pred[f"{cfg.label}_pred"],
@@ -252,7 +352,8 @@ def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
     metrics["timings_s"] = timings
     report = write_report(
         out, title="specvit quickstart", metrics=to_jsonable(metrics), figures=figs,
-        tables={"test metrics": summary_table, "SNR bins": pd.DataFrame({"bin": snr_bin_labels()})},
+        tables={"test metrics": summary_table, "SNR bins": pd.DataFrame({"bin": snr_bin_labels()}),
+                **({"interval coverage (targets 0.683 / 0.954)": pd.DataFrame(cov_rows)} if cov_rows else {})},
         config=config_to_dict(cfg), provenance=provenance({"seed": cfg.seed}), timings=timings, captions=captions,
         summary=_summary(cfg, metrics))
     log(f"quickstart: wrote {report} and {out / 'metrics.json'} in {timings['total']:.0f} s")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from specvit.atomic import atomic_path
 
 from specvit.errors import InputError
 
@@ -64,6 +67,60 @@ def _report(args) -> int:
     return 0
 
 
+def _uncertainty(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from specvit.atomic import write_text_atomic
+    from specvit.config import provenance
+    from specvit.data import open_dataset
+    from specvit.evaluate.figures import plot_sigma_vs_posterior
+    from specvit.evaluate.report import markdown_table, uncertainty_tables, write_report
+    from specvit.labels import canonical_label
+
+    labels = [canonical_label(x) for x in args.labels]
+
+    def read(path, what):
+        try:
+            return pd.read_csv(path)
+        except (OSError, pd.errors.ParserError) as e:
+            raise InputError(f"cannot read the {what} ({e})", file=path) from None
+
+    cats = {}
+    for item in args.pred:
+        if "=" not in item:
+            raise InputError("--pred must look like NAME=catalogue.csv", field="--pred", value=item)
+        name, path = item.split("=", 1)
+        cats[name] = read(path, "catalogue")
+    with open_dataset(args.truth) as ds:
+        truth = pd.DataFrame(ds.labels(labels), columns=labels)
+    bayes = read(args.bayes, "bayes catalogue") if args.bayes else None
+    table, sub = uncertainty_tables(cats, truth, label_names=labels, bayes=bayes)
+    figures, captions = {}, {}
+    if bayes is not None:
+        b = bayes.set_index("row").loc[sub]
+        post = b[[f"{x}_sd" for x in labels]].to_numpy(float)
+        nets = {n: c.set_index("row").loc[sub, [f"{x}_err" for x in labels]].to_numpy(float) for n, c in cats.items()}
+        figures["sigma_vs_posterior"] = plot_sigma_vs_posterior(nets, post, label_names=labels,
+                                                                prior_sd=truth[labels].std().to_numpy())
+        captions["sigma_vs_posterior"] = (
+            f"Per test spectrum ({len(sub)} spectra, the same fixed noise), each network's calibrated 1σ "
+            "against the posterior sd; dashed 1:1, dotted: sd of the test labels (≈ the prior's).")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = table.copy()
+    with atomic_path(out / "uncertainty.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    write_text_atomic(out / "uncertainty.md", markdown_table(fmt))
+    path = write_report(out, title=args.title, metrics={"table": table.to_dict(orient="records")},
+                        figures=figures, captions=captions, tables={"accuracy and coverage": table},
+                        config={"pred": args.pred, "truth": args.truth, "bayes": args.bayes, "labels": labels},
+                        provenance=provenance())
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(path)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "scaling", help="test R2 vs training-set size (prefixes of one training set) for every model",
@@ -92,3 +149,20 @@ def register(subparsers) -> None:
     p.add_argument("--title", default="specvit report")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (recorded in metrics.json)")
     p.set_defaults(func=_report)
+
+    p = subparsers.add_parser(
+        "uncertainty", help="accuracy and 68/95%% interval coverage of Gaussian networks vs the Bayes posterior",
+        description="Issue #14's report (docs/uncertainty.md): for catalogues of `specvit predict` (Gaussian-head "
+                    "models; <label>_err calibrated, <label>_err_raw raw) on a test set with true labels, and "
+                    "optionally the `specvit baseline bayes` catalogue of the same noisy spectra: per label the test "
+                    "R2 and the coverage of pred±sigma and pred±2sigma, raw and calibrated, the posterior's central "
+                    "68/95 % intervals, and the figure of each network's sigma against the posterior sd per "
+                    "spectrum. Writes OUT/uncertainty.csv, uncertainty.md, report.html, metrics.json, figures/.")
+    p.add_argument("--pred", action="append", required=True, metavar="NAME=CSV",
+                   help="a model's specvit predict catalogue; repeatable")
+    p.add_argument("--truth", required=True, metavar="DATASET", help="the test dataset the catalogues were made from")
+    p.add_argument("--bayes", default=None, metavar="CSV", help="specvit baseline bayes catalogue of the same test set")
+    p.add_argument("--labels", nargs="+", default=["T_eff", "log_g", "M_H", "a_M", "C_M"])
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--title", default="specvit uncertainty report")
+    p.set_defaults(func=_uncertainty)

@@ -21,6 +21,8 @@ Figures
 6. :func:`plot_attention` -- SpecViT attention over the spectrum with the
    strongest lines marked (see :mod:`specvit.evaluate.attention` for how to
    extract it from a model).
+7. :func:`plot_sigma_vs_posterior` -- each network's (calibrated) 1σ against the
+   posterior standard deviation of the same noisy spectrum, per label (issue #14).
 """
 from __future__ import annotations
 
@@ -214,6 +216,7 @@ def plot_r2_vs_snr(
     label: str = "log_g",
     title: str | None = None,
     ylim=(-0.1, 1.02),
+    optimal: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Figure:
     """Per-SNR-bin R² of each model against the Fisher ceilings (the paper's Figure 1).
 
@@ -229,6 +232,9 @@ def plot_r2_vs_snr(
         ("bayes"/"van trees" -> Bayesian, else CRLB).
     bin_edges : sequence of float
         SNR bin edges (per-spectrum SNR = median flux / error).
+    optimal : {name: metrics}, optional
+        Reference estimators drawn in black with a thick line (same forms as ``models``): the Bayes
+        posterior mean under the simulator's own prior and likelihood, the "Bayes-optimal" curve.
     """
     edges = _arr(bin_edges, "bin_edges")
     nb = len(edges) - 1
@@ -250,7 +256,9 @@ def plot_r2_vs_snr(
         else:
             ax.lines[-1].set_label(cname)
     styles = _styles(list(models))
-    for name, m in models.items():
+    for name in optimal or {}:
+        styles[name] = {"color": "black", "marker": "D", "linestyle": "-", "optimal": True}
+    for name, m in {**dict(models), **dict(optimal or {})}.items():
         if "labels" in m:  # the full output of evaluate_predictions
             m = r2_bins_from_metrics(m, label)
             if len(m["edges"]) != len(edges) or not np.allclose(m["edges"], edges):
@@ -260,11 +268,13 @@ def plot_r2_vs_snr(
             raise InputError("each model needs an 'r2' array per bin", field=f"models[{name!r}]", value=sorted(m))
         r2 = _arr(m["r2"], f"models[{name!r}].r2", length=nb)
         s = styles[name]
-        ax.plot(x, r2, color=s["color"], marker=s["marker"], ls=s["linestyle"], lw=1.6, ms=6, label=name, zorder=3)
+        opt = s.get("optimal", False)
+        ax.plot(x, r2, color=s["color"], marker=s["marker"], ls=s["linestyle"], lw=2.6 if opt else 1.6,
+                ms=5 if opt else 6, label=name, zorder=4 if opt else 3)
         if m.get("lo") is not None and m.get("hi") is not None:
             lo = _arr(m["lo"], f"models[{name!r}].lo", length=nb)
             hi = _arr(m["hi"], f"models[{name!r}].hi", length=nb)
-            ax.fill_between(x, lo, hi, color=s["color"], alpha=0.2, lw=0, zorder=2)
+            ax.fill_between(x, lo, hi, color=s["color"], alpha=0.12 if opt else 0.2, lw=0, zorder=2)
     for e in edges:
         ax.axvline(e, color="0.9", lw=0.6, zorder=-1)
     ax.set_xscale("log")
@@ -579,4 +589,72 @@ def plot_attention(patch_wave, attention, *, wave=None, flux=None, lines=None, l
     ax.set_ylabel("attention per patch / uniform")
     ax.legend(loc="upper left", ncol=4, fontsize=8)
     axes[0].set_title(title)
+    return fig
+
+
+def plot_sigma_vs_posterior(network_sigma: Mapping[str, np.ndarray], posterior_sigma: np.ndarray, *,
+                            label_names, prior_sd=None, title: str | None = None) -> Figure:
+    """Per-spectrum 1σ of each network against the posterior sd of the same spectrum, one panel per label.
+
+    Parameters
+    ----------
+    network_sigma : {name: (N, L) array} 1σ in label units (e.g. the calibrated ``<label>_err`` of
+        ``specvit predict``), rows aligned with ``posterior_sigma``.
+    posterior_sigma : (N, L) posterior standard deviations (``<label>_sd`` of ``specvit baseline bayes``).
+    label_names : the L labels (column order).
+    prior_sd : optional (L,) sd of the prior, drawn as a dotted line (a network that has learned nothing
+        predicts about this).
+    One row per network, one column per label; log-log axes, the 1:1 line dashed; each panel gives the
+    network's median ratio σ_net / σ_post.
+    """
+    names = list(label_names)
+    post = _arr(posterior_sigma, "posterior_sigma", ndim=2)
+    if post.shape[1] != len(names):
+        raise InputError(f"posterior_sigma has {post.shape[1]} columns for {len(names)} labels",
+                         field="posterior_sigma", value=post.shape)
+    nets = {}
+    for name, sig in network_sigma.items():
+        a = _arr(sig, f"network_sigma[{name!r}]", ndim=2)
+        if a.shape != post.shape:
+            raise InputError("network and posterior sigmas must have the same shape (rows aligned)",
+                             field=f"network_sigma[{name!r}]", value=(a.shape, post.shape))
+        nets[name] = a
+    from matplotlib.ticker import NullFormatter
+
+    styles = _styles(list(nets))
+    nrow, ncol = max(1, len(nets)), len(names)
+    fig = _new_figure((2.9 * ncol, 2.7 * nrow + 0.4))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for j, lab in enumerate(names):
+        y0 = post[:, j]
+        vals = [y0] + [a[:, j] for a in nets.values()]
+        good = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in vals])
+        lo, hi = (np.quantile(good, 0.001) / 1.3, np.quantile(good, 0.999) * 1.3) if good.size else (0.1, 1.0)
+        for i, (name, a) in enumerate(nets.items()):
+            ax = axes[i, j]
+            ok = np.isfinite(a[:, j]) & np.isfinite(y0) & (a[:, j] > 0) & (y0 > 0)
+            ratio = np.median(a[ok, j] / y0[ok]) if ok.any() else np.nan
+            st = styles[name]
+            ax.scatter(y0[ok], a[ok, j], s=5, alpha=0.35, color=st["color"], marker="o", lw=0)
+            ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1)
+            if prior_sd is not None:
+                ps = float(np.asarray(prior_sd, dtype=float)[j])
+                ax.axhline(ps, color="0.5", ls=":", lw=1)
+                ax.axvline(ps, color="0.5", ls=":", lw=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+            for axis in (ax.xaxis, ax.yaxis):  # a narrow range would label every minor tick, overlapping
+                axis.set_minor_formatter(NullFormatter())
+            ax.text(0.97, 0.04, f"{name}\nmedian σ/sd = {ratio:.2f}", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=8, color=st["color"])
+            text = _label_text(lab)
+            if i == nrow - 1:
+                ax.set_xlabel(f"posterior sd, {text}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{name} σ", fontsize=9)
+            if i == 0:
+                ax.set_title(text, fontsize=10)
+    fig.suptitle(title or "network σ vs the posterior sd of the same noisy spectrum (dashed: 1:1; dotted: prior sd)")
     return fig

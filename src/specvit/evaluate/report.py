@@ -205,3 +205,94 @@ def write_report(
     path = out / "report.html"
     write_text_atomic(path, doc)
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# uncertainty report (issue #14): accuracy and interval coverage of Gaussian networks and the posterior
+# ------------------------------------------------------------------------------------------------
+def _r2(t, p) -> float:
+    ok = np.isfinite(t) & np.isfinite(p)
+    t, p = t[ok], p[ok]
+    if t.size < 2:
+        return float("nan")
+    return float(1.0 - np.sum((p - t) ** 2) / np.sum((t - t.mean()) ** 2))
+
+
+def _cov(t, p, s, k: float) -> float:
+    ok = np.isfinite(t) & np.isfinite(p) & np.isfinite(s)
+    return float(np.mean(np.abs(p[ok] - t[ok]) <= k * s[ok])) if ok.any() else float("nan")
+
+
+def uncertainty_tables(catalogues: Mapping[str, object], truth, *, label_names, bayes=None):
+    """Per model and label: test R², and 68/95 % coverage of the raw and calibrated sigmas (+ the posterior's).
+
+    Parameters
+    ----------
+    catalogues : {name: DataFrame from ``specvit predict``} with ``row``, ``<label>``, ``<label>_err`` and
+        (calibrated models) ``<label>_err_raw``.
+    truth : DataFrame of the test set's true labels (the dataset's params), indexed by row.
+    label_names : labels to report.
+    bayes : optional ``specvit baseline bayes`` catalogue (``row``, ``<label>_mean/_sd/_q2.5/_q16/_q84/_q97.5``,
+        ``true_<label>``, ``flag``): its rows (flag ok or low_ess) form the "posterior subset" on which every
+        model is also scored.
+
+    Returns ``(table, subset_rows)``: a DataFrame with one row per (model, label); network coverage is
+    ``|pred − true| ≤ σ`` (68.3 % target) and ``≤ 2σ`` (95.4 %); the posterior's is the central 68 % / 95 %
+    credible interval (q16–q84, q2.5–q97.5), and ``cov68_sd``/``cov95_sd`` its ±1/±2 sd intervals.
+    """
+    import pandas as pd
+
+    names = list(label_names)
+    sub = None
+    if bayes is not None:
+        use = bayes["flag"].isin(["ok", "low_ess"]).to_numpy() if "flag" in bayes.columns else np.ones(len(bayes), bool)
+        sub = bayes["row"].to_numpy()[use]
+    rows = []
+    for model, cat in catalogues.items():
+        if "row" not in cat.columns:
+            raise InputError("catalogue has no 'row' column (write it with specvit predict)", field=f"{model}/row")
+        r = cat["row"].to_numpy()
+        for lab in names:
+            for col in (lab, f"{lab}_err"):
+                if col not in cat.columns:
+                    raise InputError("catalogue lacks a column (a Gaussian-head model's specvit predict output?)",
+                                     field=f"{model}/{col}")
+            t = truth[lab].to_numpy(float)[r]
+            p = cat[lab].to_numpy(float)
+            s_cal = cat[f"{lab}_err"].to_numpy(float)
+            s_raw = cat[f"{lab}_err_raw"].to_numpy(float) if f"{lab}_err_raw" in cat.columns else s_cal
+            row = {"model": model, "label": lab, "n": int(np.isfinite(p).sum()), "r2": _r2(t, p),
+                   "cov68_raw": _cov(t, p, s_raw, 1), "cov95_raw": _cov(t, p, s_raw, 2),
+                   "cov68_cal": _cov(t, p, s_cal, 1), "cov95_cal": _cov(t, p, s_cal, 2),
+                   "sigma_median": float(np.nanmedian(s_cal))}
+            if sub is not None:
+                m = np.isin(r, sub)
+                row["r2_subset"] = _r2(t[m], p[m])
+                row["cov68_cal_subset"] = _cov(t[m], p[m], s_cal[m], 1)
+                row["cov95_cal_subset"] = _cov(t[m], p[m], s_cal[m], 2)
+            rows.append(row)
+    if bayes is not None:
+        b = bayes[bayes["row"].isin(sub)]
+        for lab in names:
+            t = b[f"true_{lab}"].to_numpy(float)
+            mean, sd = b[f"{lab}_mean"].to_numpy(float), b[f"{lab}_sd"].to_numpy(float)
+            c68 = float(np.mean((t >= b[f"{lab}_q16"]) & (t <= b[f"{lab}_q84"])))
+            c95 = float(np.mean((t >= b[f"{lab}_q2.5"]) & (t <= b[f"{lab}_q97.5"])))
+            rows.append({"model": "bayes posterior", "label": lab, "n": int(len(b)), "r2": _r2(t, mean),
+                         "cov68_cal": c68, "cov95_cal": c95, "cov68_sd": _cov(t, mean, sd, 1),
+                         "cov95_sd": _cov(t, mean, sd, 2), "sigma_median": float(np.nanmedian(sd)),
+                         "r2_subset": _r2(t, mean), "cov68_cal_subset": c68, "cov95_cal_subset": c95})
+    return pd.DataFrame(rows), sub
+
+
+def markdown_table(df, *, digits: int = 3) -> str:
+    """A DataFrame as a GitHub markdown table (floats to ``digits`` decimals, NaN as an empty cell)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if not math.isfinite(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body]) + "\n"

@@ -187,7 +187,9 @@ def predict_model_dir(model_dir, data_path, *, labels, noise_level: float, noise
 
     The noisy flux is :func:`specvit.baselines.common.noisy_chunk` with ``noise_seed`` -- the very
     spectra the baselines are tested on. Returns the shared prediction table
-    (``id, row, snr, <label>_true, <label>_pred[, <label>_sigma]``).
+    (``id, row, snr, <label>_true, <label>_pred[, <label>_sigma, <label>_sigma_raw]``): for a Gaussian head
+    ``<label>_sigma`` is the calibrated sigma when the model directory has a ``calibration.json``
+    (:mod:`specvit.train.calibration`, as ``specvit predict`` does) and ``<label>_sigma_raw`` the network's own.
     """
     import torch
 
@@ -213,7 +215,16 @@ def predict_model_dir(model_dir, data_path, *, labels, noise_level: float, noise
                         sigmas.append(np.exp(0.5 * log_var.double().numpy()) * np.asarray(meta.label_std))
         pred = np.concatenate(means)[:, cols]
         sig = np.concatenate(sigmas)[:, cols] if sigmas else None
-        return prediction_table(ds, n, labels, pred, sig)
+        if sig is None:
+            return prediction_table(ds, n, labels, pred, None)
+        from specvit.train.calibration import load_model_calibration
+
+        cal = load_model_calibration(model_dir, label_names=meta.label_names)  # checks labels and weights
+        cal_sig = sig if cal is None else sig * cal.scales_for(meta.label_names)[cols]
+        df = prediction_table(ds, n, labels, pred, cal_sig)
+        for j, name in enumerate(labels):
+            df[f"{name}_sigma_raw"] = sig[:, j]
+        return df
     finally:
         ds.close()
 

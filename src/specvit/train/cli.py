@@ -56,6 +56,10 @@ def register(subparsers) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the fixed per-row noise (default 0)")
     q.add_argument("--batch-size", type=int, default=256)
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    q.add_argument("--raw-sigma", action="store_true",
+                   help="Gaussian-head models: write the network's own sigmas as <label>_err instead of the "
+                        "calibrated ones (default: MODEL/calibration.json is applied when present, and the raw "
+                        "sigma goes to <label>_err_raw; docs/uncertainty.md)")
     q.add_argument("--stellarparam", default=None, metavar="OUT.fits",
                    help="PFS FITS input: also write the GA STELLARPARAM table (+ STELLARCOVAR) to this FITS file")
     q.add_argument("--rv-table", default=None, metavar="CSV",
@@ -64,6 +68,27 @@ def register(subparsers) -> None:
     q.add_argument("--templatefit-config", default=None, metavar="YAML",
                    help="with --model templatefit: TemplateFitConfig keys (mode, free_labels, model, ...)")
     q.set_defaults(func=_predict)
+
+    c = subparsers.add_parser(
+        "calibrate",
+        help="fit the per-label sigma scales of a Gaussian-head model on a validation set -> MODEL/calibration.json",
+        description=(
+            "Post-hoc calibration of the network's 1-sigma uncertainties (docs/uncertainty.md): one factor per "
+            "label, fitted on the validation spectra with the fixed per-row noise (--noise-level, --seed: use the "
+            "training config's data.noise_level and data.noise_seed), written atomically to MODEL/calibration.json, "
+            "which `specvit predict` applies by default. The trainer already does this at the end of training "
+            "when the model is Gaussian and there is a validation split; this command re-fits it (another "
+            "method, another validation set, a model trained before calibration existed)."
+        ),
+    )
+    c.add_argument("--model", required=True, help="trained model directory (RUN/model)")
+    c.add_argument("--val", required=True, help="validation dataset (file, list/dir/glob of shards) with true labels")
+    c.add_argument("--noise-level", type=float, default=1.0, help="fixed per-row noise level (default 1.0)")
+    c.add_argument("--seed", type=int, default=42, help="seed of the fixed per-row noise (default 42, the configs')")
+    c.add_argument("--method", choices=["coverage68", "unit_variance"], default="coverage68",
+                   help="coverage68 (default): 68.27%% of |z| inside 1 sigma; unit_variance: RMS of z = 1")
+    c.add_argument("--max-rows", type=int, default=None, help="first N validation rows only")
+    c.set_defaults(func=_calibrate)
 
 
 def _train(args) -> int:
@@ -79,6 +104,19 @@ def _train(args) -> int:
     from specvit.train.distributed import cleanup
 
     cleanup()
+    return 0
+
+
+def _calibrate(args) -> int:
+    from specvit.train.calibration import CALIBRATION_FILE
+    from specvit.train.predict import calibrate_model_dir
+
+    cal = calibrate_model_dir(args.model, args.val, noise_level=args.noise_level, noise_seed=args.seed,
+                              method=args.method, max_rows=args.max_rows)
+    for j, n in enumerate(cal.labels):
+        print(f"{n}: scale {cal.scale[j]:.4g}; validation coverage 68% {cal.raw['cov68'][j]:.3f} -> "
+              f"{cal.calibrated['cov68'][j]:.3f}, 95% {cal.raw['cov95'][j]:.3f} -> {cal.calibrated['cov95'][j]:.3f}")
+    print(f"wrote {args.model}/{CALIBRATION_FILE} ({cal.method}, {cal.n_rows} validation rows)")
     return 0
 
 
@@ -98,9 +136,11 @@ def _predict(args) -> int:
         raise InputError("--model templatefit needs PFS FITS input; for datasets use `specvit baseline templatefit`",
                          field="--model", value=args.model)
     cat = predict_dataset(args.model, args.input, noise_level=level, seed=args.seed, batch_size=args.batch_size,
-                          device=args.device)
+                          device=args.device, calibrate=not args.raw_sigma)
     write_catalog(cat, args.out, info={"model": str(args.model), "input": str(args.input), "noise_level": level,
                                        "seed": args.seed})
+    if "sigma" in cat.attrs:
+        print(f"sigmas (<label>_err): {cat.attrs['sigma']}")
     print(f"{args.out}: {len(cat)} rows, {int((cat['flags'] > 0).sum())} flagged")
     return 0
 
@@ -114,7 +154,8 @@ def _predict_pfs(args, level: float) -> int:
         raise InputError("observed PFS spectra already carry their noise: --noise-level is for simulated datasets",
                          field="--noise-level", value=level)
     cat, info = predict_pfs(args.model, args.input, batch_size=args.batch_size, device=args.device,
-                            rv_table=args.rv_table, templatefit_config=args.templatefit_config)
+                            rv_table=args.rv_table, templatefit_config=args.templatefit_config,
+                            calibrate=not args.raw_sigma)
     write_catalog(cat, args.out, info={"model": str(args.model), "input": str(args.input), "rv_table": args.rv_table,
                                        **info})
     if args.stellarparam:

@@ -2,7 +2,10 @@
 
 Columns: ``id`` (the params ``id`` column, else the row index), ``row``, one
 column per label (label units), ``<label>_err`` (1-sigma, label units; only for
-models with a Gaussian head), ``snr`` (median over pixels of flux / (s * error) of the
+models with a Gaussian head: the CALIBRATED sigma when the model directory has a ``calibration.json``
+(:mod:`specvit.train.calibration`, fitted on the validation split) and ``calibrate`` is True, which is
+the default; then ``<label>_err_raw`` holds the network's own sigma; without a calibration, or with
+``calibrate=False`` (``specvit predict --raw-sigma``), ``<label>_err`` is the raw sigma), ``snr`` (median over pixels of flux / (s * error) of the
 stored arrays, s = the noise level added, else 1: the same definition as the training SNR range, which is
 the ``snr`` column / training noise level), and flags:
 
@@ -52,8 +55,13 @@ def spectrum_snr(flux: np.ndarray, error: np.ndarray, scale: float = 1.0) -> np.
 
 @torch.no_grad()
 def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: int = 0, batch_size: int = 256,
-                    device: str = "cpu", max_rows: int | None = None) -> pd.DataFrame:
-    """Predict every row of ``input_path`` (streamed in batches); returns the catalogue DataFrame."""
+                    device: str = "cpu", max_rows: int | None = None, calibrate: bool = True) -> pd.DataFrame:
+    """Predict every row of ``input_path`` (streamed in batches); returns the catalogue DataFrame.
+
+    ``calibrate``: apply the model directory's sigma calibration (if it has one; a calibration for
+    another label set or other weights is an :class:`InputError`). ``cat.attrs["sigma"]`` says which
+    sigmas ``<label>_err`` holds ("calibrated", "raw (no calibration.json)", "raw (calibration disabled)").
+    """
     from specvit.data import open_dataset
     from specvit.data.checks import check_dataset, patch_masked_errors
     from specvit.models.io import load_model
@@ -111,10 +119,18 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
     err_out[nan_in] = np.nan
     snr[nan_in] = np.nan
     cat = pd.DataFrame({"id": ids, "row": np.arange(n)})
+    cal = None
+    if gaussian and calibrate:
+        from specvit.train.calibration import CALIBRATION_FILE, load_model_calibration
+
+        cal = load_model_calibration(model_dir, label_names=names)
+        cal_err = cal.apply(err_out, names, file=str(Path(model_dir) / CALIBRATION_FILE)) if cal is not None else None
     for j, name in enumerate(names):
         cat[name] = mean_out[:, j]
         if gaussian:
-            cat[f"{name}_err"] = err_out[:, j]
+            cat[f"{name}_err"] = err_out[:, j] if cal is None else cal_err[:, j]
+            if cal is not None:
+                cat[f"{name}_err_raw"] = err_out[:, j]
     cat["snr"] = snr
     label_out = ((mean_out < lo) | (mean_out > hi)).any(axis=1)
     snr_out = (snr < snr_lo) | (snr > snr_hi)
@@ -123,6 +139,12 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
     cat["flag_snr_range"] = snr_out & ~nan_in
     cat["flags"] = (FLAG_NAN_INPUT * nan_in + FLAG_LABEL_RANGE * cat["flag_label_range"].to_numpy()
                     + FLAG_SNR_RANGE * cat["flag_snr_range"].to_numpy()).astype(np.int64)
+    if gaussian:
+        cat.attrs["sigma"] = ("calibrated" if cal is not None else
+                              "raw (calibration disabled)" if not calibrate else "raw (no calibration.json)")
+        if cal is not None:
+            cat.attrs["sigma_scale"] = dict(zip(cal.labels, cal.scale))
+            cat.attrs["sigma_calibration_method"] = cal.method
     return cat
 
 
@@ -131,6 +153,40 @@ def write_catalog(cat: pd.DataFrame, out, *, info: dict) -> Path:
     out = Path(out)
     with atomic_path(out) as tmp:
         cat.to_csv(tmp, index=False)
+    extra = {k: cat.attrs[k] for k in ("sigma", "sigma_scale", "sigma_calibration_method") if k in cat.attrs}
     write_text_atomic(out.with_name(out.name + ".json"),
-                      json.dumps(provenance({**info, "n_rows": len(cat), "columns": list(cat.columns)}), indent=2))
+                      json.dumps(provenance({**info, **extra, "n_rows": len(cat), "columns": list(cat.columns)}),
+                                 indent=2))
     return out
+
+
+def calibrate_model_dir(model_dir, val_path, *, noise_level: float, noise_seed: int, method: str = "coverage68",
+                        max_rows: int | None = None, batch_size: int = 256, write: bool = True) -> SigmaCalibration:
+    """Fit (and by default write) ``model_dir/calibration.json`` from a validation dataset.
+
+    The same noisy validation spectra the trainer uses (fixed per-row noise ``noise_level``, ``noise_seed``,
+    :func:`specvit.observe.noise.fixed_normal`); rows the predictor flags as bad input are an error.
+    ``specvit calibrate`` runs this (e.g. for a model trained before calibration existed)."""
+    from specvit.data import open_dataset
+    from specvit.train.calibration import CALIBRATION_FILE, SigmaCalibration, weights_digest
+
+    cat = predict_dataset(model_dir, val_path, noise_level=noise_level, seed=noise_seed, batch_size=batch_size,
+                          max_rows=max_rows, calibrate=False)
+    if "sigma" not in cat.attrs:
+        raise InputError("the model has no Gaussian head: nothing to calibrate", file=str(model_dir),
+                         field="model_config/gaussian", value=False)
+    names = [c[: -len("_err")] for c in cat.columns if c.endswith("_err")]
+    with open_dataset(val_path) as ds:
+        missing = [n for n in names if n not in ds.params.columns]
+        if missing:
+            raise InputError("validation set has no true values for this label", file=str(val_path),
+                             field=f"params/{missing[0]}", value=missing[0])
+        truth = ds.labels(names)[: len(cat)]
+    cal = SigmaCalibration.fit(truth, cat[names].to_numpy(float), cat[[f"{n}_err" for n in names]].to_numpy(float),
+                               label_names=names, method=method,
+                               source={"val": str(val_path), "noise_level": noise_level, "noise_seed": noise_seed,
+                                       "max_val_rows": max_rows, "fitted_by": "specvit calibrate"})
+    cal.weights_sha256 = weights_digest(model_dir)
+    if write:
+        cal.save(Path(model_dir) / CALIBRATION_FILE)
+    return cal

@@ -51,12 +51,14 @@ def _snr(flux, error, masked):
 
 
 def predict_pfs(model, input_path, *, batch_size: int = 256, device: str = "cpu", rv_table=None,
-                templatefit_config=None, forward=None) -> tuple[pd.DataFrame, dict]:
+                templatefit_config=None, forward=None, calibrate: bool = True) -> tuple[pd.DataFrame, dict]:
     """Predict labels for every pfsObject / pfsSingle FITS file of ``input_path``.
 
     ``model`` is a trained model directory, or ``"templatefit"`` (``templatefit_config``: a
     :class:`TemplateFitConfig` or YAML path; ``forward`` overrides its spectral model). Returns the
-    catalogue and ``{"method", "labels", "wave_A"}``.
+    catalogue and ``{"method", "labels", "wave_A"}`` (+ ``sigma``: which sigmas ``<label>_err`` holds).
+    A network with a Gaussian head and ``calibration.json`` gets calibrated sigmas unless ``calibrate``
+    is False (:mod:`specvit.train.calibration`, as :func:`specvit.train.predict.predict_dataset`).
     """
     from specvit.data.pfsfits import MAX_MASKED_FRACTION, list_pfs_files, load_pfs_batch, read_rv_table
 
@@ -66,7 +68,7 @@ def predict_pfs(model, input_path, *, batch_size: int = 256, device: str = "cpu"
         wave, names, run = _templatefit_runner(templatefit_config, forward)
         method = "specvit-templatefit"
     else:
-        wave, names, run, method, ranges = _network_runner(model, device, batch_size)
+        wave, names, run, method, ranges, sigma_kind = _network_runner(model, device, batch_size, calibrate)
     n = len(files)
     ok = np.zeros(n, dtype=bool)
     mean = np.full((n, len(names)), np.nan)
@@ -113,11 +115,14 @@ def predict_pfs(model, input_path, *, batch_size: int = 256, device: str = "cpu"
     cat["flags"] = (FLAG_INPUT * ~ok + FLAG_LABEL_RANGE * label_out + FLAG_SNR_RANGE * snr_out
                     + FLAG_MASKED * masked_flag + FLAG_PARAM_EDGE * (edge & ok)).astype(np.int64)
     cat["status"] = status.to_numpy()
-    return cat, {"method": method, "labels": list(names), "wave_A": [float(wave[0]), float(wave[-1])],
-                 "n_pixels": int(len(wave))}
+    info = {"method": method, "labels": list(names), "wave_A": [float(wave[0]), float(wave[-1])],
+            "n_pixels": int(len(wave))}
+    if str(model) != "templatefit" and sigma_kind is not None:
+        info["sigma"] = sigma_kind
+    return cat, info
 
 
-def _network_runner(model_dir, device, batch_size):
+def _network_runner(model_dir, device, batch_size, calibrate: bool = True):
     import torch
 
     from specvit.models.io import load_model
@@ -134,6 +139,15 @@ def _network_runner(model_dir, device, batch_size):
                          file=str(model_dir), field="wave_A", value=len(wave))
     names = list(meta.label_names)
     std = np.asarray(meta.label_std, dtype=float)
+    scale, sigma_kind = np.ones(len(names)), None
+    if getattr(model.config, "gaussian", False):
+        from specvit.train.calibration import load_model_calibration
+
+        cal = load_model_calibration(model_dir, label_names=names) if calibrate else None
+        if cal is not None:
+            scale = cal.scales_for(names)
+        sigma_kind = ("calibrated" if cal is not None else
+                      "raw (calibration disabled)" if not calibrate else "raw (no calibration.json)")
 
     @torch.no_grad()
     def run(flux, error, masked):
@@ -145,11 +159,11 @@ def _network_runner(model_dir, device, batch_size):
             m, log_var = split_output(model(x))
             mean[a:a + len(x)] = meta.unscale(m.double().cpu().numpy())
             if log_var is not None:
-                err[a:a + len(x)] = np.exp(0.5 * log_var.double().cpu().numpy()) * std
+                err[a:a + len(x)] = np.exp(0.5 * log_var.double().cpu().numpy()) * std * scale
         return mean, err, np.zeros(n, dtype=bool)
 
     name = meta.model_name or meta.model_class
-    return wave, names, run, f"specvit-{name}", meta.extras.get("training_ranges", {})
+    return wave, names, run, f"specvit-{name}", meta.extras.get("training_ranges", {}), sigma_kind
 
 
 def _templatefit_runner(config, forward):

@@ -525,12 +525,67 @@ class Trainer:
             "train_seconds_this_session": seconds, "samples_per_s_this_session": samples / max(seconds, 1e-9),
             "n_train_rows": self.train_data.n_rows, "labels": list(self.label_names), **final,
         }
+        cal = self.calibrate_sigmas() if self.val_data is not None else None  # every rank (DDP gather)
         if self.dist.is_main:
             self._save_model(result)
+            if cal is not None:
+                from specvit.train.calibration import CALIBRATION_FILE, weights_digest
+
+                cal.weights_sha256 = weights_digest(self.out_dir / "model")
+                cal.save(self.out_dir / "model" / CALIBRATION_FILE)
+                result["sigma_calibration"] = cal.to_dict()
             write_text_atomic(self.out_dir / "metrics.json", json.dumps(_jsonable(result), indent=2))
         self.logger.close()
         barrier()
         return result
+
+    @torch.no_grad()
+    def validation_predictions(self):
+        """``(truth, mean, sigma)`` over the whole validation set in label units, or None without a Gaussian head.
+
+        The same noisy validation spectra as :meth:`evaluate` (fixed per-row noise, ``data.noise_seed``);
+        under DDP every rank's shard is gathered (all ranks return the same arrays)."""
+        was_training = self.model.training
+        self.model.eval()
+        truth, means, sigmas = [], [], []
+        batches = prefetch(self.val_data.iter_epoch(0), self.cfg.data.prefetch_batches)
+        try:
+            for batch in batches:
+                with self._autocast():
+                    out = self._forward(self.eval_net, batch)
+                mean, log_var = split_output(out)
+                if log_var is None:
+                    return None
+                means.append(self.scaler_labels.inverse(mean.float().cpu().double()).numpy())
+                sigmas.append(np.exp(0.5 * log_var.double().cpu().numpy()) * self.scaler_labels.std)
+                truth.append(np.asarray(batch["labels"], dtype=np.float64))
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+            self.model.train(was_training)
+        arrays = [np.concatenate(a) if a else np.zeros((0, len(self.label_names))) for a in (truth, means, sigmas)]
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            gathered = [None] * self.dist.world_size
+            tdist.all_gather_object(gathered, arrays)
+            arrays = [np.concatenate([g[k] for g in gathered]) for k in range(3)]
+        return tuple(arrays)
+
+    def calibrate_sigmas(self):
+        """Fit the per-label sigma scales on the validation split (:mod:`specvit.train.calibration`).
+
+        None when the model has no Gaussian head. Written by :meth:`_finish` to ``model/calibration.json``."""
+        from specvit.train.calibration import SigmaCalibration
+
+        pred = self.validation_predictions()
+        if pred is None:
+            return None
+        d = self.cfg.data
+        source = {"val": list(d.val) if isinstance(d.val, (list, tuple)) else d.val,
+                  "noise_level": d.noise_level if d.val_noise_level is None else d.val_noise_level,
+                  "noise_seed": d.noise_seed, "max_val_rows": d.max_val_rows, "fitted_by": "trainer"}
+        return SigmaCalibration.fit(*pred, label_names=list(self.label_names), source=source)
 
     def training_ranges(self) -> dict:
         """Label and SNR ranges of the training rows (the predict command flags inputs outside them)."""
