@@ -83,7 +83,8 @@ def main(argv=None) -> int:
         return 0
     print(f"bayes posterior, {n} spectra (median SNR {out['median_snr']:.1f}), torch threads {out['torch_threads']}, "
           f"load average {out['load_average_1min_start']} -> {out['load_average_1min']} on {out['cpu_count']} CPUs")
-    print(f"  posterior: {b[0]:7.2f} s wall ({b[1]:.2f} s CPU)  {n / b[0]:6.2f} spectra/s  median ESS "
+    print(f"  posterior: {b[0]:7.2f} s wall ({b[1]:.2f} s CPU)  {n / b[0]:6.2f} spectra/s "
+          f"({out['spectra_per_cpu_s']:.2f} per CPU-s)  median ESS "
           f"{out['median_ess']:.0f}, mean draws {out['mean_draws']:.0f}, flags {out['flags']}")
     print(f"  reference, template fit: {tf[0]:7.2f} s wall ({tf[1]:.2f} s CPU)  {n / tf[0]:6.2f} fits/s  "
           f"-> the posterior costs {out['bayes_over_templatefit_time']:.1f}x the template fit")
