@@ -173,3 +173,80 @@ def test_agrees_with_emcee(forward):
     mcse = np.sqrt(tau / len(chain) + 1.0 / res.ess[0])
     assert np.all(np.abs(m - res.mean[0]) < 4 * mcse * s), ((m - res.mean[0]) / s, mcse)
     assert np.all(np.abs(res.sd[0] / s - 1) < 0.25), (res.sd[0], s)
+
+
+def test_negative_error_and_infinite_flux_are_flagged(forward):
+    """Every kind of unusable pixel makes the row ``bad_input`` (NaN numbers); the other rows are fitted."""
+    from specvit.baselines.bayes import BayesConfig, posterior
+
+    lab = np.repeat(LABELS[:1], 4, axis=0)
+    y, e, _ = _observe(forward, lab, 20.5)
+    y[0, 5] = np.inf
+    e[1, 7] = -e[1, 7]
+    e[2, 9] = np.nan
+    res = posterior(forward, y, e, config=BayesConfig(n_samples=64, max_rounds=1, min_ess=1))
+    assert list(res.flag[:3]) == ["bad_input"] * 3 and res.flag[3] in ("ok", "low_ess")
+    assert np.isnan(res.mean[:3]).all() and np.isnan(res.ess[:3]).all() and np.isfinite(res.mean[3]).all()
+    with pytest.raises(InputError, match="shape"):
+        posterior(forward, y[:, :-1], e, config=BayesConfig(n_samples=64, max_rounds=1))
+
+
+def _rewrite(src, dst, *, flux=None, error=None, params=None, attrs=None):
+    """A copy of dataset ``src`` with some arrays / the params table / the attributes replaced."""
+    from specvit.data import open_dataset
+    from specvit.data.pfsspec import write_dataset
+
+    with open_dataset(src) as ds:
+        wave = np.asarray(ds.wave)
+        f = np.array(ds.flux[:], dtype=np.float64) if flux is None else flux(np.array(ds.flux[:], dtype=np.float64))
+        e = np.array(ds.error[:], dtype=np.float64) if error is None else error(np.array(ds.error[:], dtype=np.float64))
+        p = ds.params.copy() if params is None else params(ds.params.copy())
+        a = dict(ds.attrs) if attrs is None else attrs(dict(ds.attrs))
+    write_dataset(dst, wave=wave, flux=f, error=e, params=p, attrs=a)
+    return dst
+
+
+def _cfg(path, **kw):
+    from specvit.baselines.bayes import BayesConfig
+
+    return BayesConfig(input=str(path), n_samples=64, max_rounds=1, min_ess=1, noise_seed=42, **kw)
+
+
+def test_run_bayes_bad_files_give_errors_or_flags(tiny_dataset, tmp_path):
+    """Through the dataset route: NaN flux is an error naming the file and field; an unusable error pixel
+    flags its row; a truth outside the prior's support (C/O >= 1) and a file without a recorded prior are
+    errors naming the field."""
+    from specvit.baselines.bayes import run_bayes
+
+    def nan_flux(f):
+        f[3, 100] = np.nan
+        return f
+
+    with pytest.raises(InputError, match="flux") as ei:
+        run_bayes(_cfg(_rewrite(tiny_dataset, tmp_path / "nan.h5", flux=nan_flux)))
+    assert "nan.h5" in str(ei.value)
+
+    def bad_err(e):
+        e[1, 50] = 0.0
+        e[4, 60] = -1.0
+        return e
+
+    df = run_bayes(_cfg(_rewrite(tiny_dataset, tmp_path / "err.h5", error=bad_err)))
+    assert list(df["flag"] == "bad_input") == [False, True, False, False, True, False]
+    assert df.loc[df["flag"] == "bad_input", "T_eff_mean"].isna().all()
+
+    def carbon_star(p):  # C/O = 0.537 * 10**(0.45 - 0.0) = 1.52 >= 1, inside the per-label box
+        p.loc[2, "C_M"], p.loc[2, "a_M"] = 0.45, 0.0
+        return p
+
+    with pytest.raises(InputError, match="row 2.*outside the prior's support"):
+        run_bayes(_cfg(_rewrite(tiny_dataset, tmp_path / "co.h5", params=carbon_star)))
+
+    def no_prior(a):
+        a.pop("config", None)
+        return a
+
+    path = _rewrite(tiny_dataset, tmp_path / "noprior.h5", attrs=no_prior)
+    with pytest.raises(InputError, match="prior"):
+        run_bayes(_cfg(path))
+    assert len(run_bayes(_cfg(path, prior="box"))) == 6

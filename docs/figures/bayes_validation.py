@@ -1,6 +1,8 @@
 """Validation of ``specvit baseline bayes`` (docs/bayes.md): coverage, SBC rank histograms, R² next to van Trees.
 
     PYTHONPATH=src python docs/figures/bayes_validation.py --data test.h5 --n 1000 --out runs/bayes_val
+    # or in parts, one process per core, then the full run joins them:
+    ... bayes_validation.py --data test.h5 --out runs/bayes_val --part 0:500 &  ... --part 500:1000; then as above
 
 ``--data``: a dataset written by ``specvit simulate`` (its labels are prior draws, so every spectrum is one
 simulation-based-calibration draw: θ ~ π, y = μ(θ) + σ z with the fixed test noise). Steps (each cached in
@@ -29,11 +31,55 @@ import numpy as np
 import pandas as pd
 
 
+def part_catalogue(path, a: int, b: int, out_csv: Path) -> None:
+    """The posteriors of rows [a, b) (default config, noise_seed 42; one torch thread, the proposal generator of
+    the batch starting at row s is ``default_rng([seed, s])``), as ``run_bayes`` writes them: parts run as
+    separate processes (one per core) and are joined by the full run."""
+    import time
+
+    import torch
+
+    from specvit.baselines.bayes import BayesConfig, bayes_forward, dataset_prior, posterior
+    from specvit.data import fixed_noisy_flux, open_dataset
+
+    torch.set_num_threads(1)
+    cfg = BayesConfig(noise_seed=42)
+    fwd = bayes_forward(cfg)
+    names = list(fwd.label_names)
+    frames, c0, t0 = [], time.process_time(), time.perf_counter()
+    with open_dataset(path) as ds:
+        prior = dataset_prior(ds, fwd, cfg)
+        for s in range(a, b, cfg.batch_size):
+            rows = np.arange(s, min(b, s + cfg.batch_size))
+            flux, err = np.asarray(ds.flux[rows], float), np.asarray(ds.error[rows], float)
+            truth = ds.labels(names)[rows]
+            noisy = fixed_noisy_flux(flux, err, 1.0, rows, cfg.noise_seed)
+            r = posterior(fwd, noisy, err, prior=prior, config=cfg, rng=np.random.default_rng([cfg.seed, s]),
+                          truth=truth)
+            df = r.to_frame()
+            df.insert(0, "row", rows)
+            df["snr"] = np.nanmedian(flux / err, axis=1)
+            for j, n in enumerate(names):
+                df[f"true_{n}"], df[f"{n}_pit"] = truth[:, j], r.pit[:, j]
+            frames.append(df)
+    pd.concat(frames, ignore_index=True).to_csv(out_csv, index=False)
+    out_csv.with_suffix(".json").write_text(json.dumps({"rows": [a, b], "cpu_seconds": time.process_time() - c0,
+                                                        "seconds": time.perf_counter() - t0}))
+
+
 def catalogues(args, out: Path):
     from specvit.baselines.bayes import BayesConfig, run_bayes
     from specvit.baselines.templatefit import TemplateFitConfig, run_templatefit
 
     cb, ct = out / "bayes.csv", out / "templatefit.csv"
+    parts = sorted(out.glob("bayes_part_*.csv"), key=lambda q: int(q.stem.split("_")[2]))
+    if not cb.exists() and parts:  # join the parts (--part runs); they must cover rows [0, n)
+        df = pd.concat([pd.read_csv(q) for q in parts], ignore_index=True)
+        if not np.array_equal(df["row"].to_numpy(), np.arange(args.n)):
+            sys.exit(f"the parts in {out} do not cover rows 0..{args.n - 1} in order")
+        df.to_csv(cb, index=False)
+        info = [json.loads(q.with_suffix(".json").read_text()) for q in parts]
+        (out / "bayes_seconds.json").write_text(json.dumps({"parts": info, "n": len(df)}))
     if not cb.exists():
         df = run_bayes(BayesConfig(input=args.data, max_spectra=args.n, noise_seed=42))
         df.to_csv(cb, index=False)
@@ -52,9 +98,15 @@ def main(argv=None) -> int:
     ap.add_argument("--figures", default="", help="directory for the PNGs (default: --out)")
     ap.add_argument("--no-templatefit", action="store_true")
     ap.add_argument("--catalogues-only", action="store_true")
+    ap.add_argument("--part", default="", help="A:B: only the posteriors of rows [A, B) into OUT/bayes_part_A_B.csv "
+                    "(run parts in parallel, one thread each; the full run joins them)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.part:
+        a, b = (int(v) for v in args.part.split(":"))
+        part_catalogue(args.data, a, b, out / f"bayes_part_{a}_{b}.csv")
+        return 0
     figdir = Path(args.figures or out)
     bay, tf = catalogues(args, out)
     if args.catalogues_only:
