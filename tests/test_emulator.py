@@ -171,6 +171,14 @@ def test_cli_emulator_train_and_validate_on_spectrum_files(tmp_path, capsys):
                "--weights", str(w), "--out", str(tmp_path / "val.json"), "--figures", str(tmp_path / "fig")])
     assert rc == 0
     assert json.loads((tmp_path / "val.json").read_text())["n"] == 3
+    from specvit.labels import c_to_o
+
+    val = (d["split"] == "val").to_numpy()[:36]
+    n_low = int((c_to_o(lab[:36][val]) < 0.3).sum())
+    assert 0 < n_low < 3  # the toy design has held-out rows on both sides of C/O = 0.3
+    rc = main(["emulator", "validate", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+               "--weights", str(w), "--out", str(tmp_path / "val03.json"), "--max-c-to-o", "0.3"])
+    assert rc == 0 and json.loads((tmp_path / "val03.json").read_text())["n"] == n_low
     assert (tmp_path / "fig" / "emulator_validation.png").exists()
     from specvit.spectra.emulator_train import CANDIDATES
 

@@ -114,6 +114,9 @@ def register(subparsers) -> None:
     q.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped emulator)")
     q.add_argument("--out", type=Path, default=None, help="write the report JSON here")
     q.add_argument("--figures", type=Path, default=None, help="directory for validation figures")
+    q.add_argument("--max-c-to-o", type=_c_to_o_limit, default=None, metavar="X|none",
+                   help="only held-out rows at C/O < X (default: all; the regions C/O<1 and C/O>=1 are reported "
+                        "separately either way)")
     q.set_defaults(func=_cmd_emulator_validate)
 
     # ---- spectrum
@@ -250,7 +253,8 @@ def _cmd_emulator_validate(args) -> int:
     from specvit.spectra.emulator_train import validate_on_directory
 
     model = load_emulator(args.weights)
-    report = validate_on_directory(model, args.spectra, args.design, figures_dir=args.figures)
+    report = validate_on_directory(model, args.spectra, args.design, figures_dir=args.figures,
+                                   max_c_to_o=args.max_c_to_o)
     if args.out:
         from specvit.atomic import write_text_atomic
 

@@ -330,8 +330,10 @@ def _jsonable(report: dict) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("_")}
 
 
-def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None) -> dict:
-    data = load_spectra(spectra_dir, design_path)
+def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None, max_c_to_o=None) -> dict:
+    """Validation on the held-out rows of ``spectra_dir``; ``max_c_to_o``: only those at C/O < it
+    (:func:`restrict_to_domain`; None: all)."""
+    data = restrict_to_domain(load_spectra(spectra_dir, design_path), max_c_to_o, log=None)
     rep = validate(model, data)
     if figures_dir is not None:
         from specvit.spectra.plots import save_validation_figures
