@@ -9,6 +9,8 @@ Training (deterministic for a given seed, data and machine):
    error in PIXEL space (the bases are orthonormal, so it is the coefficient error) of the
    normalised flux plus that of ln C (after removing a Planck baseline); Adam with cosine decay
    to ``lr_min``, full batch; the final weights are kept (the validation set is never used).
+   With ``domain_penalty`` > 0 the loss also penalises raw normalised flux below ``norm_floor`` or
+   above ``norm_ceiling`` at label sets drawn afresh every epoch from the physical domain (no spectra).
 
 Validation: rms and max |emulator - synthesis| of the normalised flux per held-out spectrum,
 overall and per region of label space, and of the relative continuum.
