@@ -171,6 +171,14 @@ def test_cli_emulator_train_and_validate_on_spectrum_files(tmp_path, capsys):
                "--weights", str(w), "--out", str(tmp_path / "val.json"), "--figures", str(tmp_path / "fig")])
     assert rc == 0
     assert json.loads((tmp_path / "val.json").read_text())["n"] == 3
+    from specvit.labels import c_to_o
+
+    val = (d["split"] == "val").to_numpy()[:36]
+    n_low = int((c_to_o(lab[:36][val]) < 0.3).sum())
+    assert 0 < n_low < 3  # the toy design has held-out rows on both sides of C/O = 0.3
+    rc = main(["emulator", "validate", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+               "--weights", str(w), "--out", str(tmp_path / "val03.json"), "--max-c-to-o", "0.3"])
+    assert rc == 0 and json.loads((tmp_path / "val03.json").read_text())["n"] == n_low
     assert (tmp_path / "fig" / "emulator_validation.png").exists()
     from specvit.spectra.emulator_train import CANDIDATES
 
@@ -222,3 +230,68 @@ def test_cross_validation_can_score_only_rows_inside_the_label_box(toy_data, mon
     outside_only = dict(toy_data, split=np.where(inside, "val", toy_data["split"]))
     with pytest.raises(InputError, match="no training row"):
         et.cross_validate(outside_only, cfg, folds=3, rows="inside")
+
+
+def test_domain_penalty_pool_is_in_the_domain_deterministic_and_reaches_the_edges():
+    from specvit.labels import DEFAULT_LABEL_BOUNDS, outside_domain
+    from specvit.spectra.emulator_train import domain_penalty_pool
+
+    a = domain_penalty_pool(np.random.default_rng(3), 4000)
+    np.testing.assert_array_equal(a, domain_penalty_pool(np.random.default_rng(3), 4000))
+    assert a.shape == (4000, 5) and not outside_domain(a).any()
+    lo = np.array([DEFAULT_LABEL_BOUNDS[k][0] for k in LABEL_NAMES])
+    hi = np.array([DEFAULT_LABEL_BOUNDS[k][1] for k in LABEL_NAMES])
+    assert np.all(a >= lo) and np.all(a <= hi)
+    on_edge = (a == lo) | (a == hi)
+    assert on_edge.all(axis=1).sum() > 50  # exact corners of the box are drawn
+    assert 0.1 < on_edge.mean() < 0.5
+
+
+def test_domain_penalty_keeps_the_raw_normalised_flux_within_floor_and_ceiling(toy_data):
+    """Training data that overshoot the ceiling and undershoot the floor in a corner of the labels: without
+    the penalty the emulator reproduces them at label sets of the domain (drawn independently of the training
+    ones); with it the excursions beyond (floor, ceiling) shrink by more than 10x."""
+    from specvit.spectra.emulator_train import domain_penalty_pool
+
+    d = dict(toy_data, norm=toy_data["norm"].copy())
+    hot = d["labels"][:, 0] > 5500
+    d["norm"][hot] = d["norm"][hot] * 1.06                       # up to 1.06 of the continuum
+    # line cores below zero in the metal-rich rows
+    d["norm"] = np.where((d["labels"][:, 2:3] > 0.3) & (d["norm"] < 0.7), -0.05, d["norm"]).astype(np.float32)
+    cfg = dict(seed=2, width=32, depth=2, epochs=400, lr=5e-3, max_components=16, n_cont_components=2)
+    lab = domain_penalty_pool(np.random.default_rng(9), 300)
+
+    def raw(m):
+        with torch.no_grad():
+            a, _ = m.coefficients(torch.as_tensor(lab, dtype=torch.float32))
+            return (m.norm_mean + a @ m.norm_basis).numpy()
+
+    def violation(n):  # the penalty's own measure: mean squared excursion beyond floor / ceiling
+        return float(np.mean(np.maximum(0.01 - n, 0) ** 2 + np.maximum(n - 1.015, 0) ** 2))
+
+    free = raw(train_emulator(d, EmulatorTrainConfig(**cfg), log=None))
+    pen = train_emulator(d, EmulatorTrainConfig(**cfg, domain_penalty=10.0), log=None)
+    held = raw(pen)
+    print("free", free.min(), free.max(), violation(free), "penalised", held.min(), held.max(), violation(held))
+    assert free.max() > 1.04 and free.min() < -0.03              # the data's violations are learned ...
+    # ... and the penalty, against data that contradict it on purpose, pulls them back toward the bounds
+    assert violation(held) < 0.1 * violation(free)
+    assert held.max() < free.max() - 0.005 and held.min() > free.min() + 0.02
+    assert pen.meta["train_config"]["domain_penalty"] == 10.0
+
+
+def test_restrict_to_domain_drops_carbon_rich_rows_as_a_design_does():
+    from specvit.labels import c_to_o
+    from specvit.spectra.emulator_train import restrict_to_domain
+
+    lab = np.array([[5000, 3, 0, 0.0, 0.0],      # C/O 0.54: kept
+                    [5000, 3, 0, 0.0, 0.30],     # C/O 1.07: kept as training row (< 1.12), dropped if held out
+                    [5000, 3, 0, 0.0, 0.30],
+                    [5000, 3, 0, 0.0, 0.35]])    # C/O 1.20: dropped
+    d = {"ids": np.array(["a", "b", "c", "d"]), "labels": lab, "split": np.array(["train", "train", "val", "train"]),
+         "norm": np.zeros((4, 7)), "wave": np.arange(7.0)}
+    assert np.allclose(c_to_o(lab)[1], 1.07, atol=0.01)
+    out = restrict_to_domain(d, 1.0, log=None)
+    assert out["ids"].tolist() == ["a", "b"] and out["norm"].shape == (2, 7) and len(out["wave"]) == 7
+    assert out["excluded_outside_domain"] == ["c", "d"]
+    assert restrict_to_domain(d, None) is d

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specvit.errors import LabelRangeError
+from specvit.errors import InputError, LabelRangeError
 from specvit.spectra import default_model
 from specvit.spectra.emulator import SpectralEmulator
 
@@ -111,3 +111,17 @@ def test_paschen_lines_strengthen_with_teff_and_are_deepest_in_giants(model):
         depth = 1.0 - np.median(n[:, core], axis=1)
         assert depth[0] > 0.08 and depth[0] > 3 * depth[1], (m, depth)
         assert depth[0] > 2 * depth[2], (m, depth)
+
+
+def test_shipped_versions_load_by_name_and_v3_is_the_default(model):
+    from specvit.spectra import load_spectral_model
+    from specvit.spectra.emulator import load_emulator
+
+    assert model.version == "v3" and model.max_c_to_o == 1.0
+    v2 = load_emulator("v2")
+    assert v2.version == "v2" and load_emulator("emulator_v2.npz").version == "v2"
+    assert load_spectral_model("v2").version == "v2"
+    x = [[4500.0, 2.0, 0.0, 0.0, 0.0]]
+    assert not np.array_equal(v2.flux(x), model.flux(x))
+    with pytest.raises(InputError, match="not found"):
+        load_emulator("v99")

@@ -71,13 +71,21 @@ def test_observed_grid_model_matches_the_exact_observer(fwd):
     assert err.max() < 5e-3 and np.median(err) < 5e-4  # measured: median 7e-5 over the box
     mu, jac = fast.value_and_jacobian(lab)
     mu_x, jac_x = fwd.value_and_jacobian(lab)
+    # The median normalisation puts -mu dln(median)/dtheta into every column, the derivative of whichever pixel
+    # is the median (docs/fisher.md, "not smooth"). Where two pixels tie within the fast path's ~1e-5 error, the
+    # two routes may pick different median pixels and the columns differ by that term; such rows are left out
+    # (emulator v3: 1 of these 8, middle values 1.5e-6 apart, T_eff-column cosine 0.998).
+    n = mu_x.shape[1]
+    middle = [[frozenset(np.argsort(m)[n // 2 - 1:n // 2 + 1]) for m in x] for x in (mu.numpy(), mu_x)]
+    same = np.array([a == b for a, b in zip(*middle)])
+    assert same.sum() >= len(same) - 1
     # Jacobian columns agree to ~1e-3 of their size (LSF-kernel covariance of line and continuum)
     rel = np.abs(jac.numpy() - jac_x).max(1) / np.abs(jac_x).max(1)
-    assert np.median(rel) < 1e-2 and rel.max() < 0.1
+    assert np.median(rel) < 1e-2 and rel[same].max() < 0.1
     # a wrong Planck derivative, basis or normalisation would show here: the T_eff column is mostly continuum
     cos = (jac.numpy()[:, :, 0] * jac_x[:, :, 0]).sum(1) / np.linalg.norm(jac.numpy()[:, :, 0], axis=1) / np.linalg.norm(
         jac_x[:, :, 0], axis=1)
-    assert np.all(cos > 0.999)
+    assert np.all(cos[same] > 0.999) and np.all(cos > 0.99)
 
 
 def test_fast_fit_equals_exact_fit_on_the_same_spectra(fwd):

@@ -28,7 +28,8 @@ def load_spectral_model(spec="default", **grid_kwargs):
 
     ``"default"`` → :func:`default_model` (the embedded emulator);
     ``"pkg.module:factory"`` (when no file of that name exists) → ``factory()`` imported from a module;
-    a path to an emulator ``.npz`` → :func:`specvit.spectra.emulator.load_emulator`;
+    a path to an emulator ``.npz`` → :func:`specvit.spectra.emulator.load_emulator`, which also takes a
+    shipped version by name (``"v2"``, ``"emulator_v2.npz"``);
     a path to a pfsspec grid (``.h5``/``.hdf5``, or any other existing file) →
     :meth:`specvit.spectra.grid.RegularGrid.load` with ``grid_kwargs`` (``wave_range_A``,
     ``label_bounds``, ``interpolation``, ``pad_nodes``, ...; ignored for the other kinds).
@@ -56,6 +57,10 @@ def load_spectral_model(spec="default", **grid_kwargs):
             raise InputError(f"cannot import the model factory ({e})", field="model", value=spec) from None
         return factory()
     path = Path(spec)
+    if spec[:1] == "v" and spec[1:].isdigit() and not path.exists():  # a shipped version by name: "v2"
+        from specvit.spectra.emulator import load_emulator
+
+        return load_emulator(spec)
     if path.suffix == ".npz":  # an emulator weight file (e.g. a retrained version before it is shipped)
         from specvit.spectra.emulator import load_emulator
 

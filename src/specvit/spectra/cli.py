@@ -97,6 +97,12 @@ def register(subparsers) -> None:
                    help="left-out rows that score --select: all (default) or only those inside the label box "
                         "(the margin rows outside it dominate the pooled rms)")
     q.add_argument("--version", default=None, help="version string stored in the weights (default: file stem)")
+    q.add_argument("--max-c-to-o", type=_c_to_o_limit, default=None, metavar="X|none",
+                   help="leave out training rows at C/O >= X * 1.12 (the design's [C/M] margin) and held-out rows "
+                        "at C/O >= X; X is stored as the model's domain limit (default: keep every row)")
+    q.add_argument("--domain-penalty", type=float, default=0.0, metavar="W",
+                   help="weight of the constraint penalty: raw normalised flux below 0.01 or above 1.015 at label "
+                        "sets drawn from the physical domain every epoch (default 0: off; docs/emulator.md)")
     q.add_argument("--transfer-from", type=Path, default=None, metavar="OLD_DIR",
                    help="spectra of the same design synthesised with an older line list: label sets found only "
                         "there join the training set, carried over by a model of ln(new/old) learned from the "
@@ -108,6 +114,9 @@ def register(subparsers) -> None:
     q.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped emulator)")
     q.add_argument("--out", type=Path, default=None, help="write the report JSON here")
     q.add_argument("--figures", type=Path, default=None, help="directory for validation figures")
+    q.add_argument("--max-c-to-o", type=_c_to_o_limit, default=None, metavar="X|none",
+                   help="only held-out rows at C/O < X (default: all; the regions C/O<1 and C/O>=1 are reported "
+                        "separately either way)")
     q.set_defaults(func=_cmd_emulator_validate)
 
     # ---- spectrum
@@ -229,7 +238,8 @@ def _cmd_emulator_train(args) -> int:
     report = train_from_directory(args.spectra, args.design, args.out, seed=args.seed,
                                   n_components=args.n_components, epochs=args.epochs, version=args.version,
                                   select=args.select, folds=args.folds, cv_rows=args.cv_rows,
-                                  transfer_from=args.transfer_from)
+                                  transfer_from=args.transfer_from, max_c_to_o=args.max_c_to_o,
+                                  domain_penalty=args.domain_penalty)
     if args.report:
         from specvit.atomic import write_text_atomic
 
@@ -243,7 +253,8 @@ def _cmd_emulator_validate(args) -> int:
     from specvit.spectra.emulator_train import validate_on_directory
 
     model = load_emulator(args.weights)
-    report = validate_on_directory(model, args.spectra, args.design, figures_dir=args.figures)
+    report = validate_on_directory(model, args.spectra, args.design, figures_dir=args.figures,
+                                   max_c_to_o=args.max_c_to_o)
     if args.out:
         from specvit.atomic import write_text_atomic
 

@@ -522,15 +522,24 @@ class SpectralEmulator(SpectralModel):
 
 
 def load_emulator(path=None) -> SpectralEmulator:
-    """Load an emulator ``.npz`` (default: the shipped version named in ``data_files/emulator/manifest.json``)."""
+    """Load an emulator ``.npz`` (default: the shipped version named in ``data_files/emulator/manifest.json``).
+
+    ``path`` may also name a shipped version when no such file exists: ``"v2"`` or ``"emulator_v2.npz"``
+    (the manifest's ``versions``)."""
+    root = resources.files("specvit") / "data_files" / "emulator"
     if path is None:
-        root = resources.files("specvit") / "data_files" / "emulator"
         manifest = json.loads((root / "manifest.json").read_text())
         with resources.as_file(root / manifest["default"]) as p:
             return load_emulator(p)
+    if not Path(path).exists() and "/" not in str(path) and "\\" not in str(path):
+        versions = json.loads((root / "manifest.json").read_text())["versions"]
+        name = str(path) if str(path).endswith(".npz") else f"emulator_{path}.npz"
+        if name in versions:
+            with resources.as_file(root / name) as p:
+                return load_emulator(p)
     path = Path(path)
     if not path.exists():
-        raise InputError("emulator weights not found", file=path)
+        raise InputError("emulator weights not found (neither a file nor a shipped version)", file=path)
     d = np.load(path, allow_pickle=False)
     for k in _REQUIRED:
         if k not in d.files:

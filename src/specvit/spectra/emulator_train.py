@@ -9,6 +9,8 @@ Training (deterministic for a given seed, data and machine):
    error in PIXEL space (the bases are orthonormal, so it is the coefficient error) of the
    normalised flux plus that of ln C (after removing a Planck baseline); Adam with cosine decay
    to ``lr_min``, full batch; the final weights are kept (the validation set is never used).
+   With ``domain_penalty`` > 0 the loss also penalises raw normalised flux below ``norm_floor`` or
+   above ``norm_ceiling`` at label sets drawn afresh every epoch from the physical domain (no spectra).
 
 Validation: rms and max |emulator - synthesis| of the normalised flux per held-out spectrum,
 overall and per region of label space, and of the relative continuum.
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from specvit.errors import InputError
-from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES, outside_domain
+from specvit.labels import DEFAULT_LABEL_BOUNDS, LABEL_NAMES, outside_domain, uniform_in_domain
 from specvit.physics import ln_pi_planck
 from specvit.spectra.emulator import EmulatorNet, SpectralEmulator
 from specvit.spectra.synthesis.design import read_design, training_box
@@ -44,6 +46,14 @@ class EmulatorTrainConfig:
     max_components: int = 192
     n_cont_components: int = 12
     lncont_weight: float = 1.0
+    #: weight of the domain-constraint penalty (0: off, the recipe of v0-v2). The penalty is the mean over
+    #: pixels and over ``penalty_draws`` label sets drawn afresh every epoch from the physical domain
+    #: (:func:`domain_penalty_pool`) of relu(norm_floor - n)^2 + relu(n - norm_ceiling)^2, n = the raw
+    #: normalised flux (before the clip at 0); it needs no spectra. In the loss's units (pixel MSE).
+    domain_penalty: float = 0.0
+    penalty_draws: int = 128
+    norm_floor: float = 0.01
+    norm_ceiling: float = 1.015
 
 
 def _designs(design_path) -> list:
@@ -103,6 +113,33 @@ def _pca(x: np.ndarray, tol: float | None, k_max: int, k_fixed: int | None = Non
     return mean.astype(np.float32), vt[:k].astype(np.float32)
 
 
+def domain_penalty_pool(rng: np.random.Generator, n: int, *, corner_fraction: float = 0.5,
+                        snap_probability: float = 0.5) -> np.ndarray:
+    """(n, 5) label sets in the physical domain (label box, C/O < ``MAX_C_TO_O``) for the constraint penalty.
+
+    ``1 - corner_fraction`` of them uniform (:func:`specvit.labels.uniform_in_domain`); the rest uniform
+    with every label independently snapped to its lower or upper box edge with ``snap_probability``, so the
+    faces, edges and corners of the box (where an emulator is worst) are drawn often; draws that land at
+    C/O >= 1 have their [C/M] moved onto the C/O = 1 line (minus 1e-6 dex), so that edge is drawn too.
+    Deterministic for ``rng``."""
+    from specvit.labels import MAX_C_TO_O, SOLAR_C_TO_O
+
+    n_corner = int(round(n * corner_fraction))
+    uni = uniform_in_domain(rng, n - n_corner)
+    lo = np.array([DEFAULT_LABEL_BOUNDS[k][0] for k in LABEL_NAMES])
+    hi = np.array([DEFAULT_LABEL_BOUNDS[k][1] for k in LABEL_NAMES])
+    lab = lo + (hi - lo) * rng.uniform(size=(n_corner, len(LABEL_NAMES)))
+    snap = rng.uniform(size=lab.shape) < snap_probability
+    edge = np.where(rng.uniform(size=lab.shape) < 0.5, lo, hi)
+    lab = np.where(snap, edge, lab)
+    ia, ic = LABEL_NAMES.index("a_M"), LABEL_NAMES.index("C_M")
+    d = np.log10(MAX_C_TO_O / SOLAR_C_TO_O) - 1e-6
+    lab[:, ic] = np.minimum(lab[:, ic], lab[:, ia] + d)
+    lab = np.vstack([uni, lab])
+    assert not outside_domain(lab, LABEL_NAMES).any()
+    return lab
+
+
 def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_components: int | None = None,
                    log=print) -> SpectralEmulator:
     cfg = config or EmulatorTrainConfig()
@@ -138,6 +175,15 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
     p = yn.shape[1]
+    pen = None
+    if cfg.domain_penalty > 0:
+        draw_rng = np.random.default_rng(cfg.seed)  # fresh label sets every epoch, seeded
+        nm_t, nb_t = torch.as_tensor(n_mean), torch.as_tensor(n_basis)
+
+        def pen(net_):
+            lab = domain_penalty_pool(draw_rng, cfg.penalty_draws)
+            raw = nm_t + net_(torch.as_tensor((lab - lo) / (hi - lo) - 0.5, dtype=torch.float32))[:, :k] @ nb_t
+            return (torch.relu(cfg.norm_floor - raw) ** 2 + torch.relu(raw - cfg.norm_ceiling) ** 2).mean()
     t0 = time.time()
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny full-batch problem: threads only add overhead
@@ -145,11 +191,13 @@ def train_emulator(data: dict, config: EmulatorTrainConfig | None = None, *, n_c
         for ep in range(cfg.epochs):
             opt.zero_grad()
             loss = (((net(xs) - t) ** 2) * w).sum(1).mean() / p
-            loss.backward()
+            total = loss + cfg.domain_penalty * pen(net) if pen is not None else loss
+            total.backward()
             opt.step()
             sched.step()
             if log and (ep % 1000 == 0 or ep == cfg.epochs - 1):
-                log(f"epoch {ep}: train pixel-rms {np.sqrt(loss.item()):.2e} ({time.time() - t0:.0f}s)")
+                extra = f", penalty {(total - loss).item():.2e}" if pen is not None else ""
+                log(f"epoch {ep}: train pixel-rms {np.sqrt(loss.item()):.2e}{extra} ({time.time() - t0:.0f}s)")
     finally:
         torch.set_num_threads(n_threads)
     with torch.no_grad():
@@ -284,8 +332,10 @@ def _jsonable(report: dict) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("_")}
 
 
-def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None) -> dict:
-    data = load_spectra(spectra_dir, design_path)
+def validate_on_directory(model, spectra_dir, design_path, *, figures_dir=None, max_c_to_o=None) -> dict:
+    """Validation on the held-out rows of ``spectra_dir``; ``max_c_to_o``: only those at C/O < it
+    (:func:`restrict_to_domain`; None: all)."""
+    data = restrict_to_domain(load_spectra(spectra_dir, design_path), max_c_to_o, log=None)
     rep = validate(model, data)
     if figures_dir is not None:
         from specvit.spectra.plots import save_validation_figures
@@ -315,9 +365,33 @@ def load_training_set(spectra_dir, design_path, *, transfer_from=None, log=print
     return transfer_dataset(data, load_spectra(transfer_from, design_path), log=log)
 
 
+def restrict_to_domain(data: dict, max_c_to_o: float | None, *, log=print) -> dict:
+    """``data`` without the rows outside the physical domain, as a design draws them
+    (:func:`specvit.spectra.synthesis.design.make_design`): training rows at C/O >= ``max_c_to_o`` times
+    10**DEFAULT_MARGIN["C_M"] (1.12 for 1: the design's [C/M] margin, so the edge is trained) and
+    validation rows at C/O >= ``max_c_to_o``. ``None``: unchanged. ``data["excluded_outside_domain"]``
+    lists the ids dropped."""
+    if max_c_to_o is None:
+        return data
+    from specvit.spectra.synthesis.design import DEFAULT_MARGIN
+
+    wide = max_c_to_o * 10.0 ** DEFAULT_MARGIN["C_M"]
+    val = data["split"] == "val"
+    drop = np.where(val, outside_domain(data["labels"], LABEL_NAMES, max_c_to_o=max_c_to_o),
+                    outside_domain(data["labels"], LABEL_NAMES, max_c_to_o=wide))
+    if log:
+        log(f"physical domain: leaving out {int((drop & ~val).sum())} training rows at C/O >= {wide:.3g} and "
+            f"{int((drop & val).sum())} held-out rows at C/O >= {max_c_to_o:g}")
+    out = {k: (v[~drop] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == len(drop) else v)
+           for k, v in data.items()}
+    out["excluded_outside_domain"] = data["ids"][drop].tolist()
+    return out
+
+
 def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, n_components=None, epochs=None,
                          version: str | None = None, select: bool = False, folds: int = 5,
-                         cv_rows: str = "all", transfer_from=None) -> dict:
+                         cv_rows: str = "all", transfer_from=None, max_c_to_o: float | None = None,
+                         domain_penalty: float = 0.0, candidates=None) -> dict:
     """Train on ``spectra_dir`` (and, with ``transfer_from``, on older-line-list spectra carried over).
 
     ``transfer_from``: a directory of the same design synthesised with an older line list; label sets
@@ -327,19 +401,29 @@ def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, 
     validation-split rows are reported separately (``validation_transferred``).
     """
     data, held_out, transfer = load_training_set(spectra_dir, design_path, transfer_from=transfer_from)
-    cfg = EmulatorTrainConfig(seed=seed)
+    data = restrict_to_domain(data, max_c_to_o)
+    if held_out is not None:
+        held_out = restrict_to_domain(held_out, max_c_to_o, log=None)
+    cfg = EmulatorTrainConfig(seed=seed, domain_penalty=float(domain_penalty))
     if epochs is not None:
         cfg.epochs = int(epochs)
     cv = None
     if select:
-        cands = [EmulatorTrainConfig(**{**asdict(cfg), **c}) for c in CANDIDATES]
+        cand_list = CANDIDATES if candidates is None else tuple(candidates)
+        cands = [EmulatorTrainConfig(**{**asdict(cfg), **c}) for c in cand_list]
         cfg, scores = select_config(data, cands, folds=folds, rows=cv_rows)
-        cv = {"folds": folds, "rows": cv_rows, "candidates": [dict(c) for c in CANDIDATES], "cv_rms": scores}
+        cv = {"folds": folds, "rows": cv_rows, "candidates": [dict(c) for c in cand_list], "cv_rms": scores}
     model = train_emulator(data, cfg, n_components=n_components)
     if cv:
         model.meta["config_selection"] = cv
     model.meta["version"] = version or Path(out_path).stem
     model.meta["design"] = ", ".join(Path(p).name for p in _designs(design_path))
+    if max_c_to_o is not None:
+        model.meta["max_c_to_o"] = float(max_c_to_o)  # also the model's domain limit (SpectralEmulator.max_c_to_o)
+    model.meta["training_ids"] = data["ids"][data["split"] != "val"].tolist()
+    model.meta["held_out_ids"] = data["ids"][data["split"] == "val"].tolist()
+    if "excluded_outside_domain" in data:
+        model.meta["excluded_outside_domain"] = data["excluded_outside_domain"]
     model.version = model.meta["version"]
     if transfer is not None:
         src = data["source"][data["split"] != "val"]
