@@ -34,6 +34,7 @@ import pandas as pd
 from specvit.atomic import write_text_atomic
 from specvit.config import _deep_merge, load_config, write_resolved_config
 from specvit.errors import ConfigError, InputError
+from specvit.evaluate.curves import StreamCurves
 from specvit.labels import canonical_label
 
 #: data keys a neural model's options may not set (the scaling config owns them)
@@ -72,8 +73,12 @@ class ScalingModel:
     name: str  #: display name and folder name (letters, digits, _ - .)
     kind: Literal["neural", "lightgbm", "ridge"] = "neural"
     options: dict[str, Any] = field(default_factory=dict)
+    #: stream mode only: this neural model's budget in samples seen (default ``stream.max_samples``)
+    max_samples: int | None = None
 
     def __post_init__(self):
+        if self.max_samples is not None and int(self.max_samples) < 1:
+            raise ConfigError("must be >= 1, or null", field=f"models[{self.name}].max_samples", value=self.max_samples)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError("model names may use letters, digits, _ - . only", field="models.name", value=self.name)
 
@@ -88,6 +93,9 @@ class ScalingConfig:
     out_dir: str = "runs/scaling"
     seed: int = 42  #: default training seed of every model (run.seed / LightGBM seed) and bootstrap seed
     bootstrap_resamples: int = 200  #: resamples of the R² bands (10-90%)
+    #: stream mode (:mod:`specvit.evaluate.curves`): neural models train once on fresh simulations and are
+    #: scored at checkpoints of samples seen; ``sizes`` are then the baselines' file sizes only
+    stream: StreamCurves | None = None
 
     def __post_init__(self):
         if not self.sizes or any(s < 1 for s in self.sizes):
@@ -99,6 +107,10 @@ class ScalingConfig:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError("model names must be unique", field="models.name", value=sorted(dup)[0])
+        if self.stream is None and any(m.max_samples is not None for m in self.models):
+            raise ConfigError("max_samples needs the stream mode (a stream: section)", field="models.max_samples")
+        if self.stream is not None and "bayes" in names:
+            raise ConfigError("'bayes' is the name of the reference estimator in stream mode", field="models.name")
 
 
 def load_scaling_config(path=None, overrides=(), *, data: dict | None = None) -> ScalingConfig:
@@ -252,7 +264,14 @@ def _rows(model: ScalingModel, size: int, test: dict, seconds: float) -> list[di
 
 
 def run_scaling(cfg: ScalingConfig, *, log=print) -> pd.DataFrame:
-    """Train and test every model at every size (skipping finished runs); write the table and figures."""
+    """Train and test every model at every size (skipping finished runs); write the table and figures.
+
+    With a ``stream:`` section: the learning curves of :func:`specvit.evaluate.curves.run_stream_scaling`.
+    """
+    if cfg.stream is not None:
+        from specvit.evaluate.curves import run_stream_scaling
+
+        return run_stream_scaling(cfg, log=log)
     out = Path(cfg.out_dir)
     jobs = plan(cfg)
     out.mkdir(parents=True, exist_ok=True)
