@@ -43,6 +43,9 @@ def _coerce(value, tp, *, key: str, source):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:  # Optional[X]: X's own error (its field, its message)
+            return _coerce(value, members[0], key=key, source=source)
         errors = []
         for a in args:
             if a is type(None):

@@ -335,8 +335,10 @@ class CurveRecorder:
 # ------------------------------------------------------------------------------------------------
 # the job
 # ------------------------------------------------------------------------------------------------
-def advance(cfg, m, upto: int, test: TestSet, *, log=print) -> None:
-    """Train neural model ``m`` on the stream until ``upto`` samples seen (resuming), recording grid points."""
+def advance(cfg, m, upto: int, test: TestSet, *, log=print, callbacks=()) -> None:
+    """Train neural model ``m`` on the stream until ``upto`` samples seen (resuming), recording grid points.
+
+    ``callbacks``: more trainer callbacks after the recorder (tests use one to simulate a kill)."""
     from specvit.train.trainer import Trainer
 
     tc = stream_train_config(cfg, m, upto_samples=upto)
@@ -345,7 +347,7 @@ def advance(cfg, m, upto: int, test: TestSet, *, log=print) -> None:
                         checkpoint_minutes=cfg.stream.checkpoint_minutes, log=log, name=m.name)
     if all(rec.point_path(g).exists() for g in grid if g <= upto):
         return
-    trainer = Trainer(tc, callbacks=[rec])
+    trainer = Trainer(tc, callbacks=[rec, *callbacks])
     rec.reset_clock()
     trainer.fit()
 
