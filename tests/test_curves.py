@@ -125,3 +125,28 @@ def test_bad_stream_config_is_rejected_before_anything_runs(files, tmp_path, cha
         run_scaling(load_scaling_config(data=d))
     assert field in str(e.value.field), str(e.value)
     assert not (tmp_path / "bad").exists()
+
+
+def test_summary_finds_where_the_target_passes_each_model_and_the_slopes():
+    from specvit.evaluate.curves import ceiling_gaps, summarise_curves
+
+    t = pd.DataFrame({"model": ["vit"] * 3 + ["mlp"] * 3 + ["ridge"] * 2, "label": "log_g",
+                      "samples_seen": [64, 128, 256, 64, 128, 256, 100, 200],
+                      "r2": [0.1, 0.3, 0.6, 0.2, 0.35, 0.5, 0.25, 0.3]})
+    s = summarise_curves(t, target="vit", label="log_g")
+    assert s["versus"]["mlp"]["passes_at"] == 256 and s["versus"]["mlp"]["gap_at_last"] == pytest.approx(-0.1)
+    # ridge at 128 rows, log-interpolated between 100 and 200: 0.25 + 0.05 log(1.28)/log(2) = 0.2678 < 0.3
+    assert s["versus"]["ridge"]["passes_at"] == 128 and s["versus"]["ridge"]["compared_points"] == 1
+    assert s["models"]["vit"]["slope_per_decade_last2"] == pytest.approx(0.3 / np.log10(2))
+    t.loc[t["model"] == "vit", "r2"] = [0.0, 0.1, 0.2]
+    assert summarise_curves(t, target="vit", label="log_g")["versus"]["mlp"]["passes_at"] is None
+
+    bins = pd.DataFrame({"model": ["van_trees", "van_trees", "mlp", "mlp", "vit"], "label": "log_g",
+                         "kind": ["ceiling", "ceiling", "neural", "neural", "neural"],
+                         "samples_seen": [None, None, 256, 256, 128], "snr_bin": ["2.5-3.5", "8.5-12.5"] + ["2.5-3.5", "8.5-12.5", "8.5-12.5"],
+                         "r2": [0.5, 0.9, 0.1, 0.8, 0.87]})
+    g = ceiling_gaps(bins, label="log_g")
+    assert g["bins"]["8.5-12.5"]["best_model"] == "vit" and g["bins"]["8.5-12.5"]["gap"] == pytest.approx(0.03)
+    assert g["bins"]["2.5-3.5"]["counts"] is False and g["met"] is True  # the low-SNR bin does not count
+    bins.loc[4, "r2"] = 0.84
+    assert ceiling_gaps(bins, label="log_g")["met"] is False

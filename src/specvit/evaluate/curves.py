@@ -537,6 +537,76 @@ def collect(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(bins)
 
 
+def slope_per_decade(xs, ys, last: int = 2) -> float:
+    """dR²/dlog10(samples) over the last ``last`` points (least squares; NaN with fewer points)."""
+    xs, ys = np.asarray(xs, float)[-last:], np.asarray(ys, float)[-last:]
+    if len(xs) < 2:
+        return math.nan
+    return float(np.polyfit(np.log10(xs), ys, 1)[0])
+
+
+def summarise_curves(table: pd.DataFrame, *, target: str, label: str) -> dict:
+    """Where ``target`` (a neural model) passes every other model, in samples seen; slopes per decade.
+
+    Another neural model is compared at the same grid points; a baseline at file size n is compared with
+    ``target`` at n samples seen (log-linear interpolation of the baseline between its sizes, only inside
+    them). ``passes_at``: the first compared point with target R² >= the other's; None if it does not
+    within the measured range (``gap_at_last``: other − target at the last compared point).
+    """
+    t = table[(table["label"] == label) & table["samples_seen"].notna()]
+    curves = {m: g.sort_values("samples_seen") for m, g in t.groupby("model")}
+    out: dict[str, Any] = {"target": target, "label": label, "models": {}}
+    for m, g in curves.items():
+        out["models"][m] = {"largest_samples": int(g["samples_seen"].iloc[-1]), "r2_at_largest": float(g["r2"].iloc[-1]),
+                            "slope_per_decade_last2": slope_per_decade(g["samples_seen"], g["r2"], 2),
+                            "slope_per_decade_last3": slope_per_decade(g["samples_seen"], g["r2"], 3)}
+    if target not in curves:
+        return out
+    a = curves[target]
+    ax, ay = a["samples_seen"].to_numpy(float), a["r2"].to_numpy(float)
+    cmp = {}
+    for m, g in curves.items():
+        if m == target:
+            continue
+        bx, by = g["samples_seen"].to_numpy(float), g["r2"].to_numpy(float)
+        sel = (ax >= bx.min()) & (ax <= bx.max())
+        if not sel.any():
+            cmp[m] = {"compared_points": 0}
+            continue
+        other = np.interp(np.log10(ax[sel]), np.log10(bx), by)
+        ahead = ay[sel] >= other
+        first = int(ax[sel][np.argmax(ahead)]) if ahead.any() else None
+        cmp[m] = {"compared_points": int(sel.sum()), "passes_at": first,
+                  "last_compared_samples": int(ax[sel][-1]), "gap_at_last": float(other[-1] - ay[sel][-1])}
+    out["versus"] = cmp
+    return out
+
+
+def ceiling_gaps(bins: pd.DataFrame, *, label: str, min_snr: float = 5.0, tolerance: float = 0.05) -> dict:
+    """Per SNR bin: the best R² of any model at any budget against the van Trees ceiling.
+
+    Bins whose centre (geometric mean of the edges) is >= ``min_snr`` count for the target "the best
+    model per SNR bin within ``tolerance`` of the van Trees ceiling"; ``met`` is None without a ceiling.
+    """
+    b = bins[bins["label"] == label]
+    vt = b[b["model"] == "van_trees"].set_index("snr_bin")["r2"]
+    est = b[b["kind"] != "ceiling"]
+    out: dict[str, Any] = {"label": label, "min_snr": min_snr, "tolerance": tolerance, "bins": {}}
+    for name in vt.index:
+        lo, hi = (float(v) for v in name.split("-"))
+        e = est[est["snr_bin"] == name].dropna(subset=["r2"])
+        if e.empty:
+            continue
+        best = e.loc[e["r2"].idxmax()]
+        out["bins"][name] = {"van_trees": float(vt[name]), "best_model": best["model"],
+                             "best_samples": None if pd.isna(best["samples_seen"]) else int(best["samples_seen"]),
+                             "best_r2": float(best["r2"]), "gap": float(vt[name] - best["r2"]),
+                             "counts": bool(math.sqrt(lo * hi) >= min_snr)}
+    counted = [v for v in out["bins"].values() if v["counts"]]
+    out["met"] = None if not counted else all(v["gap"] <= tolerance for v in counted)
+    return out
+
+
 def write_outputs(cfg, *, log=print) -> pd.DataFrame:
     from specvit.baselines.common import write_csv
 
@@ -545,6 +615,15 @@ def write_outputs(cfg, *, log=print) -> pd.DataFrame:
     if table.empty:
         return table
     write_csv(out / "curves.csv", table)
+    from specvit.evaluate.report import to_jsonable
+
+    targets = [m.name for m in cfg.models if m.kind == "neural" and "specvit" in m.name.lower()]
+    summary = {label: summarise_curves(table, target=targets[0], label=label) for label in cfg.data.labels} \
+        if targets else {}
+    if not bins.empty and (bins["model"] == "van_trees").any():
+        for label in cfg.data.labels:
+            summary.setdefault(label, {})["ceiling_gaps"] = ceiling_gaps(bins, label=label)
+    write_text_atomic(out / "curves_summary.json", json.dumps(to_jsonable(summary), indent=1))
     if not bins.empty:
         write_csv(out / "curves_by_snr.csv", bins)
     from specvit.evaluate.curve_figures import plot_curves, plot_snr_at_largest
