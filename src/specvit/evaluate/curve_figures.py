@@ -33,12 +33,12 @@ def _color(name: str) -> str:
 
 def plot_curves(table: pd.DataFrame, *, x: str = "samples_seen", label: str = "log_g") -> Figure:
     """Test R² vs ``x`` (log axis); ``table`` = rows of ``curves.csv`` for one label."""
-    fig = _new_figure((7.6, 4.6))
+    fig = _new_figure((9.2, 4.4))
     ax = fig.add_subplot()
     for model, t in table.groupby("model", sort=False):
         if model == "bayes":
             ax.axhline(float(t["r2"].iloc[0]), color=_color(model), ls=":", lw=1.3,
-                       label=f"Bayes posterior mean (first {int(t['n_test'].iloc[0])} test spectra)")
+                       label=f"Bayes posterior mean ({int(t['n_test'].iloc[0])} test spectra)")
             continue
         t = t[np.isfinite(pd.to_numeric(t[x], errors="coerce"))].sort_values(x)
         if t.empty:
@@ -53,8 +53,10 @@ def plot_curves(table: pd.DataFrame, *, x: str = "samples_seen", label: str = "l
     ax.set_xscale("log")
     ax.set_xlabel(_XLABEL.get(x, x))
     ax.set_ylabel(f"test $R^2$ of {_label_text(label)}")
+    lo = pd.to_numeric(table["r2"], errors="coerce").min()
+    ax.set_ylim(max(-0.1, lo - 0.03) if np.isfinite(lo) else -0.1, 1.0)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
@@ -62,7 +64,7 @@ def plot_snr_at_largest(bins: pd.DataFrame, *, label: str = "log_g", edges=SNR_B
     """R² per SNR bin: each model at its largest samples seen, the Bayes estimator, the ceilings."""
     names = snr_bin_labels(edges)
     centres = np.sqrt(np.asarray(edges[:-1]) * np.asarray(edges[1:]))
-    fig = _new_figure((7.6, 4.4))
+    fig = _new_figure((9.6, 4.4))
     ax = fig.add_subplot()
     for model, t in bins.groupby("model", sort=False):
         kind = t["kind"].iloc[0]
@@ -86,5 +88,5 @@ def plot_snr_at_largest(bins: pd.DataFrame, *, label: str = "log_g", edges=SNR_B
     ax.set_ylabel(f"test $R^2$ of {_label_text(label)}")
     ax.set_ylim(-0.1, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="lower right")
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig

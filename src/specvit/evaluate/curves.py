@@ -607,6 +607,36 @@ def ceiling_gaps(bins: pd.DataFrame, *, label: str, min_snr: float = 5.0, tolera
     return out
 
 
+def markdown_tables(table: pd.DataFrame, bins: pd.DataFrame, *, label: str) -> str:
+    """``curves_<label>.md``: R² (and training CPU s) per samples seen and model; R² per SNR bin at the largest."""
+    t = table[(table["label"] == label) & table["samples_seen"].notna()]
+    models = list(dict.fromkeys(t["model"]))
+    lines = ["| samples seen (rows for baselines) | " + " | ".join(models) + " |",
+             "|---|" + "---|" * len(models)]
+    for s in sorted(t["samples_seen"].unique()):
+        cells = []
+        for m in models:
+            r = t[(t["model"] == m) & (t["samples_seen"] == s)]
+            cells.append("" if r.empty else f"{r['r2'].iloc[0]:.3f} ({r['train_cpu_s'].iloc[0]:.0f} CPU-s)")
+        lines.append(f"| {int(s):,} | " + " | ".join(cells) + " |")
+    ref = table[(table["label"] == label) & (table["model"] == "bayes")]
+    if not ref.empty:
+        lines.append(f"\nBayes posterior mean: R² = {ref['r2'].iloc[0]:.3f} on the first {int(ref['n_test'].iloc[0])} "
+                     "test spectra.")
+    b = bins[bins["label"] == label] if not bins.empty else bins
+    if not b.empty:
+        names = list(dict.fromkeys(b["snr_bin"]))
+        lines += ["", "| model (largest budget) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for m, g in b.groupby("model", sort=False):
+            s = pd.to_numeric(g["samples_seen"], errors="coerce")
+            if s.notna().any():
+                g = g[s == s.max()]
+            v = g.set_index("snr_bin")["r2"].reindex(names)
+            tag = f"{m} @ {int(s.max()):,}" if s.notna().any() else m
+            lines.append(f"| {tag} | " + " | ".join("" if pd.isna(x) else f"{x:.3f}" for x in v) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(cfg, *, log=print) -> pd.DataFrame:
     from specvit.baselines.common import write_csv
 
@@ -626,6 +656,8 @@ def write_outputs(cfg, *, log=print) -> pd.DataFrame:
     write_text_atomic(out / "curves_summary.json", json.dumps(to_jsonable(summary), indent=1))
     if not bins.empty:
         write_csv(out / "curves_by_snr.csv", bins)
+    for label in cfg.data.labels:
+        write_text_atomic(out / f"curves_{label}.md", markdown_tables(table, bins, label=label))
     from specvit.evaluate.curve_figures import plot_curves, plot_snr_at_largest
     from specvit.evaluate.scaling import _save
 
