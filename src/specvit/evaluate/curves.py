@@ -418,7 +418,7 @@ def run_bayes_reference(cfg, out: Path, log=print) -> dict | None:
 def run_stream_scaling(cfg, *, log=print) -> pd.DataFrame:
     """The stream-mode job: ceilings, neural rounds interleaved with the baselines, Bayes; table + figures."""
     from specvit.config import write_resolved_config
-    from specvit.evaluate.scaling import _baseline_config, run_dir
+    from specvit.evaluate.runs import baseline_config as _baseline_config, run_dir
 
     out = Path(cfg.out_dir)
     neural = [m for m in cfg.models if m.kind == "neural"]
@@ -468,7 +468,7 @@ def _check_train_rows(cfg) -> None:
 
 def _run_baseline_once(cfg, m, size, rc, log) -> None:
     from specvit.evaluate.report import to_jsonable
-    from specvit.evaluate.scaling import _run_baseline, run_dir
+    from specvit.evaluate.runs import run_baseline as _run_baseline, run_dir
 
     done = run_dir(cfg, m, size) / "result.json"
     if done.exists():
@@ -488,7 +488,7 @@ def _run_baseline_once(cfg, m, size, rc, log) -> None:
 # ------------------------------------------------------------------------------------------------
 def collect(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, curves_by_snr) from whatever is on disk (finished points and baseline runs)."""
-    from specvit.evaluate.scaling import run_dir
+    from specvit.evaluate.runs import run_dir
 
     rows, bins = [], []
 
@@ -659,7 +659,7 @@ def write_outputs(cfg, *, log=print) -> pd.DataFrame:
     for label in cfg.data.labels:
         write_text_atomic(out / f"curves_{label}.md", markdown_tables(table, bins, label=label))
     from specvit.evaluate.curve_figures import plot_curves, plot_snr_at_largest
-    from specvit.evaluate.scaling import _save
+    from specvit.evaluate.runs import save_png as _save
 
     for label in cfg.data.labels:
         t = table[table["label"] == label]

@@ -35,6 +35,10 @@ from specvit.atomic import write_text_atomic
 from specvit.config import _deep_merge, load_config, write_resolved_config
 from specvit.errors import ConfigError, InputError
 from specvit.evaluate.curves import StreamCurves
+from specvit.evaluate.runs import baseline_config as _baseline_config
+from specvit.evaluate.runs import run_baseline as _run_baseline
+from specvit.evaluate.runs import run_dir
+from specvit.evaluate.runs import save_png as _save
 from specvit.labels import canonical_label
 
 #: data keys a neural model's options may not set (the scaling config owns them)
@@ -143,32 +147,6 @@ def _neural_config(cfg: ScalingConfig, m: ScalingModel, size: int, out: Path):
         raise ConfigError(f"in models[{m.name}].options: {e}") from None
 
 
-def _baseline_config(cfg: ScalingConfig, m: ScalingModel, size: int, out: Path):
-    if m.kind == "lightgbm":
-        from specvit.baselines.gbm import LightGBMConfig as C
-    else:
-        from specvit.baselines.ridge import RidgeConfig as C
-    opts = dict(m.options)
-    for k in ("data", "out_dir"):
-        if k in opts:
-            raise ConfigError("this key is set by the scaling config", field=f"models[{m.name}].options.{k}")
-    d = cfg.data
-    data = {"train": d.train, "val": d.val, "test": d.test, "labels": list(d.labels), "noise_level": d.noise_level,
-            "eval_noise_seed": d.eval_noise_seed, "max_train_rows": size, "max_val_rows": d.max_val_rows,
-            "max_test_rows": d.max_test_rows}
-    defaults = {"eval_seed": cfg.seed}
-    if m.kind == "lightgbm":
-        defaults.update(seed=cfg.seed, log_every=0)
-    try:
-        return load_config(C, data={**defaults, **opts, "data": data, "out_dir": str(out)})
-    except InputError as e:
-        raise ConfigError(f"in models[{m.name}].options: {e}") from None
-
-
-def run_dir(cfg: ScalingConfig, m: ScalingModel, size: int) -> Path:
-    return Path(cfg.out_dir) / "runs" / m.name / f"n{size}"
-
-
 def plan(cfg: ScalingConfig) -> list[tuple[ScalingModel, int, Any]]:
     """Every (model, size, run config), validated up front (a bad option fails before any training)."""
     from specvit.data.pfsspec import open_dataset
@@ -242,15 +220,6 @@ def _run_neural(cfg: ScalingConfig, rc, out: Path, log) -> dict:
     write_csv(out / "predictions.csv", df)
     test = evaluate_predictions(df, d.labels, "snr", cfg.seed, n_resamples=cfg.bootstrap_resamples)
     return {"test": test, "train": {k: v for k, v in result.items() if not isinstance(v, (dict, list))}}
-
-
-def _run_baseline(m: ScalingModel, rc, log) -> dict:
-    if m.kind == "lightgbm":
-        from specvit.baselines.gbm import run_lightgbm as run
-    else:
-        from specvit.baselines.ridge import run_ridge as run
-    metrics = run(rc, log=lambda s: log(f"    {s}"))
-    return {"test": metrics["test"], "train": {k: v for k, v in metrics.items() if k not in ("test",)}}
 
 
 def _rows(model: ScalingModel, size: int, test: dict, seconds: float) -> list[dict]:
@@ -338,10 +307,3 @@ def write_figures(cfg: ScalingConfig, table: pd.DataFrame, results: dict) -> lis
             _save(fig, p)
             paths.append(p)
     return paths
-
-
-def _save(fig, path: Path) -> None:
-    from specvit.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
