@@ -141,12 +141,15 @@ def test_summary_finds_where_the_target_passes_each_model_and_the_slopes():
     t.loc[t["model"] == "vit", "r2"] = [0.0, 0.1, 0.2]
     assert summarise_curves(t, target="vit", label="log_g")["versus"]["mlp"]["passes_at"] is None
 
-    bins = pd.DataFrame({"model": ["van_trees", "van_trees", "mlp", "mlp", "vit"], "label": "log_g",
-                         "kind": ["ceiling", "ceiling", "neural", "neural", "neural"],
-                         "samples_seen": [None, None, 256, 256, 128], "snr_bin": ["2.5-3.5", "8.5-12.5"] + ["2.5-3.5", "8.5-12.5", "8.5-12.5"],
-                         "r2": [0.5, 0.9, 0.1, 0.8, 0.87]})
+    bins = pd.DataFrame({"model": ["van_trees", "van_trees", "mlp", "mlp", "vit", "bayes"], "label": "log_g",
+                         "kind": ["ceiling", "ceiling", "neural", "neural", "neural", "reference"],
+                         "samples_seen": [None, None, 256, 256, 128, None],
+                         "snr_bin": ["2.5-3.5", "8.5-12.5", "2.5-3.5", "8.5-12.5", "8.5-12.5", "8.5-12.5"],
+                         "r2": [0.5, 0.9, 0.1, 0.8, 0.87, 0.95]})
     g = ceiling_gaps(bins, label="log_g")
+    # the Bayes reference (0.95) is listed but is not a trained model
     assert g["bins"]["8.5-12.5"]["best_model"] == "vit" and g["bins"]["8.5-12.5"]["gap"] == pytest.approx(0.03)
+    assert g["bins"]["8.5-12.5"]["bayes_posterior_mean"] == pytest.approx(0.95)
     assert g["bins"]["2.5-3.5"]["counts"] is False and g["met"] is True  # the low-SNR bin does not count
     bins.loc[4, "r2"] = 0.84
     assert ceiling_gaps(bins, label="log_g")["met"] is False

@@ -583,14 +583,15 @@ def summarise_curves(table: pd.DataFrame, *, target: str, label: str) -> dict:
 
 
 def ceiling_gaps(bins: pd.DataFrame, *, label: str, min_snr: float = 5.0, tolerance: float = 0.05) -> dict:
-    """Per SNR bin: the best R² of any model at any budget against the van Trees ceiling.
+    """Per SNR bin: the best R² of any trained model at any budget against the van Trees ceiling.
 
     Bins whose centre (geometric mean of the edges) is >= ``min_snr`` count for the target "the best
     model per SNR bin within ``tolerance`` of the van Trees ceiling"; ``met`` is None without a ceiling.
     """
     b = bins[bins["label"] == label]
     vt = b[b["model"] == "van_trees"].set_index("snr_bin")["r2"]
-    est = b[b["kind"] != "ceiling"]
+    est = b[~b["kind"].isin(["ceiling", "reference"])]  # trained models only; the Bayes estimator is listed apart
+    ref = b[b["kind"] == "reference"].set_index("snr_bin")["r2"]
     out: dict[str, Any] = {"label": label, "min_snr": min_snr, "tolerance": tolerance, "bins": {}}
     for name in vt.index:
         lo, hi = (float(v) for v in name.split("-"))
@@ -601,7 +602,8 @@ def ceiling_gaps(bins: pd.DataFrame, *, label: str, min_snr: float = 5.0, tolera
         out["bins"][name] = {"van_trees": float(vt[name]), "best_model": best["model"],
                              "best_samples": None if pd.isna(best["samples_seen"]) else int(best["samples_seen"]),
                              "best_r2": float(best["r2"]), "gap": float(vt[name] - best["r2"]),
-                             "counts": bool(math.sqrt(lo * hi) >= min_snr)}
+                             "counts": bool(math.sqrt(lo * hi) >= min_snr),
+                             "bayes_posterior_mean": float(ref[name]) if name in ref.index else None}
     counted = [v for v in out["bins"].values() if v["counts"]]
     out["met"] = None if not counted else all(v["gap"] <= tolerance for v in counted)
     return out
