@@ -78,9 +78,12 @@ def plot_snr_at_largest(bins: pd.DataFrame, *, label: str = "log_g", edges=SNR_B
                 "CRLB median (unbiased estimators)"
             ax.plot(centres, r2, color=_color(model), label=text, **style)
             continue
-        top = f" @ {int(s.max()):,} samples" if s.notna().any() else ""
+        unit = "samples seen" if kind == "neural" else "training rows"
+        top = f" @ {int(s.max()):,} {unit}" if s.notna().any() else ""
+        n_binned = int(pd.to_numeric(t["n"], errors="coerce").sum())
+        text = f"{model}{top}" if model != "bayes" else f"Bayes posterior mean ({n_binned} binned test spectra)"
         ax.plot(centres, r2, marker="o", ms=3.5, lw=1.2, ls=":" if model == "bayes" else "-",
-                color=_color(model), label=f"{model}{top}" if model != "bayes" else "Bayes posterior mean")
+                color=_color(model), label=text)
     ax.set_xscale("log")
     ax.set_xticks(centres, [n.replace("-", "–") for n in names], rotation=30, fontsize=8)
     ax.minorticks_off()
