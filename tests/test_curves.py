@@ -137,6 +137,7 @@ def test_summary_finds_where_the_target_passes_each_model_and_the_slopes():
     assert s["versus"]["mlp"]["passes_at"] == 256 and s["versus"]["mlp"]["gap_at_last"] == pytest.approx(-0.1)
     # ridge at 128 rows, log-interpolated between 100 and 200: 0.25 + 0.05 log(1.28)/log(2) = 0.2678 < 0.3
     assert s["versus"]["ridge"]["passes_at"] == 128 and s["versus"]["ridge"]["compared_points"] == 1
+    assert s["versus"]["ridge"]["exceeds_other_best_at"] == 128 and s["versus"]["mlp"]["exceeds_other_best_at"] == 256
     assert s["models"]["vit"]["slope_per_decade_last2"] == pytest.approx(0.3 / np.log10(2))
     t.loc[t["model"] == "vit", "r2"] = [0.0, 0.1, 0.2]
     assert summarise_curves(t, target="vit", label="log_g")["versus"]["mlp"]["passes_at"] is None

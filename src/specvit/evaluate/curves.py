@@ -552,6 +552,8 @@ def summarise_curves(table: pd.DataFrame, *, target: str, label: str) -> dict:
     ``target`` at n samples seen (log-linear interpolation of the baseline between its sizes, only inside
     them). ``passes_at``: the first compared point with target R² >= the other's; None if it does not
     within the measured range (``gap_at_last``: other − target at the last compared point).
+    ``exceeds_other_best_at``: the first target point whose R² reaches the other model's best measured R²
+    at any budget (``other_best_r2`` at ``other_best_at``), e.g. a baseline's largest file so far.
     """
     t = table[(table["label"] == label) & table["samples_seen"].notna()]
     curves = {m: g.sort_values("samples_seen") for m, g in t.groupby("model")}
@@ -570,14 +572,17 @@ def summarise_curves(table: pd.DataFrame, *, target: str, label: str) -> dict:
             continue
         bx, by = g["samples_seen"].to_numpy(float), g["r2"].to_numpy(float)
         sel = (ax >= bx.min()) & (ax <= bx.max())
+        above_best = ay >= by.max()
+        best = {"other_best_r2": float(by.max()), "other_best_at": int(bx[np.argmax(by)]),
+                "exceeds_other_best_at": int(ax[np.argmax(above_best)]) if above_best.any() else None}
         if not sel.any():
-            cmp[m] = {"compared_points": 0}
+            cmp[m] = {"compared_points": 0, **best}
             continue
         other = np.interp(np.log10(ax[sel]), np.log10(bx), by)
         ahead = ay[sel] >= other
         first = int(ax[sel][np.argmax(ahead)]) if ahead.any() else None
         cmp[m] = {"compared_points": int(sel.sum()), "passes_at": first,
-                  "last_compared_samples": int(ax[sel][-1]), "gap_at_last": float(other[-1] - ay[sel][-1])}
+                  "last_compared_samples": int(ax[sel][-1]), "gap_at_last": float(other[-1] - ay[sel][-1]), **best}
     out["versus"] = cmp
     return out
 
