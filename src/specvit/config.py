@@ -43,6 +43,9 @@ def _coerce(value, tp, *, key: str, source):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:  # Optional[X]: X's own error (its field, its message)
+            return _coerce(value, members[0], key=key, source=source)
         errors = []
         for a in args:
             if a is type(None):
@@ -206,8 +209,19 @@ def _set_dotted(data: dict, dotted: str, value, *, cls, source) -> None:
         if i == len(parts) - 1:
             cur[part] = value
         else:
-            cur = cur.setdefault(part, {})
-            cur_cls = hint
+            if cur.get(part) is None:  # absent, or an optional section that is null: --set creates it
+                cur[part] = {}
+            cur = cur[part]
+            cur_cls = _optional_section(hint)
+
+
+def _optional_section(hint):
+    """``Section | None`` -> ``Section`` (so ``--set stream.key=...`` reaches an optional section)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1 and _is_dataclass_type(members[0]):
+            return members[0]
+    return hint
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -126,7 +126,12 @@ def register(subparsers) -> None:
         "scaling", help="test R2 vs training-set size (prefixes of one training set) for every model",
         description="Train every configured model (neural via the training engine, LightGBM, Ridge) on prefixes "
                     "of one training set, test all on the same rows with the same fixed noise, and write "
-                    "scaling.csv plus the scaling figure. Finished (model, size) runs are skipped on restart.")
+                    "scaling.csv plus the scaling figure. Finished (model, size) runs are skipped on restart. "
+                    "With a `stream:` section (configs/curves_stream.yaml): LEARNING CURVES -- each neural model "
+                    "trains once on fresh simulations and is tested at 8k, 16k, ... samples seen (recording "
+                    "samples, training wall and CPU time), baselines on file prefixes, van Trees ceilings per SNR "
+                    "bin and the Bayes posterior mean; writes curves.csv, curves_by_snr.csv and curves_*.png. "
+                    "Re-running resumes; raising a max_samples extends a curve.")
     _config_args(p)
     p.set_defaults(func=_scaling)
 

@@ -34,6 +34,11 @@ import pandas as pd
 from specvit.atomic import write_text_atomic
 from specvit.config import _deep_merge, load_config, write_resolved_config
 from specvit.errors import ConfigError, InputError
+from specvit.evaluate.curves import StreamCurves
+from specvit.evaluate.runs import baseline_config as _baseline_config
+from specvit.evaluate.runs import run_baseline as _run_baseline
+from specvit.evaluate.runs import run_dir
+from specvit.evaluate.runs import save_png as _save
 from specvit.labels import canonical_label
 
 #: data keys a neural model's options may not set (the scaling config owns them)
@@ -72,8 +77,12 @@ class ScalingModel:
     name: str  #: display name and folder name (letters, digits, _ - .)
     kind: Literal["neural", "lightgbm", "ridge"] = "neural"
     options: dict[str, Any] = field(default_factory=dict)
+    #: stream mode only: this neural model's budget in samples seen (default ``stream.max_samples``)
+    max_samples: int | None = None
 
     def __post_init__(self):
+        if self.max_samples is not None and int(self.max_samples) < 1:
+            raise ConfigError("must be >= 1, or null", field=f"models[{self.name}].max_samples", value=self.max_samples)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError("model names may use letters, digits, _ - . only", field="models.name", value=self.name)
 
@@ -88,6 +97,9 @@ class ScalingConfig:
     out_dir: str = "runs/scaling"
     seed: int = 42  #: default training seed of every model (run.seed / LightGBM seed) and bootstrap seed
     bootstrap_resamples: int = 200  #: resamples of the R² bands (10-90%)
+    #: stream mode (:mod:`specvit.evaluate.curves`): neural models train once on fresh simulations and are
+    #: scored at checkpoints of samples seen; ``sizes`` are then the baselines' file sizes only
+    stream: StreamCurves | None = None
 
     def __post_init__(self):
         if not self.sizes or any(s < 1 for s in self.sizes):
@@ -99,6 +111,10 @@ class ScalingConfig:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError("model names must be unique", field="models.name", value=sorted(dup)[0])
+        if self.stream is None and any(m.max_samples is not None for m in self.models):
+            raise ConfigError("max_samples needs the stream mode (a stream: section)", field="models.max_samples")
+        if self.stream is not None and "bayes" in names:
+            raise ConfigError("'bayes' is the name of the reference estimator in stream mode", field="models.name")
 
 
 def load_scaling_config(path=None, overrides=(), *, data: dict | None = None) -> ScalingConfig:
@@ -129,32 +145,6 @@ def _neural_config(cfg: ScalingConfig, m: ScalingModel, size: int, out: Path):
         return load_train_config(data=merged)
     except ConfigError as e:
         raise ConfigError(f"in models[{m.name}].options: {e}") from None
-
-
-def _baseline_config(cfg: ScalingConfig, m: ScalingModel, size: int, out: Path):
-    if m.kind == "lightgbm":
-        from specvit.baselines.gbm import LightGBMConfig as C
-    else:
-        from specvit.baselines.ridge import RidgeConfig as C
-    opts = dict(m.options)
-    for k in ("data", "out_dir"):
-        if k in opts:
-            raise ConfigError("this key is set by the scaling config", field=f"models[{m.name}].options.{k}")
-    d = cfg.data
-    data = {"train": d.train, "val": d.val, "test": d.test, "labels": list(d.labels), "noise_level": d.noise_level,
-            "eval_noise_seed": d.eval_noise_seed, "max_train_rows": size, "max_val_rows": d.max_val_rows,
-            "max_test_rows": d.max_test_rows}
-    defaults = {"eval_seed": cfg.seed}
-    if m.kind == "lightgbm":
-        defaults.update(seed=cfg.seed, log_every=0)
-    try:
-        return load_config(C, data={**defaults, **opts, "data": data, "out_dir": str(out)})
-    except InputError as e:
-        raise ConfigError(f"in models[{m.name}].options: {e}") from None
-
-
-def run_dir(cfg: ScalingConfig, m: ScalingModel, size: int) -> Path:
-    return Path(cfg.out_dir) / "runs" / m.name / f"n{size}"
 
 
 def plan(cfg: ScalingConfig) -> list[tuple[ScalingModel, int, Any]]:
@@ -243,15 +233,6 @@ def _run_neural(cfg: ScalingConfig, rc, out: Path, log) -> dict:
     return {"test": test, "train": {k: v for k, v in result.items() if not isinstance(v, (dict, list))}}
 
 
-def _run_baseline(m: ScalingModel, rc, log) -> dict:
-    if m.kind == "lightgbm":
-        from specvit.baselines.gbm import run_lightgbm as run
-    else:
-        from specvit.baselines.ridge import run_ridge as run
-    metrics = run(rc, log=lambda s: log(f"    {s}"))
-    return {"test": metrics["test"], "train": {k: v for k, v in metrics.items() if k not in ("test",)}}
-
-
 def _rows(model: ScalingModel, size: int, test: dict, seconds: float) -> list[dict]:
     rows = []
     for label, entry in test["labels"].items():
@@ -263,7 +244,14 @@ def _rows(model: ScalingModel, size: int, test: dict, seconds: float) -> list[di
 
 
 def run_scaling(cfg: ScalingConfig, *, log=print) -> pd.DataFrame:
-    """Train and test every model at every size (skipping finished runs); write the table and figures."""
+    """Train and test every model at every size (skipping finished runs); write the table and figures.
+
+    With a ``stream:`` section: the learning curves of :func:`specvit.evaluate.curves.run_stream_scaling`.
+    """
+    if cfg.stream is not None:
+        from specvit.evaluate.curves import run_stream_scaling
+
+        return run_stream_scaling(cfg, log=log)
     out = Path(cfg.out_dir)
     jobs = plan(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,10 +318,3 @@ def write_figures(cfg: ScalingConfig, table: pd.DataFrame, results: dict) -> lis
             _save(fig, p)
             paths.append(p)
     return paths
-
-
-def _save(fig, path: Path) -> None:
-    from specvit.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
