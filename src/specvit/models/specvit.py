@@ -15,6 +15,7 @@ positions, CLS pooling; 4.81M parameters). Research options are fields of
 * ``tokenizer="sw"``: unfold + Linear (:mod:`.tokenizers`, which also holds the patch layout);
 * ``pos_encoding="sinusoidal" | "rope" | "wavelength"`` (:mod:`.position`);
 * ``chunk_norm="zscore" | "continuum"``, ``chunk_size``, ``chunk_stats`` (:mod:`.chunknorm`);
+* ``conv_stem=(c1, c2, ...)``: stride-2 Conv-BN-GELU layers before the patch tokens (:mod:`.convstem`);
 * ``pool="mean"``: the mean of the tokens instead of a CLS token;
 * ``gaussian=True``: a (mean, log-variance) head (:mod:`.heads`);
 * ``input_norm``: the per-pixel standardisation, fitted by the trainer (:mod:`.inputnorm`).
@@ -35,6 +36,7 @@ from torch import nn
 from specvit.errors import InputError
 from specvit.models.chunknorm import ChunkNorm, ChunkStatsEmbedding
 from specvit.models.clsonly import prefix_query_qkv
+from specvit.models.convstem import ConvStem
 from specvit.models.dropout import Dropout
 from specvit.models.heads import RegressionHead
 from specvit.models.inputnorm import InputStandardizer
@@ -70,11 +72,17 @@ class SpecViTConfig(ModelConfig):
     gaussian: bool = False  #: predict (mean, log variance) per label
     wave: tuple[float, ...] | None = None  #: input wavelengths (Angstrom, n_pixels values); for "wavelength"
     input_norm: bool = True  #: standardise each pixel with the training flux's mean and std first
+    #: channels of stride-2 Conv1d-BatchNorm-GELU layers that replace the tokenizer (:mod:`.convstem`); () = none
+    conv_stem: tuple[int, ...] = ()
+    conv_stem_kernel: int = 3  #: kernel (pixels, odd) of each conv_stem layer
 
     def __post_init__(self):
         for name, known in (("tokenizer", TOKENIZERS), ("pool", POOLS), ("pos_encoding", POS_ENCODINGS)):
             if getattr(self, name) not in known:
                 raise InputError(f"unknown {name} (known: {', '.join(known)})", field=name, value=getattr(self, name))
+        if self.conv_stem and self.tokenizer != "c1d":
+            raise InputError("conv_stem replaces the tokenizer: leave tokenizer at 'c1d'", field="tokenizer",
+                             value=self.tokenizer)
         if self.wave is not None and len(self.wave) != self.n_pixels:
             raise InputError(f"wave must have n_pixels={self.n_pixels} values", field="wave", value=len(self.wave))
 
@@ -188,8 +196,12 @@ class SpecViT(nn.Module):
         self.chunk_norm = None
         if c.chunk_norm is not None:
             self.chunk_norm = ChunkNorm(n_pixels=c.n_pixels, chunk_size=c.chunk_size, mode=c.chunk_norm)
-        tokenizer = Conv1dTokenizer if c.tokenizer == "c1d" else SlidingWindowTokenizer
-        self.tokenizer = tokenizer(n_pixels=c.n_pixels, patch_size=c.patch_size, stride=stride, hidden=c.hidden)
+        if c.conv_stem:
+            self.tokenizer = ConvStem(n_pixels=c.n_pixels, patch_size=c.patch_size, stride=stride, hidden=c.hidden,
+                                      channels=c.conv_stem, kernel_size=c.conv_stem_kernel)
+        else:
+            tokenizer = Conv1dTokenizer if c.tokenizer == "c1d" else SlidingWindowTokenizer
+            self.tokenizer = tokenizer(n_pixels=c.n_pixels, patch_size=c.patch_size, stride=stride, hidden=c.hidden)
         self.chunk_stats = None
         if self.chunk_norm is not None and c.chunk_stats:
             centres = patch_centres(c.n_pixels, c.patch_size, stride)
