@@ -16,7 +16,8 @@ positions, CLS pooling; 4.81M parameters). Research options are fields of
 * ``pos_encoding="sinusoidal" | "rope" | "wavelength"`` (:mod:`.position`);
 * ``chunk_norm="zscore" | "continuum"``, ``chunk_size``, ``chunk_stats`` (:mod:`.chunknorm`);
 * ``conv_stem=(c1, c2, ...)``: stride-2 Conv-BN-GELU layers before the patch tokens (:mod:`.convstem`);
-* ``pool="mean"``: the mean of the tokens instead of a CLS token;
+* ``pool="mean"``: the mean of the tokens instead of a CLS token; ``pool="flatten"``: the head reads
+  every (normalised) token, concatenated in wavelength order (PatchTST's "flatten head", Nie et al. 2023);
 * ``gaussian=True``: a (mean, log-variance) head (:mod:`.heads`);
 * ``input_norm``: the per-pixel standardisation, fitted by the trainer (:mod:`.inputnorm`).
 
@@ -45,7 +46,7 @@ from specvit.models.registry import ModelConfig
 from specvit.models.tokenizers import SlidingWindowTokenizer, patch_centres, patch_layout, patch_windows
 
 TOKENIZERS = ("c1d", "sw")
-POOLS = ("cls", "mean")
+POOLS = ("cls", "mean", "flatten")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "wavelength")
 
 
@@ -63,7 +64,8 @@ class SpecViTConfig(ModelConfig):
     dropout: float = 0.1  #: after the position encoding, the attention projection and the MLP
     attn_dropout: float = 0.0  #: on attention weights (0 keeps the fused attention kernel)
     tokenizer: str = "c1d"  #: "c1d" (Conv1d, the paper) or "sw" (unfold + Linear)
-    pool: str = "cls"  #: "cls" (read out a prepended CLS token) or "mean" (average the tokens)
+    #: "cls" (read out a prepended CLS token), "mean" (average the tokens) or "flatten" (concatenate them)
+    pool: str = "cls"
     pos_encoding: str = "learned"  #: "learned" (the paper), "sinusoidal", "rope" or "wavelength"
     chunk_norm: str | None = None  #: None, or normalise each chunk of the input: "zscore" or "continuum"
     chunk_size: int = 256  #: pixels per chunk of chunk_norm
@@ -222,7 +224,8 @@ class SpecViT(nn.Module):
             for _ in range(c.depth)
         )
         self.norm = nn.LayerNorm(c.hidden)
-        self.head = RegressionHead(dim=c.hidden, n_labels=c.n_labels, gaussian=c.gaussian)
+        head_dim = c.hidden * (self.tokenizer.n_tokens if c.pool == "flatten" else 1)
+        self.head = RegressionHead(dim=head_dim, n_labels=c.n_labels, gaussian=c.gaussian)
         self._init_weights()
 
     def _init_weights(self):
@@ -238,6 +241,8 @@ class SpecViT(nn.Module):
                 nn.init.zeros_(m.bias)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.config.pool == "flatten":  # the same output scale at init as a head on one token
+            nn.init.trunc_normal_(self.head.linear.weight, std=0.02 / self.tokenizer.n_tokens ** 0.5)
 
     def forward(self, flux: torch.Tensor, wave=None):
         """``flux`` (B, n_pixels) -> (B, n_labels), or ``GaussianOutput(mean, log_var)`` if ``gaussian``.
@@ -264,5 +269,10 @@ class SpecViT(nn.Module):
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             x = block(x, self.rope, n_queries=1 if cls_only and last else None)
-        z = self.norm(x[:, 0]) if c.pool == "cls" else self.norm(x).mean(dim=1)
+        if c.pool == "cls":
+            z = self.norm(x[:, 0])
+        elif c.pool == "mean":
+            z = self.norm(x).mean(dim=1)
+        else:  # flatten: (B, T * D)
+            z = self.norm(x).flatten(1)
         return self.head(z)

@@ -89,3 +89,32 @@ def test_bad_stem_options_name_the_field(opts, field):
     with pytest.raises(InputError) as e:
         create_model("specvit_tiny", n_pixels=256, **opts)
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("extra", [{}, {"conv_stem": (4, 8)}, {"pos_encoding": "sinusoidal"}, {"gaussian": True, "n_labels": 2}])
+def test_flatten_pool_shapes_gradients_and_scale(extra):
+    torch.manual_seed(0)
+    m = create_model("specvit_tiny", n_pixels=256, pool="flatten", **extra)
+    n_tokens = patch_layout(256, 16, 16)[0]
+    assert m.cls_token is None and m.head.linear.in_features == 32 * n_tokens
+    x = torch.randn(64, 256)
+    out = m(x)
+    mean = out[0] if isinstance(out, tuple) else out
+    assert mean.shape == (64, extra.get("n_labels", 1))
+    mean.sum().backward()
+    assert m.head.linear.weight.grad.abs().sum() > 0 and m.tokenizer.parameters().__next__().grad.abs().sum() > 0
+    # at init the flattened head's weights are scaled by 1 / sqrt(n_tokens): outputs stay O(0.1), as a CLS head's
+    w = m.head.linear.weight.detach()
+    assert abs(float(w.std()) * n_tokens ** 0.5 / 0.02 - 1) < 0.2
+    assert float(mean.detach().pow(2).mean().sqrt()) < 0.5
+
+
+def test_flatten_head_sees_where_a_feature_is():
+    # unlike mean pooling without positions, the flatten head is not invariant to moving a token
+    torch.manual_seed(0)
+    m = create_model("specvit_tiny", n_pixels=64, patch_size=16, pool="flatten", pos_encoding="sinusoidal").eval()
+    x = torch.zeros(1, 64)
+    x[0, :16] = 1.0
+    y = torch.roll(x, 16, dims=1)
+    with torch.no_grad():
+        assert not torch.allclose(m(x), m(y))
