@@ -45,18 +45,18 @@ def _default_models() -> list[ScalingModel]:
     per spectrum than SpecViT). The classical baselines stay on the ``n_train`` rows of the file.
     Why this SpecViT: docs/models.md, "Equal-compute ablation" (issue #13).
     """
-    # the budget of every neural model: at most 20 "epochs" of 8,192 fresh spectra (early stopping on the
+    # the budget of every neural model: at most 12 "epochs" of 8,192 fresh spectra (early stopping on the
     # validation R2 may end it sooner); fresh dicts per model, no config dict is shared
     def stream():
         return {"source": "simulate", "simulate": {"samples_per_epoch": 8192}}
 
     def neural_run():  # a tqdm bar per model (stderr)
-        return {"batch_size": 128, "epochs": 20, "early_stopping_metric": "val_r2", "early_stopping_patience": 4,
+        return {"batch_size": 128, "epochs": 12, "early_stopping_metric": "val_r2", "early_stopping_patience": 4,
                 "num_threads": 2, "progress": True}
 
     return [
         ScalingModel("specvit", "neural", {
-            "model": {"name": "specvit_p32_h64_l3_stem"},
+            "model": {"name": "specvit_p32_h64_l3", "overrides": {"pool": "flatten"}},
             "optim": {"lr": 1.0e-3, "weight_decay": 0.01, "clip_grad_norm": 0.5},
             "schedule": {"kind": "cosine", "warmup_frac": 0.05, "min_lr": 1.0e-5},
             "data": stream(), "run": neural_run()}),
