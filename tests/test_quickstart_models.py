@@ -37,3 +37,20 @@ def test_neural_models_see_the_same_fresh_spectra_budget(tmp_path):
     # the classical baselines stay on the file
     assert all(not m.options.get("data") for m in cfg.models if m.kind != "neural")
     assert QuickstartConfig().models[0].options["model"]["name"].startswith("specvit")
+
+
+def test_shipped_one_thread_config_matches_the_quickstart_entries():
+    # configs/quickstart_neural.yaml reproduces docs/models.md's numbers: it must stay the quickstart's entries
+    from specvit.evaluate.scaling import load_scaling_config
+
+    shipped = {m.name: m.options for m in load_scaling_config("configs/quickstart_neural.yaml").models}
+    for m in QuickstartConfig().models:
+        if m.kind != "neural":
+            continue
+        want = {k: v for k, v in m.options.items()}
+        got = shipped[m.name]
+        assert got["model"] == want["model"] and got["optim"] == want["optim"] and got["schedule"] == want["schedule"]
+        assert got["data"]["source"] == want["data"]["source"]
+        assert got["data"]["simulate"]["samples_per_epoch"] == want["data"]["simulate"]["samples_per_epoch"]
+        for k in ("batch_size", "epochs", "early_stopping_metric", "early_stopping_patience"):
+            assert got["run"][k] == want["run"][k], k
