@@ -118,3 +118,19 @@ def test_flatten_head_sees_where_a_feature_is():
     y = torch.roll(x, 16, dims=1)
     with torch.no_grad():
         assert not torch.allclose(m(x), m(y))
+
+
+def test_stem_and_flatten_model_saves_and_loads(tmp_path):
+    from specvit.models.io import load_model, save_model
+
+    torch.manual_seed(0)
+    m = create_model("specvit_tiny", n_pixels=256, conv_stem=(4, 8), pool="flatten")
+    m.train()
+    m(torch.randn(16, 256))  # moves the BatchNorm running statistics away from their initial values
+    m.eval()
+    save_model(tmp_path / "model", m, label_names=["log_g"], label_mean=[3.0], label_std=[1.0])
+    m2, meta = load_model(tmp_path / "model")
+    assert m2.config == m.config
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        assert torch.equal(m2(x), m(x))
