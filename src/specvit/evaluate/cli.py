@@ -1,4 +1,4 @@
-"""``specvit scaling``, ``specvit sweep`` and ``specvit report``: thin wrappers over evaluate/."""
+"""``specvit scaling``, ``specvit sweep``, ``specvit ablation`` and ``specvit report``: thin wrappers over evaluate/."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,14 @@ def _sweep(args) -> int:
     from specvit.evaluate.sweep import load_sweep_config, run_sweep
 
     run_sweep(load_sweep_config(args.config, args.overrides))
+    return 0
+
+
+def _ablation(args) -> int:
+    from specvit.evaluate.ablation import load_ablation_config, run_ablation
+
+    table = run_ablation(load_ablation_config(args.config, args.overrides))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -143,6 +151,15 @@ def register(subparsers) -> None:
                     "ablation.png and importance.png.")
     _config_args(p)
     p.set_defaults(func=_sweep)
+
+    p = subparsers.add_parser(
+        "ablation", help="equal-compute ablation: every variant trains for the same CPU-time budget (resumable)",
+        description="Time each variant of a base training config for a few steps (CPU-s per step, one thread), "
+                    "train it for budget_cpu_s / (CPU-s per step) steps, score it on the validation set. Finished "
+                    "(variant, seed) runs are skipped on rerun; writes OUT_DIR/results.csv and results.md. "
+                    "Example: configs/ablation_specvit.yaml.")
+    _config_args(p)
+    p.set_defaults(func=_ablation)
 
     p = subparsers.add_parser(
         "report", help="HTML report comparing prediction tables (R2 vs SNR, parity, metrics)",

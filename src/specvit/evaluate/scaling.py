@@ -70,6 +70,8 @@ class ScalingModel:
 
     ``options`` for ``kind: neural`` are :class:`specvit.train.config.TrainConfig` sections
     (``model``, ``optim``, ``schedule``, ``loss``, ``run``, and data keys other than the split);
+    ``data: {source: simulate, simulate: {...}}`` trains it on fresh simulations instead of the
+    training-set prefix (validation and test stay the shared files; one size only);
     for ``lightgbm`` / ``ridge`` the fields of :class:`specvit.baselines.gbm.LightGBMConfig` /
     :class:`specvit.baselines.ridge.RidgeConfig` except ``data`` and ``out_dir``.
     """
@@ -133,10 +135,12 @@ def _neural_config(cfg: ScalingConfig, m: ScalingModel, size: int, out: Path):
     if owned:
         raise ConfigError("this data key is set by the scaling config", field=f"models[{m.name}].options.data.{owned[0]}")
     d = cfg.data
+    split = {"train": [d.train], "max_train_rows": size}
+    if user_data.get("source") == "simulate":  # fresh simulations: no training file, no prefix
+        split = {}
     base = {
-        "data": {"train": [d.train], "val": [d.val], "labels": list(d.labels), "noise_level": d.noise_level,
-                 "noise_seed": d.eval_noise_seed, "max_train_rows": size, "max_val_rows": d.max_val_rows,
-                 **user_data},
+        "data": {**split, "val": [d.val], "labels": list(d.labels), "noise_level": d.noise_level,
+                 "noise_seed": d.eval_noise_seed, "max_val_rows": d.max_val_rows, **user_data},
         "run": {"seed": cfg.seed, "progress": False, "tensorboard": False},
     }
     merged = _deep_merge(base, opts)
@@ -145,6 +149,11 @@ def _neural_config(cfg: ScalingConfig, m: ScalingModel, size: int, out: Path):
         return load_train_config(data=merged)
     except ConfigError as e:
         raise ConfigError(f"in models[{m.name}].options: {e}") from None
+
+
+def is_streamed(m: ScalingModel) -> bool:
+    """True if the neural model trains on fresh simulations (``options.data.source: simulate``)."""
+    return (m.options.get("data") or {}).get("source") == "simulate"
 
 
 def plan(cfg: ScalingConfig) -> list[tuple[ScalingModel, int, Any]]:
@@ -159,6 +168,11 @@ def plan(cfg: ScalingConfig) -> list[tuple[ScalingModel, int, Any]]:
     too_big = [s for s in cfg.sizes if s > n_avail]
     if too_big:
         raise InputError(f"training set has only {n_avail} rows", file=cfg.data.train, field="sizes", value=too_big[0])
+    streamed = [m.name for m in cfg.models if m.kind == "neural" and is_streamed(m)]
+    if streamed and len(cfg.sizes) > 1:
+        raise ConfigError("a model trained on fresh simulations (data.source=simulate) does not use the training "
+                          "set, so its runs would be the same at every size; give one size or a separate config",
+                          field=f"models[{streamed[0]}].options.data.source", value="simulate")
     out = []
     for size in cfg.sizes:
         for m in cfg.models:

@@ -15,7 +15,9 @@ positions, CLS pooling; 4.81M parameters). Research options are fields of
 * ``tokenizer="sw"``: unfold + Linear (:mod:`.tokenizers`, which also holds the patch layout);
 * ``pos_encoding="sinusoidal" | "rope" | "wavelength"`` (:mod:`.position`);
 * ``chunk_norm="zscore" | "continuum"``, ``chunk_size``, ``chunk_stats`` (:mod:`.chunknorm`);
-* ``pool="mean"``: the mean of the tokens instead of a CLS token;
+* ``conv_stem=(c1, c2, ...)``: stride-2 Conv-BN-GELU layers before the patch tokens (:mod:`.convstem`);
+* ``pool="mean"``: the mean of the tokens instead of a CLS token; ``pool="flatten"``: the head reads
+  every (normalised) token, concatenated in wavelength order (PatchTST's "flatten head", Nie et al. 2023);
 * ``gaussian=True``: a (mean, log-variance) head (:mod:`.heads`);
 * ``input_norm``: the per-pixel standardisation, fitted by the trainer (:mod:`.inputnorm`).
 
@@ -35,6 +37,7 @@ from torch import nn
 from specvit.errors import InputError
 from specvit.models.chunknorm import ChunkNorm, ChunkStatsEmbedding
 from specvit.models.clsonly import prefix_query_qkv
+from specvit.models.convstem import ConvStem
 from specvit.models.dropout import Dropout
 from specvit.models.heads import RegressionHead
 from specvit.models.inputnorm import InputStandardizer
@@ -43,7 +46,7 @@ from specvit.models.registry import ModelConfig
 from specvit.models.tokenizers import SlidingWindowTokenizer, patch_centres, patch_layout, patch_windows
 
 TOKENIZERS = ("c1d", "sw")
-POOLS = ("cls", "mean")
+POOLS = ("cls", "mean", "flatten")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "wavelength")
 
 
@@ -61,7 +64,8 @@ class SpecViTConfig(ModelConfig):
     dropout: float = 0.1  #: after the position encoding, the attention projection and the MLP
     attn_dropout: float = 0.0  #: on attention weights (0 keeps the fused attention kernel)
     tokenizer: str = "c1d"  #: "c1d" (Conv1d, the paper) or "sw" (unfold + Linear)
-    pool: str = "cls"  #: "cls" (read out a prepended CLS token) or "mean" (average the tokens)
+    #: "cls" (read out a prepended CLS token), "mean" (average the tokens) or "flatten" (concatenate them)
+    pool: str = "cls"
     pos_encoding: str = "learned"  #: "learned" (the paper), "sinusoidal", "rope" or "wavelength"
     chunk_norm: str | None = None  #: None, or normalise each chunk of the input: "zscore" or "continuum"
     chunk_size: int = 256  #: pixels per chunk of chunk_norm
@@ -70,11 +74,17 @@ class SpecViTConfig(ModelConfig):
     gaussian: bool = False  #: predict (mean, log variance) per label
     wave: tuple[float, ...] | None = None  #: input wavelengths (Angstrom, n_pixels values); for "wavelength"
     input_norm: bool = True  #: standardise each pixel with the training flux's mean and std first
+    #: channels of stride-2 Conv1d-BatchNorm-GELU layers that replace the tokenizer (:mod:`.convstem`); () = none
+    conv_stem: tuple[int, ...] = ()
+    conv_stem_kernel: int = 3  #: kernel (pixels, odd) of each conv_stem layer
 
     def __post_init__(self):
         for name, known in (("tokenizer", TOKENIZERS), ("pool", POOLS), ("pos_encoding", POS_ENCODINGS)):
             if getattr(self, name) not in known:
                 raise InputError(f"unknown {name} (known: {', '.join(known)})", field=name, value=getattr(self, name))
+        if self.conv_stem and self.tokenizer != "c1d":
+            raise InputError("conv_stem replaces the tokenizer: leave tokenizer at 'c1d'", field="tokenizer",
+                             value=self.tokenizer)
         if self.wave is not None and len(self.wave) != self.n_pixels:
             raise InputError(f"wave must have n_pixels={self.n_pixels} values", field="wave", value=len(self.wave))
 
@@ -188,8 +198,12 @@ class SpecViT(nn.Module):
         self.chunk_norm = None
         if c.chunk_norm is not None:
             self.chunk_norm = ChunkNorm(n_pixels=c.n_pixels, chunk_size=c.chunk_size, mode=c.chunk_norm)
-        tokenizer = Conv1dTokenizer if c.tokenizer == "c1d" else SlidingWindowTokenizer
-        self.tokenizer = tokenizer(n_pixels=c.n_pixels, patch_size=c.patch_size, stride=stride, hidden=c.hidden)
+        if c.conv_stem:
+            self.tokenizer = ConvStem(n_pixels=c.n_pixels, patch_size=c.patch_size, stride=stride, hidden=c.hidden,
+                                      channels=c.conv_stem, kernel_size=c.conv_stem_kernel)
+        else:
+            tokenizer = Conv1dTokenizer if c.tokenizer == "c1d" else SlidingWindowTokenizer
+            self.tokenizer = tokenizer(n_pixels=c.n_pixels, patch_size=c.patch_size, stride=stride, hidden=c.hidden)
         self.chunk_stats = None
         if self.chunk_norm is not None and c.chunk_stats:
             centres = patch_centres(c.n_pixels, c.patch_size, stride)
@@ -210,7 +224,8 @@ class SpecViT(nn.Module):
             for _ in range(c.depth)
         )
         self.norm = nn.LayerNorm(c.hidden)
-        self.head = RegressionHead(dim=c.hidden, n_labels=c.n_labels, gaussian=c.gaussian)
+        head_dim = c.hidden * (self.tokenizer.n_tokens if c.pool == "flatten" else 1)
+        self.head = RegressionHead(dim=head_dim, n_labels=c.n_labels, gaussian=c.gaussian)
         self._init_weights()
 
     def _init_weights(self):
@@ -226,6 +241,8 @@ class SpecViT(nn.Module):
                 nn.init.zeros_(m.bias)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.config.pool == "flatten":  # the same output scale at init as a head on one token
+            nn.init.trunc_normal_(self.head.linear.weight, std=0.02 / self.tokenizer.n_tokens ** 0.5)
 
     def forward(self, flux: torch.Tensor, wave=None):
         """``flux`` (B, n_pixels) -> (B, n_labels), or ``GaussianOutput(mean, log_var)`` if ``gaussian``.
@@ -252,5 +269,10 @@ class SpecViT(nn.Module):
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             x = block(x, self.rope, n_queries=1 if cls_only and last else None)
-        z = self.norm(x[:, 0]) if c.pool == "cls" else self.norm(x).mean(dim=1)
+        if c.pool == "cls":
+            z = self.norm(x[:, 0])
+        elif c.pool == "mean":
+            z = self.norm(x).mean(dim=1)
+        else:  # flatten: (B, T * D)
+            z = self.norm(x).flatten(1)
         return self.head(z)
