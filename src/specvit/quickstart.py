@@ -1,7 +1,8 @@
 """``specvit quickstart``: the main job, end to end, on the embedded default spectral model.
 
-simulate train / val / test (PFS MR arm) -> train SpecViT, CNN, MLP (training engine) and
-LightGBM, Ridge on the same split -> template fit of the test spectra -> the Bayes posterior of the
+simulate train / val / test (PFS MR arm) -> train SpecViT, CNN, MLP (training engine) on fresh
+simulations from the training file's prior (the same number of spectra each), LightGBM and Ridge on
+the training file -> template fit of the test spectra -> the Bayes posterior of the
 first test spectra (``specvit baseline bayes``: the Bayes-optimal estimate under the simulator's prior
 and likelihood) -> Fisher ceilings (Cramer-Rao and van Trees) at the test labels -> per-SNR-bin
 evaluation of every model on the same noisy test spectra -> figures -> ``report.html`` and ``metrics.json``.
