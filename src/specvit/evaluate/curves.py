@@ -418,7 +418,7 @@ def run_bayes_reference(cfg, out: Path, log=print) -> dict | None:
 def run_stream_scaling(cfg, *, log=print) -> pd.DataFrame:
     """The stream-mode job: ceilings, neural rounds interleaved with the baselines, Bayes; table + figures."""
     from specvit.config import write_resolved_config
-    from specvit.evaluate.runs import baseline_config as _baseline_config, run_dir
+    from specvit.evaluate.runs import baseline_config as _baseline_config, check_train_rows, run_dir
 
     out = Path(cfg.out_dir)
     neural = [m for m in cfg.models if m.kind == "neural"]
@@ -427,7 +427,7 @@ def run_stream_scaling(cfg, *, log=print) -> pd.DataFrame:
         stream_train_config(cfg, m)
     base_jobs = [(m, s, _baseline_config(cfg, m, s, run_dir(cfg, m, s))) for s in cfg.sizes for m in baselines]
     if base_jobs:
-        _check_train_rows(cfg)
+        check_train_rows(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_config(cfg, out / "config.yaml", extra={"seed": cfg.seed, "eval_noise_seed": cfg.data.eval_noise_seed})
     test = TestSet(cfg.data.test, labels=cfg.data.labels, noise_level=cfg.data.noise_level,
@@ -450,20 +450,6 @@ def run_stream_scaling(cfg, *, log=print) -> pd.DataFrame:
         _run_baseline_once(cfg, *job, log)
     run_bayes_reference(cfg, out, log)
     return write_outputs(cfg, log=log)
-
-
-def _check_train_rows(cfg) -> None:
-    from specvit.data.pfsspec import open_dataset
-    from specvit.errors import InputError
-
-    ds = open_dataset(cfg.data.train)
-    try:
-        n = len(ds)
-    finally:
-        ds.close()
-    big = [s for s in cfg.sizes if s > n]
-    if big:
-        raise InputError(f"training set has only {n} rows", file=cfg.data.train, field="sizes", value=big[0])
 
 
 def _run_baseline_once(cfg, m, size, rc, log) -> None:

@@ -47,3 +47,18 @@ def save_png(fig, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
+
+
+def check_train_rows(cfg) -> None:
+    """Refuse training-set sizes larger than the training file (``cfg.data.train``, ``cfg.sizes``)."""
+    from specvit.data.pfsspec import open_dataset
+    from specvit.errors import InputError
+
+    ds = open_dataset(cfg.data.train)
+    try:
+        n = len(ds)
+    finally:
+        ds.close()
+    big = [s for s in cfg.sizes if s > n]
+    if big:
+        raise InputError(f"training set has only {n} rows", file=cfg.data.train, field="sizes", value=big[0])

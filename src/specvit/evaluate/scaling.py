@@ -37,7 +37,7 @@ from specvit.errors import ConfigError, InputError
 from specvit.evaluate.curves import StreamCurves
 from specvit.evaluate.runs import baseline_config as _baseline_config
 from specvit.evaluate.runs import run_baseline as _run_baseline
-from specvit.evaluate.runs import run_dir
+from specvit.evaluate.runs import check_train_rows, run_dir
 from specvit.evaluate.runs import save_png as _save
 from specvit.labels import canonical_label
 
@@ -158,16 +158,7 @@ def is_streamed(m: ScalingModel) -> bool:
 
 def plan(cfg: ScalingConfig) -> list[tuple[ScalingModel, int, Any]]:
     """Every (model, size, run config), validated up front (a bad option fails before any training)."""
-    from specvit.data.pfsspec import open_dataset
-
-    ds = open_dataset(cfg.data.train)
-    try:
-        n_avail = len(ds)
-    finally:
-        ds.close()
-    too_big = [s for s in cfg.sizes if s > n_avail]
-    if too_big:
-        raise InputError(f"training set has only {n_avail} rows", file=cfg.data.train, field="sizes", value=too_big[0])
+    check_train_rows(cfg)
     streamed = [m.name for m in cfg.models if m.kind == "neural" and is_streamed(m)]
     if streamed and len(cfg.sizes) > 1:
         raise ConfigError("a model trained on fresh simulations (data.source=simulate) does not use the training "
