@@ -116,10 +116,12 @@ def test_cli_help_lists_train_and_predict(capsys):
         assert opt in out
 
 
-@pytest.mark.parametrize("name", ["tiny_cpu", "paper", "cnn_paper", "mlp_paper"])
+@pytest.mark.parametrize("name", ["tiny_cpu", "paper", "paper_stream", "cnn_paper", "mlp_paper"])
 def test_shipped_configs_load(name):
     cfg = load_train_config(REPO / "configs" / f"{name}.yaml")
-    if name == "paper":
+    if name == "paper_stream":  # the paper's run on fresh simulations: 200 x 1M spectra seen
+        assert (cfg.data.source, cfg.data.simulate.samples_per_epoch, cfg.run.epochs) == ("simulate", 1_000_000, 200)
+    if name in ("paper", "paper_stream"):
         assert (cfg.model.name, cfg.run.epochs, cfg.run.batch_size, cfg.run.precision) == \
             ("specvit_p16_h256_l6", 200, 256, "bf16")
         assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.min_lr, cfg.optim.clip_grad_norm, cfg.run.seed) == \
