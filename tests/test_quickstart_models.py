@@ -54,3 +54,14 @@ def test_shipped_one_thread_config_matches_the_quickstart_entries():
         assert got["data"]["simulate"]["samples_per_epoch"] == want["data"]["simulate"]["samples_per_epoch"]
         for k in ("batch_size", "epochs", "early_stopping_metric", "early_stopping_patience"):
             assert got["run"][k] == want["run"][k], k
+
+
+def test_r2_title_says_what_each_model_learned_from():
+    """Default models: the networks on fresh simulations, LightGBM/Ridge on the file; file-only configs keep N_train."""
+    from specvit.evaluate.scaling import ScalingModel
+    from specvit.quickstart import QuickstartConfig, _r2_title
+
+    title = _r2_title(QuickstartConfig())
+    assert title.endswith("(networks: fresh simulations; others: N_train = 8000)")
+    file_only = QuickstartConfig(models=[ScalingModel("ridge", "ridge", {})], n_train=500)
+    assert _r2_title(file_only).endswith("(N_train = 500)")

@@ -274,6 +274,20 @@ def _sigma_min_of_test(forward, iset, cfg: QuickstartConfig, test_snr: np.ndarra
     return np.asarray(centres), np.asarray(values)
 
 
+def _r2_title(cfg: QuickstartConfig) -> str:
+    """The R²-vs-SNR title: what each trained model learned from (a training-file size or fresh simulations)."""
+    from specvit.evaluate.scaling import is_streamed
+
+    streamed = [m.name for m in cfg.models if m.kind == "neural" and is_streamed(m)]
+    on_file = [m.name for m in cfg.models if m.name not in streamed]  # LightGBM, Ridge, file-fed networks
+    if not streamed:
+        return f"test R² of {cfg.label} per SNR bin (N_train = {cfg.n_train})"
+    where = "networks: fresh simulations" if len(streamed) > 1 else f"{streamed[0]}: fresh simulations"
+    if on_file:
+        where += f"; others: N_train = {cfg.n_train}"
+    return f"test R² of {cfg.label} per SNR bin\n({where})"
+
+
 def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
     """Run the whole main job; returns the metrics dict also written to ``metrics.json``."""
     import pandas as pd
@@ -347,7 +361,7 @@ def run_quickstart(cfg: QuickstartConfig, *, log=print) -> dict:
     if bayes is not None:
         optimal = {f"Bayes posterior mean (first {bayes[2]['n_spectra']} test spectra)": per_model.pop("bayes")}
     figs["r2_vs_snr"] = F.plot_r2_vs_snr(per_model, ceilings=ceilings, label=cfg.label, optimal=optimal,
-                                         title=f"test R² of {cfg.label} per SNR bin (N_train = {cfg.n_train})")
+                                         title=_r2_title(cfg))
     if bayes is not None:
         per_model.update({"bayes": bayes[1]})
     captions["r2_vs_snr"] = ("R² per SNR bin for every model on the same noisy test spectra (bands: bootstrap "
