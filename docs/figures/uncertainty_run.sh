@@ -1,8 +1,8 @@
 #!/bin/bash
-# the uncertainty experiment (docs/uncertainty.md); run from the worktree root
+# the uncertainty experiment (docs/uncertainty.md); run from the repository root: bash docs/figures/uncertainty_run.sh
 set -e
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=src
-PY=${PY:-/work/main/.venv/bin/python}
+PY=${PY:-python}  # the Python that has specvit installed, e.g. PY=.venv/bin/python
 S="$PY -m specvit.cli"
 for s in train:8000:1 val:1000:2 test:2000:3; do
   IFS=: read split n seed <<< "$s"
