@@ -131,7 +131,8 @@ def _uncertainty(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "scaling", help="test R2 vs training-set size (prefixes of one training set) for every model",
+        "scaling", help="test R2 vs training-set size (prefixes of one training set) for every model; with a "
+                        "stream: section, learning curves vs samples seen on fresh simulations",
         description="Train every configured model (neural via the training engine, LightGBM, Ridge) on prefixes "
                     "of one training set, test all on the same rows with the same fixed noise, and write "
                     "scaling.csv plus the scaling figure. Finished (model, size) runs are skipped on restart. "
