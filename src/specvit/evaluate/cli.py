@@ -76,7 +76,6 @@ def _report(args) -> int:
 
 
 def _uncertainty(args) -> int:
-    import numpy as np
     import pandas as pd
 
     from specvit.atomic import write_text_atomic
