@@ -241,18 +241,10 @@ def _network_coverage(pred_path: Path) -> dict | None:
 
 
 def _fisher(cfg: QuickstartConfig, paths: dict, out: Path):
-    from specvit.data import open_dataset
-    from specvit.fisher.ceiling import ceiling_by_snr_bin, compute_information
-    from specvit.observe.forward import default_forward
+    from specvit.fisher.ceiling import ceiling_at_dataset_labels
 
-    forward, _ = default_forward()
-    with open_dataset(paths["test"]) as ds:
-        labels = ds.params[list(forward.label_names)].to_numpy(float)
-    points = labels[: cfg.fisher_points]
-    iset = compute_information(forward, points, cfg.fisher_mags, noise_level=cfg.noise_level)
-    var = float(np.var(labels[:, list(forward.label_names).index(cfg.label)]))
-    by_bin = ceiling_by_snr_bin(iset, label=cfg.label, nuisance=cfg.fisher_nuisance, label_var=var, bound="both")
-    return forward, iset, by_bin, var
+    return ceiling_at_dataset_labels(paths["test"], label=cfg.label, n_points=cfg.fisher_points, mags=cfg.fisher_mags,
+                                     nuisance=cfg.fisher_nuisance, noise_level=cfg.noise_level)
 
 
 def _sigma_min_of_test(forward, iset, cfg: QuickstartConfig, test_snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -363,18 +363,16 @@ def run_ceilings(cfg, out: Path, log=print) -> dict | None:
     if path.exists():
         return json.loads(path.read_text())
     from specvit.data import open_dataset
-    from specvit.fisher.ceiling import ceiling_by_snr_bin, compute_information
-    from specvit.observe.forward import default_forward
+    from specvit.fisher.ceiling import ceiling_at_dataset_labels
 
     label = cfg.data.labels[0]
     t0 = time.perf_counter()
-    forward, _ = default_forward()
+    _, _, by_bin, var = ceiling_at_dataset_labels(cfg.data.test, label=label, n_points=s.fisher_points,
+                                                  mags=s.fisher_mags, nuisance=s.fisher_nuisance,
+                                                  noise_level=cfg.data.noise_level)
     with open_dataset(cfg.data.test) as ds:
-        labels = ds.params[list(forward.label_names)].to_numpy(float)
-    iset = compute_information(forward, labels[: s.fisher_points], s.fisher_mags, noise_level=cfg.data.noise_level)
-    var = float(np.var(labels[:, list(forward.label_names).index(label)]))
-    by_bin = ceiling_by_snr_bin(iset, label=label, nuisance=s.fisher_nuisance, label_var=var, bound="both")
-    doc = {"label": label, "label_var": var, "points": int(min(len(labels), s.fisher_points)),
+        n_rows = len(ds)
+    doc = {"label": label, "label_var": var, "points": int(min(n_rows, s.fisher_points)),
            "mags": list(s.fisher_mags), "nuisance": s.fisher_nuisance, "by_snr_bin": by_bin,
            "seconds": time.perf_counter() - t0}
     write_text_atomic(path, json.dumps(to_jsonable(doc), indent=1))

@@ -302,3 +302,22 @@ def ceiling_by_snr_bin(iset: InformationSet, *, edges=SNR_BIN_EDGES, require_all
 PAPER_CEILING = {18.0: (87.4, 0.9994, 0.9993, 0.033), 20.0: (24.0, 0.9906, 0.9892, 0.125),
                  21.5: (7.1, 0.8914, 0.8742, 0.426), 22.0: (4.6, 0.7396, 0.6983, 0.659),
                  22.5: (3.0, 0.3658, 0.2647, 1.028), 23.0: (1.9, 0.0, 0.0, 1.613)}
+
+
+def ceiling_at_dataset_labels(path, *, label: str, n_points: int, mags: Sequence[float], nuisance: str,
+                              noise_level: float = 1.0):
+    """The ceilings per SNR bin at the labels of a dataset's first ``n_points`` rows (e.g. a test set).
+
+    R² is taken against the variance of ``label`` over ALL rows of the file (the test set's spread),
+    with both bounds (CRLB and van Trees). Returns ``(forward, iset, by_bin, label_var)``.
+    """
+    from specvit.data import open_dataset
+    from specvit.observe.forward import default_forward
+
+    forward, _ = default_forward()
+    with open_dataset(path) as ds:
+        labels = ds.params[list(forward.label_names)].to_numpy(float)
+    iset = compute_information(forward, labels[:n_points], mags, noise_level=noise_level)
+    var = float(np.var(labels[:, list(forward.label_names).index(label)]))
+    by_bin = ceiling_by_snr_bin(iset, label=label, nuisance=nuisance, label_var=var, bound="both")
+    return forward, iset, by_bin, var
