@@ -103,6 +103,11 @@ def register(subparsers) -> None:
     q.add_argument("--domain-penalty", type=float, default=0.0, metavar="W",
                    help="weight of the constraint penalty: raw normalised flux below 0.01 or above 1.015 at label "
                         "sets drawn from the physical domain every epoch (default 0: off; docs/emulator.md)")
+    q.add_argument("--penalty-ceiling", type=float, default=1.015, metavar="C",
+                   help="upper hinge of the constraint penalty: raw normalised flux above C is penalised "
+                        "(default 1.015, v3's; v4 uses 1.01)")
+    q.add_argument("--penalty-draws", type=int, default=128, metavar="N",
+                   help="label sets drawn from the domain per epoch for the penalty (default 128)")
     q.add_argument("--transfer-from", type=Path, default=None, metavar="OLD_DIR",
                    help="spectra of the same design synthesised with an older line list: label sets found only "
                         "there join the training set, carried over by a model of ln(new/old) learned from the "
@@ -239,7 +244,8 @@ def _cmd_emulator_train(args) -> int:
                                   n_components=args.n_components, epochs=args.epochs, version=args.version,
                                   select=args.select, folds=args.folds, cv_rows=args.cv_rows,
                                   transfer_from=args.transfer_from, max_c_to_o=args.max_c_to_o,
-                                  domain_penalty=args.domain_penalty)
+                                  domain_penalty=args.domain_penalty, penalty_ceiling=args.penalty_ceiling,
+                                  penalty_draws=args.penalty_draws)
     if args.report:
         from specvit.atomic import write_text_atomic
 

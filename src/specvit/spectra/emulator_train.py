@@ -391,7 +391,8 @@ def restrict_to_domain(data: dict, max_c_to_o: float | None, *, log=print) -> di
 def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, n_components=None, epochs=None,
                          version: str | None = None, select: bool = False, folds: int = 5,
                          cv_rows: str = "all", transfer_from=None, max_c_to_o: float | None = None,
-                         domain_penalty: float = 0.0, candidates=None) -> dict:
+                         domain_penalty: float = 0.0, penalty_ceiling: float = 1.015, penalty_draws: int = 128,
+                         candidates=None) -> dict:
     """Train on ``spectra_dir`` (and, with ``transfer_from``, on older-line-list spectra carried over).
 
     ``transfer_from``: a directory of the same design synthesised with an older line list; label sets
@@ -404,7 +405,13 @@ def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, 
     data = restrict_to_domain(data, max_c_to_o)
     if held_out is not None:
         held_out = restrict_to_domain(held_out, max_c_to_o, log=None)
-    cfg = EmulatorTrainConfig(seed=seed, domain_penalty=float(domain_penalty))
+    if not 1.0 < float(penalty_ceiling) < 1.1:
+        raise InputError("penalty ceiling must lie in (1, 1.1) of the continuum", field="penalty_ceiling",
+                         value=penalty_ceiling)
+    if int(penalty_draws) < 1:
+        raise InputError("penalty draws must be >= 1", field="penalty_draws", value=penalty_draws)
+    cfg = EmulatorTrainConfig(seed=seed, domain_penalty=float(domain_penalty), norm_ceiling=float(penalty_ceiling),
+                              penalty_draws=int(penalty_draws))
     if epochs is not None:
         cfg.epochs = int(epochs)
     cv = None
