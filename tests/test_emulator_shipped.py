@@ -113,11 +113,12 @@ def test_paschen_lines_strengthen_with_teff_and_are_deepest_in_giants(model):
         assert depth[0] > 2 * depth[2], (m, depth)
 
 
-def test_shipped_versions_load_by_name_and_v3_is_the_default(model):
+def test_shipped_versions_load_by_name_and_v4_is_the_default(model):
     from specvit.spectra import load_spectral_model
     from specvit.spectra.emulator import load_emulator
 
-    assert model.version == "v3" and model.max_c_to_o == 1.0
+    assert model.version == "v4" and model.max_c_to_o == 1.0
+    assert load_emulator("v3").version == "v3" and load_emulator("emulator_v3.npz").max_c_to_o == 1.0
     v2 = load_emulator("v2")
     assert v2.version == "v2" and load_emulator("emulator_v2.npz").version == "v2"
     assert load_spectral_model("v2").version == "v2"
