@@ -191,6 +191,20 @@ def test_cli_emulator_train_and_validate_on_spectrum_files(tmp_path, capsys):
     chosen = load_emulator(tmp_path / "sel.npz").meta
     best = CANDIDATES[int(np.argmin(sel["cv_rms"]))]
     assert chosen["train_config"]["width"] == best["width"] and chosen["train_config"]["depth"] == best["depth"]
+    # the penalty's settings (emulator v4: --penalty-ceiling 1.01) reach the training config and the weights
+    rc = main(["emulator", "train", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+               "--out", str(tmp_path / "pen.npz"), "--epochs", "3", "--domain-penalty", "100",
+               "--penalty-ceiling", "1.01", "--penalty-draws", "16"])
+    assert rc == 0
+    tc = load_emulator(tmp_path / "pen.npz").meta["train_config"]
+    assert (tc["domain_penalty"], tc["norm_ceiling"], tc["penalty_draws"]) == (100.0, 1.01, 16)
+    for flag, value, field in (("--penalty-ceiling", "0.98", "penalty_ceiling"), ("--penalty-draws", "0", "penalty_draws")):
+        capsys.readouterr()
+        rc = main(["emulator", "train", "--spectra", str(tmp_path / "sp"), "--design", str(tmp_path / "design.csv"),
+                   "--out", str(tmp_path / "bad.npz"), "--epochs", "3", "--domain-penalty", "100", flag, value])
+        err = capsys.readouterr().err
+        assert rc == 2 and field in err and value in err, err
+    assert not (tmp_path / "bad.npz").exists()
 
 
 def test_config_selection_by_cross_validation_uses_training_rows_only(toy_data):
@@ -278,6 +292,9 @@ def test_domain_penalty_keeps_the_raw_normalised_flux_within_floor_and_ceiling(t
     assert violation(held) < 0.1 * violation(free)
     assert held.max() < free.max() - 0.005 and held.min() > free.min() + 0.02
     assert pen.meta["train_config"]["domain_penalty"] == 10.0
+    # a lower ceiling (v4's 1.01 instead of 1.015) pushes the overshoot further down, by about the difference
+    low = raw(train_emulator(d, EmulatorTrainConfig(**cfg, domain_penalty=10.0, norm_ceiling=1.0), log=None))
+    assert low.max() < held.max() - 0.005
 
 
 def test_restrict_to_domain_drops_carbon_rich_rows_as_a_design_does():

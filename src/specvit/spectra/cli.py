@@ -101,8 +101,8 @@ def register(subparsers) -> None:
                    help="leave out training rows at C/O >= X * 1.12 (the design's [C/M] margin) and held-out rows "
                         "at C/O >= X; X is stored as the model's domain limit (default: keep every row)")
     q.add_argument("--domain-penalty", type=float, default=0.0, metavar="W",
-                   help="weight of the constraint penalty: raw normalised flux below 0.01 or above 1.015 at label "
-                        "sets drawn from the physical domain every epoch (default 0: off; docs/emulator.md)")
+                   help="weight of the constraint penalty: raw normalised flux below 0.01 or above --penalty-ceiling "
+                        "at label sets drawn from the physical domain every epoch (default 0: off; docs/emulator.md)")
     q.add_argument("--penalty-ceiling", type=float, default=1.015, metavar="C",
                    help="upper hinge of the constraint penalty: raw normalised flux above C is penalised "
                         "(default 1.015, v3's; v4 uses 1.01)")

@@ -400,16 +400,18 @@ def train_from_directory(spectra_dir, design_path, out_path, *, seed: int = 42, 
     :func:`specvit.spectra.linelist_transfer.transfer_dataset` (a model of ln(new/old) learned from the
     label sets in both). Validation is always against exact spectra of ``spectra_dir``; the transferred
     validation-split rows are reported separately (``validation_transferred``).
+    ``domain_penalty`` / ``penalty_ceiling`` / ``penalty_draws``: :class:`EmulatorTrainConfig`'s
+    ``domain_penalty`` / ``norm_ceiling`` / ``penalty_draws`` (v3: 100 / 1.015 / 128; v4: 100 / 1.01 / 128).
     """
-    data, held_out, transfer = load_training_set(spectra_dir, design_path, transfer_from=transfer_from)
-    data = restrict_to_domain(data, max_c_to_o)
-    if held_out is not None:
-        held_out = restrict_to_domain(held_out, max_c_to_o, log=None)
     if not 1.0 < float(penalty_ceiling) < 1.1:
         raise InputError("penalty ceiling must lie in (1, 1.1) of the continuum", field="penalty_ceiling",
                          value=penalty_ceiling)
     if int(penalty_draws) < 1:
         raise InputError("penalty draws must be >= 1", field="penalty_draws", value=penalty_draws)
+    data, held_out, transfer = load_training_set(spectra_dir, design_path, transfer_from=transfer_from)
+    data = restrict_to_domain(data, max_c_to_o)
+    if held_out is not None:
+        held_out = restrict_to_domain(held_out, max_c_to_o, log=None)
     cfg = EmulatorTrainConfig(seed=seed, domain_penalty=float(domain_penalty), norm_ceiling=float(penalty_ceiling),
                               penalty_draws=int(penalty_draws))
     if epochs is not None:
