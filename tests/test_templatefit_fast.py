@@ -74,7 +74,7 @@ def test_observed_grid_model_matches_the_exact_observer(fwd):
     # The median normalisation puts -mu dln(median)/dtheta into every column, the derivative of whichever pixel
     # is the median (docs/fisher.md, "not smooth"). Where two pixels tie within the fast path's ~1e-5 error, the
     # two routes may pick different median pixels and the columns differ by that term; such rows are left out
-    # (emulator v3: 1 of these 8, middle values 1.5e-6 apart, T_eff-column cosine 0.998).
+    # (emulator v3: 1 of these 8, middle values 1.5e-6 apart, T_eff-column cosine 0.998; v4: none of these 8).
     n = mu_x.shape[1]
     middle = [[frozenset(np.argsort(m)[n // 2 - 1:n // 2 + 1]) for m in x] for x in (mu.numpy(), mu_x)]
     same = np.array([a == b for a, b in zip(*middle)])
