@@ -183,8 +183,8 @@ def test_one_definition_of_95_percent_coverage():
     from specvit.train.calibration import coverage
 
     assert COVERAGE_Z["95"] == pytest.approx(1.959964, abs=1e-6)
-    z = np.array([0.5, -0.99, 1.5, -1.97, 1.99, 2.5, 1.0, -1.9])  # two between 1.96 and 2
-    t = np.zeros(len(z))
+    z = np.array([0.5, -0.99, 1.5, -1.97, 1.99, 2.5, 0.999, -1.9])  # two between 1.96 and 2
+    t = np.linspace(1.0, 4.5, len(z))
     s = np.full(len(z), 0.5)
     p = t + z * s
     expect68, expect95 = 3 / 8, 5 / 8
