@@ -663,9 +663,21 @@ def bayes_table(df, label_names=None):
     return out, names
 
 
+#: Flags of the rows that are scored (R², coverage, SBC): ``ok`` and ``low_ess`` (leaving the sampler's
+#: failures out would hide them). ``bad_input`` rows have no numbers and ``poor_fit`` rows no model inside the
+#: prior that describes them: they are counted (:func:`score_bayes`), not scored.
+SCORED_FLAGS = ("ok", "low_ess")
+
+
+def scored_rows(df) -> np.ndarray:
+    """Bool mask of the catalogue rows that are scored (flag in :data:`SCORED_FLAGS`; all rows without a flag)."""
+    return df["flag"].isin(SCORED_FLAGS).to_numpy() if "flag" in df.columns else np.ones(len(df), bool)
+
+
 def coverage(df, label_names=LABEL_NAMES) -> dict:
-    """Fraction of truths inside the central 68 % (q16–q84) and 95 % (q2.5–q97.5) intervals per label."""
-    ok = df["flag"].isin(["ok", "low_ess"]) if "flag" in df.columns else np.ones(len(df), bool)
+    """Fraction of truths inside the central 68 % (q16–q84) and 95 % (q2.5–q97.5) intervals per label
+    (over the scored rows, :func:`scored_rows`)."""
+    ok = scored_rows(df)
     out = {}
     for n in label_names:
         t = df[f"true_{n}"].to_numpy(float)[ok]
@@ -675,12 +687,38 @@ def coverage(df, label_names=LABEL_NAMES) -> dict:
     return out
 
 
+def score_bayes(df, label_names=None, *, rng=0, n_resamples: int = 200, coverage_labels=None):
+    """The one scoring of a posterior catalogue (``run_bayes``'s frame), used by ``specvit baseline bayes``,
+    the quickstart and the learning curves.
+
+    Scores the rows flagged ``ok`` or ``low_ess`` (:data:`SCORED_FLAGS`) and counts the others. Returns
+    ``(table, doc)``: ``table`` the shared prediction table (``bayes_table``) of the scored rows; ``doc`` has
+    ``test`` (``specvit.scores.evaluate_predictions`` of ``label_names``, default every label with a truth;
+    bootstrap ``rng``, ``n_resamples``), ``coverage`` (68/95 % interval coverage per label of
+    ``coverage_labels``, default the same labels), ``flags`` (count per flag), ``n_spectra``, ``n_scored``
+    and ``n_not_scored``.
+    """
+    from specvit.scores import evaluate_predictions
+
+    table, names = bayes_table(df, label_names)
+    if not names:
+        raise InputError("the catalogue has no posterior mean with a true label to score",
+                         field="true_<label>/<label>_mean", value=list(label_names or LABEL_NAMES))
+    use = scored_rows(df)
+    table = table[use].reset_index(drop=True)
+    cov_names = [n for n in (coverage_labels or names) if f"true_{n}" in df.columns]
+    flags = {str(k): int(v) for k, v in df["flag"].value_counts().items()} if "flag" in df.columns else {}
+    doc = {"test": evaluate_predictions(table, names, "snr", rng, n_resamples=n_resamples),
+           "coverage": coverage(df, cov_names), "flags": flags, "n_spectra": int(len(df)),
+           "n_scored": int(use.sum()), "n_not_scored": int((~use).sum())}
+    return table, doc
+
+
 def finish_bayes(cfg, df) -> None:
     """Write the catalogue (``cfg.output``: every posterior column + the shared table's) and metrics beside it."""
     from pathlib import Path
 
     from specvit.baselines.common import write_csv, write_json
-    from specvit.scores import evaluate_predictions
 
     flags = df["flag"].value_counts().to_dict()
     bad = {k: v for k, v in flags.items() if k != "ok"}
@@ -698,9 +736,8 @@ def finish_bayes(cfg, df) -> None:
     metrics = {"model": "bayes", "labels": names, "seconds": df.attrs.get("seconds"), "flags": flags,
                "noise_seed": cfg.noise_seed, "prior": df.attrs.get("prior")}
     if names:
-        use = df["flag"].isin(["ok", "low_ess"]).to_numpy()
-        metrics["test"] = evaluate_predictions(table[use].reset_index(drop=True), names, "snr", 0)
-        metrics["coverage"] = coverage(df, names)
+        _, doc = score_bayes(df, names)
+        metrics.update({k: doc[k] for k in ("test", "coverage", "n_scored", "n_not_scored")})
         for n in names:
             c = metrics["coverage"][n]
             print(f"bayes: test {n}: R2 = {metrics['test']['labels'][n]['overall']['r2']:.4f}, "
