@@ -224,6 +224,10 @@ class BayesConfig:
     proposal_scale: float = 1.3
     wide_scale: float = 4.0
     defensive_fraction: float = 0.1
+    adapt_shrink: float = 0.0
+    adapt_wide: float = 0.0
+    adapt_kernels: int = 0
+    adapt_kernel_scale: float = 0.5
     n_starts: int = 5
     max_iter: int = 30
     polish_steps: int = 2
@@ -399,6 +403,39 @@ def _summaries(theta, logw, truth=None):
     return mean, sd, quant, ess, pit, w
 
 
+def _adapted_components(theta, wn, mean, ess, mode, cov_laplace, cfg, rng, widened):
+    """The t components of an adapted round (equal weights), from the weighted pooled draws of every spectrum.
+
+    The covariance is the weighted covariance of the draws shrunk towards the Laplace covariance at the best
+    mode, C = (ESS · C_w + k₀ · C_Laplace) / (ESS + k₀) with k₀ = ``adapt_shrink`` (a few heavy draws do not
+    collapse the proposal onto them). Components: t(weighted mean, s² C); with ``adapt_wide`` > 0 also
+    t(weighted mean, (adapt_wide · s)² C) (sds capped at the prior's); with ``adapt_kernels`` = K > 0 also K
+    components t(θ*_k, h² C) at draws θ*_k resampled by weight (systematic resampling; h = ``adapt_kernel_scale``),
+    which follow several modes and curved ridges that one t does not.
+    """
+    n, mt, nl = theta.shape
+    s2 = cfg.proposal_scale ** 2
+    d = theta - mean[:, None]
+    cov_w = torch.as_tensor(np.einsum("nm,nmi,nmj->nij", wn, d, d))
+    e = torch.as_tensor(np.nan_to_num(ess, nan=0.0))[:, None, None]
+    k0 = float(cfg.adapt_shrink)
+    c = (e * cov_w + k0 * cov_laplace) / (e + k0) if k0 > 0 else torch.where(e > 5, cov_w, cov_laplace)
+    centre = torch.as_tensor(np.where(np.isfinite(mean) & (np.nan_to_num(ess) > 5)[:, None], mean, mode))
+    comps = [(centre, _safe_chol(c * s2))]
+    if cfg.adapt_wide > 0:
+        comps.append((centre, _safe_chol(widened(c * s2, cfg.adapt_wide))))
+    kk = int(cfg.adapt_kernels)
+    if kk > 0:
+        cdf = np.cumsum(wn, axis=1)
+        cdf[:, -1] = 1.0
+        u = (rng.random((n, 1)) + np.arange(kk)[None, :]) / kk  # systematic resampling
+        idx = np.minimum(np.array([np.searchsorted(cdf[i], u[i]) for i in range(n)]), mt - 1)  # (n, K)
+        pts = theta[np.arange(n)[:, None], idx]  # (n, K, L)
+        ch = _safe_chol(c * cfg.adapt_kernel_scale ** 2)
+        comps += [(torch.as_tensor(pts[:, j]), ch) for j in range(kk)]
+    return comps
+
+
 # ----------------------------------------------------------------------------- the posterior
 def posterior(forward, flux, error, *, prior: Prior | None = None, config: BayesConfig | None = None,
               rng: np.random.Generator | None = None, truth=None, keep_samples: bool = False) -> PosteriorResult:
@@ -502,13 +539,17 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
              + [(torch.as_tensor(mk), _safe_chol(widened(ck, cfg.wide_scale))) for mk, ck in zip(modes, covs)]]
     theta = np.zeros((n, 0, nl))
     logpl = np.zeros((n, 0))  # log prior + log likelihood
+    lprior = np.zeros((n, 0))  # log prior density (−inf outside the support)
+    lq_rounds: list[np.ndarray] = []  # per round: log density of every draw so far under that round's proposal
     active = np.arange(n)
     rounds = np.zeros(n, int)
 
-    def round_logq(th_t, round_comps):
+    def round_logq(th, lp_th, round_comps):
+        """log of round r's proposal (1 − α) · (equal mixture of its t components) + α · prior at draws th."""
+        th_t = torch.as_tensor(th)
         lt = torch.stack([_t_logpdf(th_t, mu_c, ch_c, df) for mu_c, ch_c in round_comps])
         lt = torch.logsumexp(lt, dim=0) - math.log(len(round_comps))
-        return torch.logaddexp(math.log1p(-alpha) + lt, math.log(alpha) + torch.as_tensor(prior.logpdf(theta)))
+        return torch.logaddexp(math.log1p(-alpha) + lt, math.log(alpha) + torch.as_tensor(lp_th)).numpy()
 
     for r in range(cfg.max_rounds):
         # draw for every spectrum (shape-regular arrays); inactive spectra's new draws get weight −inf
@@ -523,15 +564,18 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
         ok[np.setdiff1d(np.arange(n), active)] = False
         ll = like(new, ok, prior.lower, prior.upper)
         theta = np.concatenate([theta, new], 1)
+        lprior = np.concatenate([lprior, lp], 1)
         logpl = np.concatenate([logpl, np.where(ok, lp + ll, -np.inf)], 1)
         rounds[active] += 1
         # mixture density of every draw under every round's proposal, rounds weighted by their draw counts
-        th_t = torch.as_tensor(theta)
-        lq_rounds = torch.stack([round_logq(th_t, rc) for rc in comps])  # (R, n, M_tot)
+        # (each round's density of the earlier draws is kept; only the new draws are evaluated under old rounds)
+        for i in range(len(lq_rounds)):
+            lq_rounds[i] = np.concatenate([lq_rounds[i], round_logq(new, lp, comps[i])], 1)
+        lq_rounds.append(round_logq(theta, lprior, comps[-1]))
         n_r = np.array([(rounds > i).astype(float) for i in range(len(comps))])  # (R, n): spectrum drew in round i
         with np.errstate(divide="ignore"):
-            log_frac = torch.as_tensor(np.log(n_r / n_r.sum(0, keepdims=True)))[:, :, None]
-        lq = torch.logsumexp(lq_rounds + log_frac, dim=0).numpy()
+            log_frac = np.log(n_r / n_r.sum(0, keepdims=True))[:, :, None]
+        lq = torch.logsumexp(torch.as_tensor(np.stack(lq_rounds) + log_frac), dim=0).numpy()
         # draws made by a spectrum in a round it did not take part in are excluded
         drew = np.repeat(n_r.T > 0, m, axis=1)  # (n, M_tot)
         logw = np.where(drew & np.isfinite(logpl), logpl - lq, -np.inf)
@@ -539,11 +583,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
         active = np.flatnonzero((ess < cfg.min_ess) | (r + 1 < cfg.min_rounds))
         if len(active) == 0 or r == cfg.max_rounds - 1:
             break
-        # next proposal: weighted moments of the pooled draws (inflated), the mode where they are degenerate
-        d = theta - mean[:, None]
-        cov_w = torch.as_tensor(np.einsum("nm,nmi,nmj->nij", wn, d, d))
-        cov_next = torch.where((torch.as_tensor(ess) > 5)[:, None, None], cov_w, cov)
-        comps.append([(torch.as_tensor(np.where((ess > 5)[:, None], mean, mode)), _safe_chol(cov_next * s2))])
+        comps.append(_adapted_components(theta, wn, mean, ess, mode, cov, cfg, rng, widened))
     tr = None if truth is None else np.asarray(truth, dtype=np.float64)[good]
     mean, sd_w, quant, ess, pit, wn = _summaries(theta, logw, tr)
     flag = np.full(n, "ok", dtype=object)
