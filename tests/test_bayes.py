@@ -250,3 +250,41 @@ def test_run_bayes_bad_files_give_errors_or_flags(tiny_dataset, tmp_path):
     with pytest.raises(InputError, match="prior"):
         run_bayes(_cfg(path))
     assert len(run_bayes(_cfg(path, prior="box"))) == 6
+
+
+def test_adapted_proposal_does_not_collapse_onto_a_few_heavy_draws():
+    """When a handful of draws carry all the weight (ESS ≈ 6), the next round's proposal keeps k₀ / (ESS + k₀) of
+    the Laplace covariance instead of the spread of those draws (the old rule, ``adapt_shrink=0``: a proposal as
+    narrow as the few heavy draws, whose intervals then under-cover), and its resampled components sit at
+    weighted draws."""
+    import torch
+
+    from specvit.baselines.bayes import BayesConfig, _adapted_components
+
+    rng = np.random.default_rng(3)
+    theta = rng.uniform(-1, 1, (1, 200, 2))
+    theta[0, :6] = 0.3 + 1e-3 * rng.standard_normal((6, 2))  # the heavy draws, a tight cluster
+    wn = np.zeros((1, 200))
+    wn[0, :6] = 1 / 6
+    ess = 1.0 / (wn ** 2).sum(1)
+    mean = (wn[:, :, None] * theta).sum(1)
+    laplace = torch.eye(2, dtype=torch.float64)[None] * 0.01
+    mode = np.array([[0.3, 0.3]])
+
+    def sds(c):
+        return torch.diagonal(c[1] @ c[1].transpose(1, 2), dim1=-2, dim2=-1).sqrt()[0].numpy()
+
+    def widened(c, f):
+        return c * f * f
+
+    new = _adapted_components(theta, wn, mean, ess, mode, laplace, BayesConfig(), rng, widened)
+    s = BayesConfig().proposal_scale
+    k0 = BayesConfig().adapt_shrink
+    assert len(new) == 2 + BayesConfig().adapt_kernels
+    assert np.allclose(sds(new[0]), s * np.sqrt(k0 / (ess[0] + k0) * 0.01), rtol=0.02)  # ≈ 0.1, not 1e-3
+    assert np.allclose(sds(new[1]), 2 * sds(new[0]), rtol=1e-6)  # the wide component
+    for c in new[2:]:  # kernels at the heavy draws
+        assert np.min(np.abs(theta[0, :6] - c[0].numpy()[0]).max(1)) < 1e-12
+    old = _adapted_components(theta, wn, mean, ess, mode, laplace, BayesConfig(adapt_shrink=0, adapt_wide=0,
+                                                                               adapt_kernels=0), rng, widened)
+    assert len(old) == 1 and sds(old[0]).max() < 0.01  # the collapse this replaced

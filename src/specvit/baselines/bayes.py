@@ -31,8 +31,11 @@ Method: batched adaptive importance sampling (multiple importance sampling, bala
 2. round 1: ``n_samples`` draws from (1 − α) · T + α · π (defensive prior component), T the equal mixture
    over modes of a narrow t_ν(θ̂_k, s² H_k⁻¹) and a wide t_ν(θ̂_k, ``wide_scale``² H_k⁻¹) (sds capped at the
    prior's);
-   round r > 1, only for spectra whose ESS is still below ``min_ess``: the t component moved to the weighted
-   mean and covariance of all draws so far (inflated by s²), ``n_samples`` more draws;
+   round r > 1, only for spectra whose ESS is still below ``min_ess``, ``n_samples`` more draws from an equal
+   mixture of t components built from all draws so far (:func:`_adapted_components`): covariance C = the
+   weighted covariance shrunk towards the Laplace one, (ESS · C_w + k₀ · H⁻¹) / (ESS + k₀); t(weighted mean,
+   s² C), a wide t(weighted mean, (2s)² C) and six t(θ*_k, 0.5² C) at draws resampled by weight (several modes,
+   curved ridges), plus the defensive prior component;
 3. weights π(θ) L(θ) / q̄(θ), q̄ = Σ_r (M_r / M) q_r (every draw against every round's proposal), draws
    outside the prior's support weigh 0;
 4. log L with μ̃(θ) + [μ(θ̂) − μ̃(θ̂)]: the fast model plus its error at the mode from one exact
@@ -199,6 +202,11 @@ class BayesConfig:
     max_rounds : adaptation rounds (a spectrum stops when its ESS reaches ``min_ess``)
     min_rounds : rounds every spectrum makes (≥ 2: the proposal is always adapted once to the weighted draws)
     min_ess : Kish effective sample size below which a spectrum is adapted again, and flagged at the end
+    adapt_shrink : pseudo-count k₀ of the Laplace covariance in an adapted round's covariance (0: the old rule,
+        the weighted covariance when ESS > 5, else the Laplace one)
+    adapt_wide : inflation of the wide component of an adapted round (0: none)
+    adapt_kernels, adapt_kernel_scale : components at draws resampled by weight per adapted round, and their
+        scale h (covariance h² C)
     proposal_df, proposal_scale : Student-t degrees of freedom and covariance inflation s of the proposal
     wide_scale : inflation of the wide first-round component per mode (sds capped at the prior's)
     defensive_fraction : weight α of the prior component of every proposal (heavy tails, multimodality)
@@ -217,16 +225,16 @@ class BayesConfig:
     model: str = "default"
     prior: str = "dataset"
     n_samples: int = 384
-    max_rounds: int = 3
+    max_rounds: int = 6
     min_rounds: int = 1
-    min_ess: float = 100.0
+    min_ess: float = 200.0
     proposal_df: float = 5.0
     proposal_scale: float = 1.3
     wide_scale: float = 4.0
     defensive_fraction: float = 0.1
-    adapt_shrink: float = 0.0
-    adapt_wide: float = 0.0
-    adapt_kernels: int = 0
+    adapt_shrink: float = 10.0
+    adapt_wide: float = 2.0
+    adapt_kernels: int = 6
     adapt_kernel_scale: float = 0.5
     n_starts: int = 5
     max_iter: int = 30
@@ -255,6 +263,11 @@ class BayesConfig:
         if not self.noise_level > 0:
             raise InputError("noise_level must be > 0 (the likelihood needs noise)", field="noise_level",
                              value=self.noise_level)
+        for name in ("adapt_shrink", "adapt_wide", "adapt_kernels"):
+            if not getattr(self, name) >= 0:
+                raise InputError("must be >= 0", field=name, value=getattr(self, name))
+        if not self.adapt_kernel_scale > 0:
+            raise InputError("must be > 0", field="adapt_kernel_scale", value=self.adapt_kernel_scale)
 
 
 @dataclass
