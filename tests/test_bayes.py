@@ -288,3 +288,24 @@ def test_adapted_proposal_does_not_collapse_onto_a_few_heavy_draws():
     old = _adapted_components(theta, wn, mean, ess, mode, laplace, BayesConfig(adapt_shrink=0, adapt_wide=0,
                                                                                adapt_kernels=0), rng, widened)
     assert len(old) == 1 and sds(old[0]).max() < 0.01  # the collapse this replaced
+
+
+def test_adapted_proposal_of_a_spectrum_without_finite_weights_is_the_laplace_one():
+    import torch
+
+    from specvit.baselines.bayes import BayesConfig, _adapted_components
+
+    rng = np.random.default_rng(4)
+    theta = rng.uniform(-1, 1, (2, 50, 2))
+    wn = np.full((2, 50), 1 / 50)
+    wn[1] = np.nan  # every draw of spectrum 1 had weight −inf
+    ess = np.array([50.0, np.nan])
+    mean = np.array([[0.0, 0.0], [np.nan, np.nan]])
+    laplace = torch.eye(2, dtype=torch.float64)[None].repeat(2, 1, 1) * 0.04
+    comps = _adapted_components(theta, wn, mean, ess, np.array([[0.1, 0.1], [0.2, -0.2]]), laplace, BayesConfig(),
+                                rng, lambda c, f: c * f * f)
+    for mu, ch in comps:
+        assert torch.isfinite(mu).all() and torch.isfinite(ch).all()
+    cov1 = (comps[0][1] @ comps[0][1].transpose(1, 2))[1]
+    assert torch.allclose(cov1, 0.04 * BayesConfig().proposal_scale ** 2 * torch.eye(2, dtype=torch.float64))
+    assert np.allclose(comps[0][0][1].numpy(), [0.2, -0.2])  # centred at the mode

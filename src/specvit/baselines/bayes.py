@@ -428,7 +428,8 @@ def _adapted_components(theta, wn, mean, ess, mode, cov_laplace, cfg, rng, widen
     """
     n, mt, nl = theta.shape
     s2 = cfg.proposal_scale ** 2
-    d = theta - mean[:, None]
+    wn = np.nan_to_num(wn, nan=0.0)  # a spectrum without one finite weight (ESS NaN) gets the Laplace rule
+    d = np.nan_to_num(theta - mean[:, None], nan=0.0)
     cov_w = torch.as_tensor(np.einsum("nm,nmi,nmj->nij", wn, d, d))
     e = torch.as_tensor(np.nan_to_num(ess, nan=0.0))[:, None, None]
     k0 = float(cfg.adapt_shrink)
@@ -440,7 +441,7 @@ def _adapted_components(theta, wn, mean, ess, mode, cov_laplace, cfg, rng, widen
     kk = int(cfg.adapt_kernels)
     if kk > 0:
         cdf = np.cumsum(wn, axis=1)
-        cdf[:, -1] = 1.0
+        cdf[:, -1] = 1.0  # (a spectrum without weights resamples its last draw: harmless, its draws are −inf)
         u = (rng.random((n, 1)) + np.arange(kk)[None, :]) / kk  # systematic resampling
         idx = np.minimum(np.array([np.searchsorted(cdf[i], u[i]) for i in range(n)]), mt - 1)  # (n, K)
         pts = theta[np.arange(n)[:, None], idx]  # (n, K, L)
