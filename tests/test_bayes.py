@@ -250,3 +250,102 @@ def test_run_bayes_bad_files_give_errors_or_flags(tiny_dataset, tmp_path):
     with pytest.raises(InputError, match="prior"):
         run_bayes(_cfg(path))
     assert len(run_bayes(_cfg(path, prior="box"))) == 6
+
+
+def test_adapted_proposal_does_not_collapse_onto_a_few_heavy_draws():
+    """When a handful of draws carry all the weight (ESS ≈ 6), the next round's proposal keeps k₀ / (ESS + k₀) of
+    the Laplace covariance instead of the spread of those draws (the old rule, ``adapt_shrink=0``: a proposal as
+    narrow as the few heavy draws, whose intervals then under-cover), and its resampled components sit at
+    weighted draws."""
+    import torch
+
+    from specvit.baselines.bayes import BayesConfig, _adapted_components
+
+    rng = np.random.default_rng(3)
+    theta = rng.uniform(-1, 1, (1, 200, 2))
+    theta[0, :6] = 0.3 + 1e-3 * rng.standard_normal((6, 2))  # the heavy draws, a tight cluster
+    wn = np.zeros((1, 200))
+    wn[0, :6] = 1 / 6
+    ess = 1.0 / (wn ** 2).sum(1)
+    mean = (wn[:, :, None] * theta).sum(1)
+    laplace = torch.eye(2, dtype=torch.float64)[None] * 0.01
+    mode = np.array([[0.3, 0.3]])
+
+    def sds(c):
+        return torch.diagonal(c[1] @ c[1].transpose(1, 2), dim1=-2, dim2=-1).sqrt()[0].numpy()
+
+    def widened(c, f):
+        return c * f * f
+
+    new = _adapted_components(theta, wn, mean, ess, mode, laplace, BayesConfig(), rng, widened)
+    s = BayesConfig().proposal_scale
+    k0 = BayesConfig().adapt_shrink
+    assert len(new) == 2 + BayesConfig().adapt_kernels
+    assert np.allclose(sds(new[0]), s * np.sqrt(k0 / (ess[0] + k0) * 0.01), rtol=0.02)  # ≈ 0.1, not 1e-3
+    assert np.allclose(sds(new[1]), 2 * sds(new[0]), rtol=1e-6)  # the wide component
+    for c in new[2:]:  # kernels at the heavy draws
+        assert np.min(np.abs(theta[0, :6] - c[0].numpy()[0]).max(1)) < 1e-12
+    old = _adapted_components(theta, wn, mean, ess, mode, laplace, BayesConfig(adapt_shrink=0, adapt_wide=0,
+                                                                               adapt_kernels=0), rng, widened)
+    assert len(old) == 1 and sds(old[0]).max() < 0.01  # the collapse this replaced
+
+
+def test_adapted_proposal_of_a_spectrum_without_finite_weights_is_the_laplace_one():
+    import torch
+
+    from specvit.baselines.bayes import BayesConfig, _adapted_components
+
+    rng = np.random.default_rng(4)
+    theta = rng.uniform(-1, 1, (2, 50, 2))
+    wn = np.full((2, 50), 1 / 50)
+    wn[1] = np.nan  # every draw of spectrum 1 had weight −inf
+    ess = np.array([50.0, np.nan])
+    mean = np.array([[0.0, 0.0], [np.nan, np.nan]])
+    laplace = torch.eye(2, dtype=torch.float64)[None].repeat(2, 1, 1) * 0.04
+    comps = _adapted_components(theta, wn, mean, ess, np.array([[0.1, 0.1], [0.2, -0.2]]), laplace, BayesConfig(),
+                                rng, lambda c, f: c * f * f)
+    for mu, ch in comps:
+        assert torch.isfinite(mu).all() and torch.isfinite(ch).all()
+    cov1 = (comps[0][1] @ comps[0][1].transpose(1, 2))[1]
+    assert torch.allclose(cov1, 0.04 * BayesConfig().proposal_scale ** 2 * torch.eye(2, dtype=torch.float64))
+    assert np.allclose(comps[0][0][1].numpy(), [0.2, -0.2])  # centred at the mode
+
+
+def test_posterior_prior_is_the_simulators_in_density():
+    """Label sets drawn by ``specvit simulate`` (LabelPrior.sample: product prior, sets with C/O >= 1 redrawn) follow
+    exp(Prior.logpdf) of the posterior's prior read from the config simulate stores, in density and not only in
+    support: 2-D histogram over ([α/M], [C/M]) (where the C/O limit cuts) against the density integrated over each
+    cell, with a beta axis so that the per-axis density enters too."""
+    from scipy import stats
+
+    from specvit.baselines.bayes import Prior
+    from specvit.config import config_to_dict
+    from specvit.data.simulate import LabelDist, LabelPrior
+    from specvit.labels import LABEL_NAMES
+
+    lp = LabelPrior(a_M=LabelDist(-0.25, 0.5, "beta", 2.0, 1.5))
+    prior = Prior.from_simulate_config(config_to_dict(lp), LABEL_NAMES)
+    n = 200_000
+    draws = lp.sample(np.random.default_rng(0), n)
+    ea, ec = np.linspace(-0.25, 0.5, 11), np.linspace(-0.75, 0.5, 11)
+    counts = np.histogram2d(draws[:, 3], draws[:, 4], [ea, ec])[0]
+    # the density integrated over each cell (midpoint rule on 40 x 40 points per cell); T_eff, log g, [M/H] are
+    # independent uniforms: evaluate at their centres and multiply by their widths
+    k = 40
+    a = (np.repeat(ea[:-1], k) + (np.tile(np.arange(k), 10) + 0.5) * (ea[1] - ea[0]) / k)
+    c = (np.repeat(ec[:-1], k) + (np.tile(np.arange(k), 10) + 0.5) * (ec[1] - ec[0]) / k)
+    A, C = np.meshgrid(a, c, indexing="ij")
+    x = np.zeros(A.shape + (5,))
+    x[..., 0], x[..., 1], x[..., 2], x[..., 3], x[..., 4] = 4875.0, 3.0, -0.875, A, C
+    dens = np.exp(prior.logpdf(x)) * (6000 - 3750) * (5 - 1) * (0.75 + 2.5)
+    cell = dens.reshape(10, k, 10, k).sum((1, 3)) * (ea[1] - ea[0]) * (ec[1] - ec[0]) / k ** 2
+    assert cell.sum() == pytest.approx(1.0, abs=5e-3)  # normalised inside the C/O domain
+    expected = n * cell / cell.sum()
+    use = expected > 5
+    assert counts[~use].sum() < 20  # the cells the C/O limit removes are (almost) empty
+    chi2 = ((counts[use] - expected[use]) ** 2 / expected[use]).sum()
+    assert stats.chi2.sf(chi2, use.sum() - 1) > 1e-3, chi2
+    # and the posterior's own draws of the prior: same distribution
+    mine = prior.sample(np.random.default_rng(1), n)
+    for j in (3, 4):
+        assert stats.ks_2samp(mine[:, j], draws[:, j]).pvalue > 1e-3

@@ -171,3 +171,30 @@ def test_nan_prediction_is_an_error(rng):
     df.loc[5, "log_g_pred"] = np.nan
     with pytest.raises(InputError, match="row 5"):
         evaluate_predictions(df, ["log_g"], rng=0)
+
+
+def test_one_definition_of_95_percent_coverage():
+    """scores.calibration, the sigma calibration's coverage and the uncertainty report count "95 %" alike:
+    |pred − true| <= 1.96 sigma (scores.COVERAGE_Z), not 2 sigma."""
+    import pandas as pd
+
+    from specvit.evaluate.report import uncertainty_tables
+    from specvit.scores import COVERAGE_Z, coverage_fraction
+    from specvit.train.calibration import coverage
+
+    assert COVERAGE_Z["95"] == pytest.approx(1.959964, abs=1e-6)
+    z = np.array([0.5, -0.99, 1.5, -1.97, 1.99, 2.5, 0.999, -1.9])  # two between 1.96 and 2
+    t = np.linspace(1.0, 4.5, len(z))
+    s = np.full(len(z), 0.5)
+    p = t + z * s
+    expect68, expect95 = 3 / 8, 5 / 8
+    assert coverage_fraction(z, "68") == expect68 and coverage_fraction(z, "95") == expect95
+    c = calibration(t, p, s)
+    assert c["coverage_68"] == expect68 and c["coverage_95"] == expect95
+    cc = coverage(t, p, s)
+    assert cc["cov68"] == [expect68] and cc["cov95"] == [expect95]
+    cat = pd.DataFrame({"row": np.arange(len(z)), "log_g": p, "log_g_err": s})
+    table, _ = uncertainty_tables({"net": cat}, pd.DataFrame({"log_g": t}), label_names=["log_g"])
+    assert table.loc[0, "cov68_cal"] == expect68 and table.loc[0, "cov95_cal"] == expect95
+    with pytest.raises(InputError, match="level"):
+        coverage_fraction(z, "90")

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 
-def part_catalogue(path, a: int, b: int, out_csv: Path) -> None:
+def part_catalogue(path, a: int, b: int, out_csv: Path, overrides=None) -> None:
     """The posteriors of rows [a, b) (default config, noise_seed 42; one torch thread, the proposal generator of
     the batch starting at row s is ``default_rng([seed, s])``), as ``run_bayes`` writes them: parts run as
     separate processes (one per core) and are joined by the full run."""
@@ -42,8 +42,10 @@ def part_catalogue(path, a: int, b: int, out_csv: Path) -> None:
     from specvit.baselines.bayes import BayesConfig, bayes_forward, dataset_prior, posterior
     from specvit.data import fixed_noisy_flux, open_dataset
 
+    from specvit.config import load_config
+
     torch.set_num_threads(1)
-    cfg = BayesConfig(noise_seed=42)
+    cfg = load_config(BayesConfig, overrides=overrides or (), data={"noise_seed": 42})
     fwd = bayes_forward(cfg)
     names = list(fwd.label_names)
     frames, c0, t0 = [], time.process_time(), time.perf_counter()
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--figures", default="", help="directory for the PNGs (default: --out)")
     ap.add_argument("--no-templatefit", action="store_true")
     ap.add_argument("--catalogues-only", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --part: a BayesConfig key for the posteriors (e.g. model=v2, max_rounds=3); repeatable")
     ap.add_argument("--part", default="", help="A:B: only the posteriors of rows [A, B) into OUT/bayes_part_A_B.csv "
                     "(run parts in parallel, one thread each; the full run joins them)")
     args = ap.parse_args(argv)
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.part:
         a, b = (int(v) for v in args.part.split(":"))
-        part_catalogue(args.data, a, b, out / f"bayes_part_{a}_{b}.csv")
+        part_catalogue(args.data, a, b, out / f"bayes_part_{a}_{b}.csv", args.set)
         return 0
     figdir = Path(args.figures or out)
     bay, tf = catalogues(args, out)

@@ -188,13 +188,13 @@ def _templatefit(cfg: QuickstartConfig, paths: dict, out: Path):
 def _bayes(cfg: QuickstartConfig, paths: dict, out: Path):
     """Posterior of the first ``bayes_spectra`` test spectra with the shared fixed test noise.
 
-    Returns (shared prediction table of ``cfg.label`` over the usable rows, its metrics, coverage of every label).
+    Returns (shared prediction table of the scored rows, metrics of ``cfg.label``, coverage of every label with
+    the flag counts): :func:`specvit.baselines.bayes.score_bayes`, the one scoring of a posterior catalogue.
     """
     import pandas as pd
 
-    from specvit.baselines.bayes import BayesConfig, bayes_table, coverage, run_bayes
+    from specvit.baselines.bayes import BayesConfig, run_bayes, score_bayes
     from specvit.baselines.common import write_csv
-    from specvit.scores import evaluate_predictions
 
     cat_path = out / "catalogue.csv"
     if cat_path.exists():  # resume
@@ -207,13 +207,9 @@ def _bayes(cfg: QuickstartConfig, paths: dict, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         write_csv(cat_path, df)
     names = [n for n in ("T_eff", "log_g", "M_H", "a_M", "C_M") if f"true_{n}" in df.columns]
-    table, _ = bayes_table(df, names)
-    use = df["flag"].isin(["ok", "low_ess"]).to_numpy()  # bad_input / poor_fit rows are not scored
-    table = table[use].reset_index(drop=True)
-    metrics = evaluate_predictions(table, [cfg.label], "snr", cfg.seed, n_resamples=cfg.bootstrap_resamples)
-    cov = coverage(df, names)
-    flags = {str(k): int(v) for k, v in df["flag"].value_counts().items()}
-    return table, metrics, {"per_label": cov, "flags": flags, "n_spectra": int(len(df))}
+    table, doc = score_bayes(df, [cfg.label], rng=cfg.seed, n_resamples=cfg.bootstrap_resamples, coverage_labels=names)
+    return table, doc["test"], {"per_label": doc["coverage"], "flags": doc["flags"], "n_spectra": doc["n_spectra"],
+                                "n_scored": doc["n_scored"], "n_not_scored": doc["n_not_scored"]}
 
 
 def _network_coverage(pred_path: Path) -> dict | None:

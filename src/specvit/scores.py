@@ -31,9 +31,13 @@ TRUE_FMT = "{}_true"
 PRED_FMT = "{}_pred"
 SIGMA_FMT = "{}_sigma"
 
-#: Two-sided Gaussian quantiles for the 68.27% and 95.45% intervals (1 and 2 sigma)
-#: and the conventional 95% interval (1.96 sigma).
-_COVERAGE_Z = {"68": 1.0, "95": 1.959963984540054}
+#: The one definition of "68 %" and "95 %" coverage of a Gaussian 1-sigma in specvit: the fraction of
+#: |pred − true| / sigma <= k, with k = 1 (the 68.27 % interval) and k = 1.96 (the conventional central
+#: 95 % interval). Every module that reports 68/95 % coverage of predicted sigmas takes k from here
+#: (:func:`coverage_fraction`): scores, the sigma calibration, the uncertainty report.
+COVERAGE_Z = {"68": 1.0, "95": 1.959963984540054}
+#: The nominal probabilities of those intervals under a Gaussian (0.6827, 0.95).
+COVERAGE_NOMINAL = {k: math.erf(v / math.sqrt(2.0)) for k, v in COVERAGE_Z.items()}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -210,11 +214,23 @@ def binned_residuals(x, residual, *, n_bins: int = 10, percentiles=(10.0, 50.0, 
 
 
 # --------------------------------------------------------------------------- calibration
+def coverage_fraction(z, level: str, axis=None):
+    """Fraction of standardized residuals z = (pred − true) / sigma with |z| <= COVERAGE_Z[level] ("68" or "95").
+
+    NaN z count as outside. ``axis``: as numpy's mean (e.g. 0 for one fraction per column of an (N, L) array).
+    """
+    if level not in COVERAGE_Z:
+        raise InputError("coverage level must be '68' or '95'", field="level", value=level)
+    z = np.asarray(z, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.mean(np.abs(z) <= COVERAGE_Z[level], axis=axis)
+
+
 def calibration(y_true, y_pred, sigma) -> dict:
     """How well predicted 1-sigma uncertainties describe the actual errors.
 
     z = (pred − true) / sigma. For correctly specified Gaussian errors: z_mean ≈ 0,
-    z_std ≈ 1, coverage of |z| < 1 ≈ 0.683 and of |z| < 1.96 ≈ 0.95.
+    z_std ≈ 1, coverage of |z| <= 1 ≈ 0.683 and of |z| <= 1.96 ≈ 0.95 (:func:`coverage_fraction`).
     """
     t, p = _as_pair(y_true, y_pred)
     s = np.asarray(sigma, dtype=np.float64)
@@ -231,8 +247,8 @@ def calibration(y_true, y_pred, sigma) -> dict:
         "n": int(len(z)),
         "z_mean": _num(z.mean()),
         "z_std": _num(z.std(ddof=1)) if len(z) > 1 else None,
-        "coverage_68": _num(np.mean(np.abs(z) < _COVERAGE_Z["68"])),
-        "coverage_95": _num(np.mean(np.abs(z) < _COVERAGE_Z["95"])),
+        "coverage_68": _num(coverage_fraction(z, "68")),
+        "coverage_95": _num(coverage_fraction(z, "95")),
         "sigma_median": _num(np.median(s)),
     }
 

@@ -31,8 +31,11 @@ Method: batched adaptive importance sampling (multiple importance sampling, bala
 2. round 1: ``n_samples`` draws from (1 − α) · T + α · π (defensive prior component), T the equal mixture
    over modes of a narrow t_ν(θ̂_k, s² H_k⁻¹) and a wide t_ν(θ̂_k, ``wide_scale``² H_k⁻¹) (sds capped at the
    prior's);
-   round r > 1, only for spectra whose ESS is still below ``min_ess``: the t component moved to the weighted
-   mean and covariance of all draws so far (inflated by s²), ``n_samples`` more draws;
+   round r > 1, only for spectra whose ESS is still below ``min_ess``, ``n_samples`` more draws from an equal
+   mixture of t components built from all draws so far (:func:`_adapted_components`): covariance C = the
+   weighted covariance shrunk towards the Laplace one, (ESS · C_w + k₀ · H⁻¹) / (ESS + k₀); t(weighted mean,
+   s² C), a wide t(weighted mean, (2s)² C) and six t(θ*_k, 0.5² C) at draws resampled by weight (several modes,
+   curved ridges), plus the defensive prior component;
 3. weights π(θ) L(θ) / q̄(θ), q̄ = Σ_r (M_r / M) q_r (every draw against every round's proposal), draws
    outside the prior's support weigh 0;
 4. log L with μ̃(θ) + [μ(θ̂) − μ̃(θ̂)]: the fast model plus its error at the mode from one exact
@@ -199,6 +202,11 @@ class BayesConfig:
     max_rounds : adaptation rounds (a spectrum stops when its ESS reaches ``min_ess``)
     min_rounds : rounds every spectrum makes (≥ 2: the proposal is always adapted once to the weighted draws)
     min_ess : Kish effective sample size below which a spectrum is adapted again, and flagged at the end
+    adapt_shrink : pseudo-count k₀ of the Laplace covariance in an adapted round's covariance (0: the old rule,
+        the weighted covariance when ESS > 5, else the Laplace one)
+    adapt_wide : inflation of the wide component of an adapted round (0: none)
+    adapt_kernels, adapt_kernel_scale : components at draws resampled by weight per adapted round, and their
+        scale h (covariance h² C)
     proposal_df, proposal_scale : Student-t degrees of freedom and covariance inflation s of the proposal
     wide_scale : inflation of the wide first-round component per mode (sds capped at the prior's)
     defensive_fraction : weight α of the prior component of every proposal (heavy tails, multimodality)
@@ -217,13 +225,17 @@ class BayesConfig:
     model: str = "default"
     prior: str = "dataset"
     n_samples: int = 384
-    max_rounds: int = 3
+    max_rounds: int = 6
     min_rounds: int = 1
-    min_ess: float = 100.0
+    min_ess: float = 200.0
     proposal_df: float = 5.0
     proposal_scale: float = 1.3
     wide_scale: float = 4.0
     defensive_fraction: float = 0.1
+    adapt_shrink: float = 10.0
+    adapt_wide: float = 2.0
+    adapt_kernels: int = 6
+    adapt_kernel_scale: float = 0.5
     n_starts: int = 5
     max_iter: int = 30
     polish_steps: int = 2
@@ -251,6 +263,11 @@ class BayesConfig:
         if not self.noise_level > 0:
             raise InputError("noise_level must be > 0 (the likelihood needs noise)", field="noise_level",
                              value=self.noise_level)
+        for name in ("adapt_shrink", "adapt_wide", "adapt_kernels"):
+            if not getattr(self, name) >= 0:
+                raise InputError("must be >= 0", field=name, value=getattr(self, name))
+        if not self.adapt_kernel_scale > 0:
+            raise InputError("must be > 0", field="adapt_kernel_scale", value=self.adapt_kernel_scale)
 
 
 @dataclass
@@ -399,6 +416,40 @@ def _summaries(theta, logw, truth=None):
     return mean, sd, quant, ess, pit, w
 
 
+def _adapted_components(theta, wn, mean, ess, mode, cov_laplace, cfg, rng, widened):
+    """The t components of an adapted round (equal weights), from the weighted pooled draws of every spectrum.
+
+    The covariance is the weighted covariance of the draws shrunk towards the Laplace covariance at the best
+    mode, C = (ESS · C_w + k₀ · C_Laplace) / (ESS + k₀) with k₀ = ``adapt_shrink`` (a few heavy draws do not
+    collapse the proposal onto them). Components: t(weighted mean, s² C); with ``adapt_wide`` > 0 also
+    t(weighted mean, (adapt_wide · s)² C) (sds capped at the prior's); with ``adapt_kernels`` = K > 0 also K
+    components t(θ*_k, h² C) at draws θ*_k resampled by weight (systematic resampling; h = ``adapt_kernel_scale``),
+    which follow several modes and curved ridges that one t does not.
+    """
+    n, mt, nl = theta.shape
+    s2 = cfg.proposal_scale ** 2
+    wn = np.nan_to_num(wn, nan=0.0)  # a spectrum without one finite weight (ESS NaN) gets the Laplace rule
+    d = np.nan_to_num(theta - mean[:, None], nan=0.0)
+    cov_w = torch.as_tensor(np.einsum("nm,nmi,nmj->nij", wn, d, d))
+    e = torch.as_tensor(np.nan_to_num(ess, nan=0.0))[:, None, None]
+    k0 = float(cfg.adapt_shrink)
+    c = (e * cov_w + k0 * cov_laplace) / (e + k0) if k0 > 0 else torch.where(e > 5, cov_w, cov_laplace)
+    centre = torch.as_tensor(np.where(np.isfinite(mean) & (np.nan_to_num(ess) > 5)[:, None], mean, mode))
+    comps = [(centre, _safe_chol(c * s2))]
+    if cfg.adapt_wide > 0:
+        comps.append((centre, _safe_chol(widened(c * s2, cfg.adapt_wide))))
+    kk = int(cfg.adapt_kernels)
+    if kk > 0:
+        cdf = np.cumsum(wn, axis=1)
+        cdf[:, -1] = 1.0  # (a spectrum without weights resamples its last draw: harmless, its draws are −inf)
+        u = (rng.random((n, 1)) + np.arange(kk)[None, :]) / kk  # systematic resampling
+        idx = np.minimum(np.array([np.searchsorted(cdf[i], u[i]) for i in range(n)]), mt - 1)  # (n, K)
+        pts = theta[np.arange(n)[:, None], idx]  # (n, K, L)
+        ch = _safe_chol(c * cfg.adapt_kernel_scale ** 2)
+        comps += [(torch.as_tensor(pts[:, j]), ch) for j in range(kk)]
+    return comps
+
+
 # ----------------------------------------------------------------------------- the posterior
 def posterior(forward, flux, error, *, prior: Prior | None = None, config: BayesConfig | None = None,
               rng: np.random.Generator | None = None, truth=None, keep_samples: bool = False) -> PosteriorResult:
@@ -502,13 +553,17 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
              + [(torch.as_tensor(mk), _safe_chol(widened(ck, cfg.wide_scale))) for mk, ck in zip(modes, covs)]]
     theta = np.zeros((n, 0, nl))
     logpl = np.zeros((n, 0))  # log prior + log likelihood
+    lprior = np.zeros((n, 0))  # log prior density (−inf outside the support)
+    lq_rounds: list[np.ndarray] = []  # per round: log density of every draw so far under that round's proposal
     active = np.arange(n)
     rounds = np.zeros(n, int)
 
-    def round_logq(th_t, round_comps):
+    def round_logq(th, lp_th, round_comps):
+        """log of round r's proposal (1 − α) · (equal mixture of its t components) + α · prior at draws th."""
+        th_t = torch.as_tensor(th)
         lt = torch.stack([_t_logpdf(th_t, mu_c, ch_c, df) for mu_c, ch_c in round_comps])
         lt = torch.logsumexp(lt, dim=0) - math.log(len(round_comps))
-        return torch.logaddexp(math.log1p(-alpha) + lt, math.log(alpha) + torch.as_tensor(prior.logpdf(theta)))
+        return torch.logaddexp(math.log1p(-alpha) + lt, math.log(alpha) + torch.as_tensor(lp_th)).numpy()
 
     for r in range(cfg.max_rounds):
         # draw for every spectrum (shape-regular arrays); inactive spectra's new draws get weight −inf
@@ -523,15 +578,18 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
         ok[np.setdiff1d(np.arange(n), active)] = False
         ll = like(new, ok, prior.lower, prior.upper)
         theta = np.concatenate([theta, new], 1)
+        lprior = np.concatenate([lprior, lp], 1)
         logpl = np.concatenate([logpl, np.where(ok, lp + ll, -np.inf)], 1)
         rounds[active] += 1
         # mixture density of every draw under every round's proposal, rounds weighted by their draw counts
-        th_t = torch.as_tensor(theta)
-        lq_rounds = torch.stack([round_logq(th_t, rc) for rc in comps])  # (R, n, M_tot)
+        # (each round's density of the earlier draws is kept; only the new draws are evaluated under old rounds)
+        for i in range(len(lq_rounds)):
+            lq_rounds[i] = np.concatenate([lq_rounds[i], round_logq(new, lp, comps[i])], 1)
+        lq_rounds.append(round_logq(theta, lprior, comps[-1]))
         n_r = np.array([(rounds > i).astype(float) for i in range(len(comps))])  # (R, n): spectrum drew in round i
         with np.errstate(divide="ignore"):
-            log_frac = torch.as_tensor(np.log(n_r / n_r.sum(0, keepdims=True)))[:, :, None]
-        lq = torch.logsumexp(lq_rounds + log_frac, dim=0).numpy()
+            log_frac = np.log(n_r / n_r.sum(0, keepdims=True))[:, :, None]
+        lq = torch.logsumexp(torch.as_tensor(np.stack(lq_rounds) + log_frac), dim=0).numpy()
         # draws made by a spectrum in a round it did not take part in are excluded
         drew = np.repeat(n_r.T > 0, m, axis=1)  # (n, M_tot)
         logw = np.where(drew & np.isfinite(logpl), logpl - lq, -np.inf)
@@ -539,11 +597,7 @@ def posterior(forward, flux, error, *, prior: Prior | None = None, config: Bayes
         active = np.flatnonzero((ess < cfg.min_ess) | (r + 1 < cfg.min_rounds))
         if len(active) == 0 or r == cfg.max_rounds - 1:
             break
-        # next proposal: weighted moments of the pooled draws (inflated), the mode where they are degenerate
-        d = theta - mean[:, None]
-        cov_w = torch.as_tensor(np.einsum("nm,nmi,nmj->nij", wn, d, d))
-        cov_next = torch.where((torch.as_tensor(ess) > 5)[:, None, None], cov_w, cov)
-        comps.append([(torch.as_tensor(np.where((ess > 5)[:, None], mean, mode)), _safe_chol(cov_next * s2))])
+        comps.append(_adapted_components(theta, wn, mean, ess, mode, cov, cfg, rng, widened))
     tr = None if truth is None else np.asarray(truth, dtype=np.float64)[good]
     mean, sd_w, quant, ess, pit, wn = _summaries(theta, logw, tr)
     flag = np.full(n, "ok", dtype=object)
@@ -663,9 +717,21 @@ def bayes_table(df, label_names=None):
     return out, names
 
 
+#: Flags of the rows that are scored (R², coverage, SBC): ``ok`` and ``low_ess`` (leaving the sampler's
+#: failures out would hide them). ``bad_input`` rows have no numbers and ``poor_fit`` rows no model inside the
+#: prior that describes them: they are counted (:func:`score_bayes`), not scored.
+SCORED_FLAGS = ("ok", "low_ess")
+
+
+def scored_rows(df) -> np.ndarray:
+    """Bool mask of the catalogue rows that are scored (flag in :data:`SCORED_FLAGS`; all rows without a flag)."""
+    return df["flag"].isin(SCORED_FLAGS).to_numpy() if "flag" in df.columns else np.ones(len(df), bool)
+
+
 def coverage(df, label_names=LABEL_NAMES) -> dict:
-    """Fraction of truths inside the central 68 % (q16–q84) and 95 % (q2.5–q97.5) intervals per label."""
-    ok = df["flag"].isin(["ok", "low_ess"]) if "flag" in df.columns else np.ones(len(df), bool)
+    """Fraction of truths inside the central 68 % (q16–q84) and 95 % (q2.5–q97.5) intervals per label
+    (over the scored rows, :func:`scored_rows`)."""
+    ok = scored_rows(df)
     out = {}
     for n in label_names:
         t = df[f"true_{n}"].to_numpy(float)[ok]
@@ -675,12 +741,38 @@ def coverage(df, label_names=LABEL_NAMES) -> dict:
     return out
 
 
+def score_bayes(df, label_names=None, *, rng=0, n_resamples: int = 200, coverage_labels=None):
+    """The one scoring of a posterior catalogue (``run_bayes``'s frame), used by ``specvit baseline bayes``,
+    the quickstart and the learning curves.
+
+    Scores the rows flagged ``ok`` or ``low_ess`` (:data:`SCORED_FLAGS`) and counts the others. Returns
+    ``(table, doc)``: ``table`` the shared prediction table (``bayes_table``) of the scored rows; ``doc`` has
+    ``test`` (``specvit.scores.evaluate_predictions`` of ``label_names``, default every label with a truth;
+    bootstrap ``rng``, ``n_resamples``), ``coverage`` (68/95 % interval coverage per label of
+    ``coverage_labels``, default the same labels), ``flags`` (count per flag), ``n_spectra``, ``n_scored``
+    and ``n_not_scored``.
+    """
+    from specvit.scores import evaluate_predictions
+
+    table, names = bayes_table(df, label_names)
+    if not names:
+        raise InputError("the catalogue has no posterior mean with a true label to score",
+                         field="true_<label>/<label>_mean", value=list(label_names or LABEL_NAMES))
+    use = scored_rows(df)
+    table = table[use].reset_index(drop=True)
+    cov_names = [n for n in (coverage_labels or names) if f"true_{n}" in df.columns]
+    flags = {str(k): int(v) for k, v in df["flag"].value_counts().items()} if "flag" in df.columns else {}
+    doc = {"test": evaluate_predictions(table, names, "snr", rng, n_resamples=n_resamples),
+           "coverage": coverage(df, cov_names), "flags": flags, "n_spectra": int(len(df)),
+           "n_scored": int(use.sum()), "n_not_scored": int((~use).sum())}
+    return table, doc
+
+
 def finish_bayes(cfg, df) -> None:
     """Write the catalogue (``cfg.output``: every posterior column + the shared table's) and metrics beside it."""
     from pathlib import Path
 
     from specvit.baselines.common import write_csv, write_json
-    from specvit.scores import evaluate_predictions
 
     flags = df["flag"].value_counts().to_dict()
     bad = {k: v for k, v in flags.items() if k != "ok"}
@@ -698,9 +790,8 @@ def finish_bayes(cfg, df) -> None:
     metrics = {"model": "bayes", "labels": names, "seconds": df.attrs.get("seconds"), "flags": flags,
                "noise_seed": cfg.noise_seed, "prior": df.attrs.get("prior")}
     if names:
-        use = df["flag"].isin(["ok", "low_ess"]).to_numpy()
-        metrics["test"] = evaluate_predictions(table[use].reset_index(drop=True), names, "snr", 0)
-        metrics["coverage"] = coverage(df, names)
+        _, doc = score_bayes(df, names)
+        metrics.update({k: doc[k] for k in ("test", "coverage", "n_scored", "n_not_scored")})
         for n in names:
             c = metrics["coverage"][n]
             print(f"bayes: test {n}: R2 = {metrics['test']['labels'][n]['overall']['r2']:.4f}, "

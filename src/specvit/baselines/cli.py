@@ -38,7 +38,7 @@ config for bayes (keys of specvit.baselines.bayes.BayesConfig), e.g.:
   input: data/test.h5
   output: runs/bayes/catalogue.csv   # + catalogue.metrics.json beside it
   prior: dataset            # the labels prior the dataset was simulated with (or: box)
-  n_samples: 384            # importance draws per round; max_rounds: 3; min_ess: 100
+  n_samples: 384            # importance draws per round; max_rounds: 6; min_ess: 200
   noise_seed: 42            # the same fixed test noise as the other baselines
 writes per spectrum and label the posterior mean, sd, 2.5/16/50/84/97.5 percentiles, the mode, the
 effective sample size and a flag (ok, low_ess, poor_fit, bad_input).

@@ -177,7 +177,7 @@ def register(subparsers) -> None:
         description="Issue #14's report (docs/uncertainty.md): for catalogues of `specvit predict` (Gaussian-head "
                     "models; <label>_err calibrated, <label>_err_raw raw) on a test set with true labels, and "
                     "optionally the `specvit baseline bayes` catalogue of the same noisy spectra: per label the test "
-                    "R2 and the coverage of pred±sigma and pred±2sigma, raw and calibrated, the posterior's central "
+                    "R2 and the coverage of pred±sigma and pred±1.96sigma, raw and calibrated, the posterior's central "
                     "68/95 % intervals, and the figure of each network's sigma against the posterior sd per "
                     "spectrum. Writes OUT/uncertainty.csv, uncertainty.md, report.html, metrics.json, figures/.")
     p.add_argument("--pred", action="append", required=True, metavar="NAME=CSV",

@@ -381,10 +381,10 @@ def run_ceilings(cfg, out: Path, log=print) -> dict | None:
 
 
 def run_bayes_reference(cfg, out: Path, log=print) -> dict | None:
-    """Posterior means of the first ``bayes_spectra`` test spectra (same fixed noise), via the public API."""
+    """Posterior means of the first ``bayes_spectra`` test spectra (same fixed noise), via the public API;
+    scored by :func:`specvit.baselines.bayes.score_bayes` (rows flagged ok / low_ess; the others counted)."""
     from specvit.baselines.common import write_csv
     from specvit.evaluate.report import to_jsonable
-    from specvit.scores import evaluate_predictions
 
     s = cfg.stream
     if s.bayes_spectra <= 0:
@@ -393,7 +393,7 @@ def run_bayes_reference(cfg, out: Path, log=print) -> dict | None:
     done = out / "bayes" / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    from specvit.baselines.bayes import BayesConfig, bayes_table, run_bayes
+    from specvit.baselines.bayes import BayesConfig, run_bayes, score_bayes
     from specvit.config import load_config
 
     bc = load_config(BayesConfig, data={"seed": cfg.seed, **s.bayes, "input": cfg.data.test, "output": "",
@@ -401,13 +401,14 @@ def run_bayes_reference(cfg, out: Path, log=print) -> dict | None:
                                         "noise_seed": cfg.data.eval_noise_seed})
     w0, c0 = time.perf_counter(), time.process_time()
     cat = run_bayes(bc)
-    table, _ = bayes_table(cat)
+    # the one scoring of a posterior catalogue: rows flagged ok / low_ess scored, the others counted
+    table, scored = score_bayes(cat, cfg.data.labels, rng=cfg.seed, n_resamples=cfg.bootstrap_resamples)
     table.insert(0, "id", table["row"])
     write_csv(out / "bayes" / "catalogue.csv", cat)
     write_csv(pred, table)
-    test = evaluate_predictions(table, cfg.data.labels, "snr", cfg.seed, n_resamples=cfg.bootstrap_resamples)
-    doc = {"model": "bayes", "n_spectra": len(table), "flags": cat["flag"].value_counts().to_dict(),
-           "seconds": time.perf_counter() - w0, "cpu_seconds": time.process_time() - c0, "test": test}
+    doc = {"model": "bayes", "n_spectra": scored["n_spectra"], "n_scored": scored["n_scored"],
+           "n_not_scored": scored["n_not_scored"], "flags": scored["flags"], "coverage": scored["coverage"],
+           "seconds": time.perf_counter() - w0, "cpu_seconds": time.process_time() - c0, "test": scored["test"]}
     write_text_atomic(done, json.dumps(to_jsonable(doc), indent=1))
     log(f"curves: Bayes posterior mean of {len(table)} test spectra ({doc['seconds']:.0f} s)")
     return doc

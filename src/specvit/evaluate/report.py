@@ -218,9 +218,12 @@ def _r2(t, p) -> float:
     return float(1.0 - np.sum((p - t) ** 2) / np.sum((t - t.mean()) ** 2))
 
 
-def _cov(t, p, s, k: float) -> float:
+def _cov(t, p, s, level: str) -> float:
+    """Coverage of p ± k s (k of ``level`` "68"/"95" from :data:`specvit.scores.COVERAGE_Z`) over the finite rows."""
+    from specvit.scores import coverage_fraction
+
     ok = np.isfinite(t) & np.isfinite(p) & np.isfinite(s)
-    return float(np.mean(np.abs(p[ok] - t[ok]) <= k * s[ok])) if ok.any() else float("nan")
+    return float(coverage_fraction((p[ok] - t[ok]) / s[ok], level)) if ok.any() else float("nan")
 
 
 def uncertainty_tables(catalogues: Mapping[str, object], truth, *, label_names, bayes=None):
@@ -237,8 +240,9 @@ def uncertainty_tables(catalogues: Mapping[str, object], truth, *, label_names, 
         model is also scored.
 
     Returns ``(table, subset_rows)``: a DataFrame with one row per (model, label); network coverage is
-    ``|pred − true| ≤ σ`` (68.3 % target) and ``≤ 2σ`` (95.4 %); the posterior's is the central 68 % / 95 %
-    credible interval (q16–q84, q2.5–q97.5), and ``cov68_sd``/``cov95_sd`` its ±1/±2 sd intervals.
+    ``|pred − true| ≤ σ`` (68.3 % target) and ``≤ 1.96 σ`` (95 %; k from :data:`specvit.scores.COVERAGE_Z`); the
+    posterior's is the central 68 % / 95 % credible interval (q16–q84, q2.5–q97.5), and ``cov68_sd``/``cov95_sd``
+    its mean ± 1 / 1.96 sd intervals.
     """
     import pandas as pd
 
@@ -262,14 +266,14 @@ def uncertainty_tables(catalogues: Mapping[str, object], truth, *, label_names, 
             s_cal = cat[f"{lab}_err"].to_numpy(float)
             s_raw = cat[f"{lab}_err_raw"].to_numpy(float) if f"{lab}_err_raw" in cat.columns else s_cal
             row = {"model": model, "label": lab, "n": int(np.isfinite(p).sum()), "r2": _r2(t, p),
-                   "cov68_raw": _cov(t, p, s_raw, 1), "cov95_raw": _cov(t, p, s_raw, 2),
-                   "cov68_cal": _cov(t, p, s_cal, 1), "cov95_cal": _cov(t, p, s_cal, 2),
+                   "cov68_raw": _cov(t, p, s_raw, "68"), "cov95_raw": _cov(t, p, s_raw, "95"),
+                   "cov68_cal": _cov(t, p, s_cal, "68"), "cov95_cal": _cov(t, p, s_cal, "95"),
                    "sigma_median": float(np.nanmedian(s_cal))}
             if sub is not None:
                 m = np.isin(r, sub)
                 row["r2_subset"] = _r2(t[m], p[m])
-                row["cov68_cal_subset"] = _cov(t[m], p[m], s_cal[m], 1)
-                row["cov95_cal_subset"] = _cov(t[m], p[m], s_cal[m], 2)
+                row["cov68_cal_subset"] = _cov(t[m], p[m], s_cal[m], "68")
+                row["cov95_cal_subset"] = _cov(t[m], p[m], s_cal[m], "95")
             rows.append(row)
     if bayes is not None:
         b = bayes[bayes["row"].isin(sub)]
@@ -279,8 +283,8 @@ def uncertainty_tables(catalogues: Mapping[str, object], truth, *, label_names, 
             c68 = float(np.mean((t >= b[f"{lab}_q16"]) & (t <= b[f"{lab}_q84"])))
             c95 = float(np.mean((t >= b[f"{lab}_q2.5"]) & (t <= b[f"{lab}_q97.5"])))
             rows.append({"model": "bayes posterior", "label": lab, "n": int(len(b)), "r2": _r2(t, mean),
-                         "cov68_cal": c68, "cov95_cal": c95, "cov68_sd": _cov(t, mean, sd, 1),
-                         "cov95_sd": _cov(t, mean, sd, 2), "sigma_median": float(np.nanmedian(sd)),
+                         "cov68_cal": c68, "cov95_cal": c95, "cov68_sd": _cov(t, mean, sd, "68"),
+                         "cov95_sd": _cov(t, mean, sd, "95"), "sigma_median": float(np.nanmedian(sd)),
                          "r2_subset": _r2(t, mean), "cov68_cal_subset": c68, "cov95_cal_subset": c95})
     return pd.DataFrame(rows), sub
 
