@@ -199,26 +199,13 @@ class TestSet:
 
     def predict(self, model, *, label_names, label_mean, label_std, batch_size: int = 256) -> pd.DataFrame:
         """The shared prediction table of ``model`` (a torch module in any mode; restored afterwards)."""
-        import torch
-
-        from specvit.train.losses import split_output
+        from specvit.train.predict import network_predict
 
         cols = [list(label_names).index(n) for n in self.labels]
-        mean_, std_ = np.asarray(label_mean, float), np.asarray(label_std, float)
-        was = model.training
-        model.eval()
-        preds = []
-        try:
-            with torch.no_grad():
-                for i in range(0, self.n, batch_size):
-                    mean, _ = split_output(model(torch.from_numpy(self.x[i:i + batch_size])))
-                    preds.append(mean.double().numpy() * std_ + mean_)
-        finally:
-            model.train(was)
-        p = np.concatenate(preds)[:, cols]
+        mean, _ = network_predict(model, self.x, label_mean=label_mean, label_std=label_std, batch_size=batch_size)
         df = self.table.copy()
         for j, n in enumerate(self.labels):
-            df[f"{n}_pred"] = p[:, j]
+            df[f"{n}_pred"] = mean[:, cols[j]]
         return df
 
 

@@ -54,6 +54,38 @@ def spectrum_snr(flux: np.ndarray, error: np.ndarray, scale: float = 1.0) -> np.
 
 
 @torch.no_grad()
+def network_predict(model, flux, *, label_mean, label_std, batch_size: int = 256,
+                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+    """Label-unit means (N, n_labels) and raw 1-sigma (or None without a Gaussian head) of flux rows.
+
+    The one batched inference loop of every caller (``specvit predict``, the PFS route, the scaling and
+    learning-curve scores): ``flux`` (N, n_pix) in batches of ``batch_size`` through ``model`` in eval
+    mode (its mode is restored afterwards), outputs unscaled with the training label mean/std. The
+    sigmas are the network's own, before any calibration (:mod:`specvit.train.calibration`).
+    """
+    if int(batch_size) < 1:
+        raise InputError("must be >= 1", field="batch_size", value=batch_size)
+    if label_mean is None or label_std is None:
+        raise InputError("the model has no label scaler (label_mean/label_std)", field="label_scaler", value=None)
+    mean_, std_ = np.asarray(label_mean, dtype=float), np.asarray(label_std, dtype=float)
+    was = model.training
+    model.eval()
+    means, sigmas = [], []
+    try:
+        for a in range(0, len(flux), int(batch_size)):
+            x = torch.from_numpy(np.ascontiguousarray(flux[a:a + int(batch_size)], dtype=np.float32)).to(device)
+            mean, log_var = split_output(model(x))
+            means.append(mean.double().cpu().numpy() * std_ + mean_)
+            if log_var is not None:
+                sigmas.append(np.exp(0.5 * log_var.double().cpu().numpy()) * std_)
+    finally:
+        model.train(was)
+    n_out = len(mean_)
+    mean_out = np.concatenate(means) if means else np.empty((0, n_out))
+    return mean_out, (np.concatenate(sigmas) if sigmas else None)
+
+
+@torch.no_grad()
 def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: int = 0, batch_size: int = 256,
                     device: str = "cpu", max_rows: int | None = None, calibrate: bool = True) -> pd.DataFrame:
     """Predict every row of ``input_path`` (streamed in batches); returns the catalogue DataFrame.
@@ -109,12 +141,12 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
             snr[a:b] = spectrum_snr(flux, error, noise_level if noise_level > 0 else 1.0)
             if noise_level > 0:
                 flux = flux + np.float32(noise_level) * error * fixed_normal(np.arange(a, b), n_pix, seed)
-            x = torch.from_numpy(np.where(bad[:, None], 0.0, flux).astype(np.float32)).to(device)
-            mean, log_var = split_output(model(x))
-            mean_out[a:b] = meta.unscale(mean.double().cpu().numpy())
-            if log_var is not None:
+            mean, sigma = network_predict(model, np.where(bad[:, None], 0.0, flux), label_mean=meta.label_mean,
+                                          label_std=std, batch_size=b - a, device=device)
+            mean_out[a:b] = mean
+            if sigma is not None:
                 gaussian = True
-                err_out[a:b] = np.exp(0.5 * log_var.double().cpu().numpy()) * std
+                err_out[a:b] = sigma
     mean_out[nan_in] = np.nan
     err_out[nan_in] = np.nan
     snr[nan_in] = np.nan
