@@ -28,6 +28,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,9 @@ from specvit.config import provenance
 from specvit.observe.noise import fixed_normal
 from specvit.errors import InputError
 from specvit.train.losses import split_output
+
+if TYPE_CHECKING:  # the return type of calibrate_model_dir, imported there at run time
+    from specvit.train.calibration import SigmaCalibration
 
 FLAG_NAN_INPUT, FLAG_LABEL_RANGE, FLAG_SNR_RANGE = 1, 2, 4
 
