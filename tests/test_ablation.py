@@ -76,10 +76,15 @@ def test_bad_configs_are_refused(splits, tmp_path):
     assert "variant 'a'" in str(e.value) and "optim.lr" in str(e.value)
     with pytest.raises(ConfigError):
         _cfg(splits, tmp_path, budget_cpu_s=0)
+    with pytest.raises(ConfigError) as e:  # a misspelt key is named before anything trains
+        run_ablation(_cfg(splits, tmp_path, variants=[{"name": "b", "set": {"optim.learning_rate": 1e-3}}]),
+                     log=lambda *_: None)
+    assert "optim.learning_rate" in str(e.value) and "unknown config key" in str(e.value)
 
 
-def test_the_shipped_config_validates(tmp_path):
-    cfg = load_ablation_config("configs/ablation_specvit.yaml", [f"out_dir={tmp_path}"])
+@pytest.mark.parametrize("name", ["ablation_specvit.yaml", "ablation_specvit_flatten.yaml"])
+def test_the_shipped_config_validates(tmp_path, name):
+    cfg = load_ablation_config(f"configs/{name}", [f"out_dir={tmp_path}"])
     for v in cfg.variants:
         tc = ablation.variant_config(cfg, v, 0, tmp_path / v.name, max_steps=5, timing=False)
         assert tc.data.source == "simulate" and tc.run.max_steps == 5 and tc.run.eval_every_steps == 5

@@ -152,5 +152,9 @@ def test_summary_finds_where_the_target_passes_each_model_and_the_slopes():
     assert g["bins"]["8.5-12.5"]["best_model"] == "vit" and g["bins"]["8.5-12.5"]["gap"] == pytest.approx(0.03)
     assert g["bins"]["8.5-12.5"]["bayes_posterior_mean"] == pytest.approx(0.95)
     assert g["bins"]["2.5-3.5"]["counts"] is False and g["met"] is True  # the low-SNR bin does not count
+    assert g["bins"]["8.5-12.5"]["gap_to_bayes"] == pytest.approx(0.08) and g["met_bayes"] is False
+    assert g["bins"]["2.5-3.5"]["gap_to_bayes"] is None  # no posterior in that bin
     bins.loc[4, "r2"] = 0.84
     assert ceiling_gaps(bins, label="log_g")["met"] is False
+    bins.loc[4, "r2"] = 0.92
+    assert ceiling_gaps(bins, label="log_g")["met_bayes"] is True

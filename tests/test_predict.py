@@ -175,3 +175,32 @@ def test_calibration_of_other_labels_or_weights_is_refused(trained, tmp_path, ca
     assert "other weights" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
     assert main(args + ["--raw-sigma"]) == 0  # the raw sigmas need no calibration
+
+
+def test_network_predict_is_the_batched_unscaled_output():
+    """The one inference loop: label units, batch-size invariant, raw sigma, training mode restored."""
+    import torch
+
+    from specvit.errors import InputError
+    from specvit.models import create_model
+    from specvit.train.predict import network_predict
+
+    torch.manual_seed(0)
+    model = create_model("mlp_small", n_pixels=64, n_labels=2, gaussian=True)
+    model.train()
+    x = np.random.default_rng(1).normal(size=(10, 64)).astype(np.float32)
+    mean_l, std_l = np.array([4500.0, 2.5]), np.array([800.0, 1.2])
+    m3, s3 = network_predict(model, x, label_mean=mean_l, label_std=std_l, batch_size=3)
+    m10, s10 = network_predict(model, x, label_mean=mean_l, label_std=std_l, batch_size=10)
+    assert model.training  # restored
+    model.eval()
+    from specvit.train.losses import split_output
+
+    with torch.no_grad():
+        mean, log_var = split_output(model(torch.from_numpy(x)))
+    np.testing.assert_allclose(m3, mean.double().numpy() * std_l + mean_l, rtol=1e-6)
+    np.testing.assert_allclose(s3, np.exp(0.5 * log_var.double().numpy()) * std_l, rtol=1e-6)
+    np.testing.assert_allclose(m3, m10, rtol=1e-6)
+    np.testing.assert_allclose(s3, s10, rtol=1e-6)
+    with pytest.raises(InputError, match="batch_size"):
+        network_predict(model, x, label_mean=mean_l, label_std=std_l, batch_size=0)

@@ -235,6 +235,17 @@ def test_no_weight_decay_on_norms_biases_embeddings():
     assert all(m.get_parameter(n).ndim >= 2 for n in d)
     assert any("pos" in n for n in nd) and any("norm" in n for n in nd) and any(n.endswith("bias") for n in nd)
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    # the tokenizer's projection and a conv stem are kernels like any other: decayed (a name match on
+    # "token" exempted them before)
+    for name in ("specvit_p32_h64_l3", "specvit_p32_h64_l3_stem"):
+        m = create_model(name, n_pixels=4096)
+        decay, no_decay = param_groups(m, 0.01)
+        names = {id(p): n for n, p in m.named_parameters()}
+        d = {names[id(p)] for p in decay["params"]}
+        nd = {names[id(p)] for p in no_decay["params"]}
+        assert {"cls_token", "pos.table"} <= nd
+        assert any(n.startswith("tokenizer.") and n.endswith("weight") for n in d)
+        assert all(m.get_parameter(n).ndim < 2 or n in ("cls_token", "pos.table") for n in nd)
 
 
 def test_r2_over_whole_set_not_batch_mean():

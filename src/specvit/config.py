@@ -188,7 +188,7 @@ def _from_dict(cls: type[T], data: dict, *, prefix: str = "", source=None) -> T:
         raise ConfigError(str(e), file=source, field=prefix.rstrip(".") or cls.__name__) from None
 
 
-def _set_dotted(data: dict, dotted: str, value, *, cls, source) -> None:
+def set_dotted(data: dict, dotted: str, value, *, cls, source) -> None:
     """Apply ``a.b.c=value`` to a nested dict, checking every key against the dataclass."""
     parts = dotted.split(".")
     cur_cls, cur = cls, data
@@ -256,7 +256,7 @@ def load_config(cls: type[T], path=None, overrides=(), *, data: dict | None = No
         merged = _deep_merge(merged, copy.deepcopy(data))  # overrides below must not edit the caller's dict
     for ov in overrides:
         key, value = parse_override(ov)
-        _set_dotted(merged, key, value, cls=cls, source=f"--set {ov}")
+        set_dotted(merged, key, value, cls=cls, source=f"--set {ov}")
     try:
         return _from_dict(cls, merged, source=source)
     except ConfigError as e:

@@ -98,22 +98,14 @@ def load_ablation_config(path=None, overrides=()) -> AblationConfig:
     return load_config(AblationConfig, path, overrides)
 
 
-def _set_dotted(d: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise ConfigError("is not a section", field=dotted, value=d)
-    d[keys[-1]] = copy.deepcopy(value)
-
-
 def variant_config(cfg: AblationConfig, v: AblationVariant, seed: int, out: Path, *, max_steps: int, timing: bool):
     """The validated TrainConfig of one (variant, seed) run: the base, the variant's keys, then the runner's."""
-    from specvit.train.config import load_train_config
+    from specvit.config import set_dotted
+    from specvit.train.config import TrainConfig, load_train_config
 
     d = copy.deepcopy(cfg.base)
-    for k, value in v.set.items():
-        _set_dotted(d, k, value)
+    for k, value in v.set.items():  # every key checked against TrainConfig (a typo is a ConfigError naming it)
+        set_dotted(d, k, copy.deepcopy(value), cls=TrainConfig, source=f"variants[{v.name}].set")
     run = d.setdefault("run", {})
     run.update(seed=seed, out_dir=str(out), max_steps=max_steps, epochs=max(int(run.get("epochs", 1)), 1_000_000),
                progress=False, tensorboard=False, early_stopping_patience=None, early_stopping_metric="val_r2",

@@ -186,11 +186,9 @@ def predict_model_dir(model_dir, data_path, *, labels, noise_level: float, noise
     ``<label>_sigma`` is the calibrated sigma when the model directory has a ``calibration.json``
     (:mod:`specvit.train.calibration`, as ``specvit predict`` does) and ``<label>_sigma_raw`` the network's own.
     """
-    import torch
-
     from specvit.baselines.common import iter_noisy_chunks, n_rows, open_split, prediction_table
     from specvit.models.io import load_model
-    from specvit.train.losses import split_output
+    from specvit.train.predict import network_predict
 
     model, meta = load_model(model_dir)
     missing = [n for n in labels if n not in meta.label_names]
@@ -201,13 +199,12 @@ def predict_model_dir(model_dir, data_path, *, labels, noise_level: float, noise
     try:
         n = n_rows(ds, max_rows)
         means, sigmas = [], []
-        with torch.no_grad():
-            for _, x in iter_noisy_chunks(ds, stop=n, noise_level=noise_level, seed=noise_seed, chunk_rows=chunk_rows):
-                for i in range(0, len(x), batch_size):
-                    mean, log_var = split_output(model(torch.from_numpy(x[i:i + batch_size])))
-                    means.append(meta.unscale(mean.double()).numpy())
-                    if log_var is not None:
-                        sigmas.append(np.exp(0.5 * log_var.double().numpy()) * np.asarray(meta.label_std))
+        for _, x in iter_noisy_chunks(ds, stop=n, noise_level=noise_level, seed=noise_seed, chunk_rows=chunk_rows):
+            mean, sigma = network_predict(model, x, label_mean=meta.label_mean, label_std=meta.label_std,
+                                          batch_size=batch_size)
+            means.append(mean)
+            if sigma is not None:
+                sigmas.append(sigma)
         pred = np.concatenate(means)[:, cols]
         sig = np.concatenate(sigmas)[:, cols] if sigmas else None
         if sig is None:

@@ -215,7 +215,7 @@ def run_sweep(cfg: SweepConfig, *, log=print):
             raise optuna.TrialPruned()
         value = result.get(key)
         if value is None or not np.isfinite(value):
-            raise InputError("the training run gave no validation metric (is data.val set?)", field=f"base.data.val",
+            raise InputError("the training run gave no validation metric (is data.val set?)", field="base.data.val",
                              value=cfg.base.get("data", {}).get("val"))
         trial.set_user_attr("train_seconds", result.get("train_seconds_this_session"))
         log(f"sweep: trial {trial.number} {params} -> {cfg.metric} = {value:.4f}")

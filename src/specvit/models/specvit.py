@@ -244,6 +244,11 @@ class SpecViT(nn.Module):
         if self.config.pool == "flatten":  # the same output scale at init as a head on one token
             nn.init.trunc_normal_(self.head.linear.weight, std=0.02 / self.tokenizer.n_tokens ** 0.5)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimizer must not decay (beside biases and norm scales): the CLS token and
+        the learned position vectors (the trainer's ``param_groups``; timm's convention)."""
+        return {n for n, _ in self.named_parameters() if n in ("cls_token", "pos.table", "pos.cls")}
+
     def forward(self, flux: torch.Tensor, wave=None):
         """``flux`` (B, n_pixels) -> (B, n_labels), or ``GaussianOutput(mean, log_var)`` if ``gaussian``.
 

@@ -28,6 +28,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,9 @@ from specvit.config import provenance
 from specvit.observe.noise import fixed_normal
 from specvit.errors import InputError
 from specvit.train.losses import split_output
+
+if TYPE_CHECKING:  # the return type of calibrate_model_dir, imported there at run time
+    from specvit.train.calibration import SigmaCalibration
 
 FLAG_NAN_INPUT, FLAG_LABEL_RANGE, FLAG_SNR_RANGE = 1, 2, 4
 
@@ -51,6 +55,38 @@ def spectrum_snr(flux: np.ndarray, error: np.ndarray, scale: float = 1.0) -> np.
     with warnings.catch_warnings():  # a row without a usable pixel: NaN (it is flagged)
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmedian(ratio, axis=1)
+
+
+@torch.no_grad()
+def network_predict(model, flux, *, label_mean, label_std, batch_size: int = 256,
+                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+    """Label-unit means (N, n_labels) and raw 1-sigma (or None without a Gaussian head) of flux rows.
+
+    The one batched inference loop of every caller (``specvit predict``, the PFS route, the scaling and
+    learning-curve scores): ``flux`` (N, n_pix) in batches of ``batch_size`` through ``model`` in eval
+    mode (its mode is restored afterwards), outputs unscaled with the training label mean/std. The
+    sigmas are the network's own, before any calibration (:mod:`specvit.train.calibration`).
+    """
+    if int(batch_size) < 1:
+        raise InputError("must be >= 1", field="batch_size", value=batch_size)
+    if label_mean is None or label_std is None:
+        raise InputError("the model has no label scaler (label_mean/label_std)", field="label_scaler", value=None)
+    mean_, std_ = np.asarray(label_mean, dtype=float), np.asarray(label_std, dtype=float)
+    was = model.training
+    model.eval()
+    means, sigmas = [], []
+    try:
+        for a in range(0, len(flux), int(batch_size)):
+            x = torch.from_numpy(np.ascontiguousarray(flux[a:a + int(batch_size)], dtype=np.float32)).to(device)
+            mean, log_var = split_output(model(x))
+            means.append(mean.double().cpu().numpy() * std_ + mean_)
+            if log_var is not None:
+                sigmas.append(np.exp(0.5 * log_var.double().cpu().numpy()) * std_)
+    finally:
+        model.train(was)
+    n_out = len(mean_)
+    mean_out = np.concatenate(means) if means else np.empty((0, n_out))
+    return mean_out, (np.concatenate(sigmas) if sigmas else None)
 
 
 @torch.no_grad()
@@ -109,12 +145,12 @@ def predict_dataset(model_dir, input_path, *, noise_level: float = 0.0, seed: in
             snr[a:b] = spectrum_snr(flux, error, noise_level if noise_level > 0 else 1.0)
             if noise_level > 0:
                 flux = flux + np.float32(noise_level) * error * fixed_normal(np.arange(a, b), n_pix, seed)
-            x = torch.from_numpy(np.where(bad[:, None], 0.0, flux).astype(np.float32)).to(device)
-            mean, log_var = split_output(model(x))
-            mean_out[a:b] = meta.unscale(mean.double().cpu().numpy())
-            if log_var is not None:
+            mean, sigma = network_predict(model, np.where(bad[:, None], 0.0, flux), label_mean=meta.label_mean,
+                                          label_std=std, batch_size=b - a, device=device)
+            mean_out[a:b] = mean
+            if sigma is not None:
                 gaussian = True
-                err_out[a:b] = np.exp(0.5 * log_var.double().cpu().numpy()) * std
+                err_out[a:b] = sigma
     mean_out[nan_in] = np.nan
     err_out[nan_in] = np.nan
     snr[nan_in] = np.nan

@@ -123,11 +123,9 @@ def predict_pfs(model, input_path, *, batch_size: int = 256, device: str = "cpu"
 
 
 def _network_runner(model_dir, device, batch_size, calibrate: bool = True):
-    import torch
-
     from specvit.models.io import load_model
     from specvit.observe.pfs import pfs_mr_wave
-    from specvit.train.losses import split_output
+    from specvit.train.predict import network_predict
 
     model, meta = load_model(model_dir, map_location=device)
     if meta.label_mean is None or not meta.label_names:
@@ -149,18 +147,11 @@ def _network_runner(model_dir, device, batch_size, calibrate: bool = True):
         sigma_kind = ("calibrated" if cal is not None else
                       "raw (calibration disabled)" if not calibrate else "raw (no calibration.json)")
 
-    @torch.no_grad()
     def run(flux, error, masked):
-        n = len(flux)
-        mean = np.full((n, len(names)), np.nan)
-        err = np.full((n, len(names)), np.nan)
-        for a in range(0, n, batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(flux[a:a + batch_size], dtype=np.float32)).to(device)
-            m, log_var = split_output(model(x))
-            mean[a:a + len(x)] = meta.unscale(m.double().cpu().numpy())
-            if log_var is not None:
-                err[a:a + len(x)] = np.exp(0.5 * log_var.double().cpu().numpy()) * std * scale
-        return mean, err, np.zeros(n, dtype=bool)
+        mean, sigma = network_predict(model, flux, label_mean=meta.label_mean, label_std=std,
+                                      batch_size=batch_size, device=device)
+        err = np.full(mean.shape, np.nan) if sigma is None else sigma * scale
+        return mean, err, np.zeros(len(flux), dtype=bool)
 
     name = meta.model_name or meta.model_class
     return wave, names, run, f"specvit-{name}", meta.extras.get("training_ranges", {}), sigma_kind

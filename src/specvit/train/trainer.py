@@ -43,9 +43,6 @@ from specvit.train.logging import RunLogger
 from specvit.train.losses import RegressionMetrics, make_loss, split_output
 from specvit.train.schedule import make_scheduler
 
-#: parameter-name fragments that get no weight decay (besides every 1-D tensor: biases, norms)
-NO_DECAY_KEYS = ("pos", "cls_token", "embed", "token", "norm")
-
 #: metric -> (key in the evaluation dict, True if larger is better)
 STOP_METRICS = {"val_loss": ("val_loss", False), "val_r2": ("val_r2", True), "val_mae": ("val_mae_z", False)}
 
@@ -55,12 +52,24 @@ class StopTraining(Exception):
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on weight matrices/kernels only; none on biases, norms, embeddings, tokens."""
+    """AdamW groups: decay on weight matrices/kernels only.
+
+    No decay on every tensor with fewer than 2 dimensions (biases, norm scales) and on the parameters
+    the model names in ``model.no_weight_decay()`` (timm's convention: position tables, CLS tokens).
+    Weights of layers whose names merely contain such a word -- the patch tokenizer's projection, a
+    convolutional stem -- are decayed like any other kernel.
+    """
+    named = getattr(model, "no_weight_decay", None)
+    exempt = set(named()) if callable(named) else set()
+    params = dict(model.named_parameters())
+    unknown = sorted(exempt - set(params))
+    if unknown:
+        raise ValueError(f"no_weight_decay() names parameters the model does not have: {unknown}")
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in params.items():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or any(k in name.lower() for k in NO_DECAY_KEYS):
+        if p.ndim < 2 or name in exempt:
             no_decay.append(p)
         else:
             decay.append(p)
