@@ -61,7 +61,7 @@ def _default_models() -> list[ScalingModel]:
 
     return [
         ScalingModel("specvit", "neural", {
-            "model": {"name": "specvit_p32_h64_l3", "overrides": {"pool": "flatten"}},
+            "model": {"name": "specvit_p256_h64_l3"},  # flatten head, 256-pixel patches
             "optim": {"lr": 1.0e-3, "weight_decay": 0.01, "clip_grad_norm": 0.5},
             "schedule": {"kind": "cosine", "warmup_frac": 0.05, "min_lr": 1.0e-5},
             "data": stream(), "run": neural_run()}),
