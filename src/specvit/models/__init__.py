@@ -34,7 +34,7 @@ register_model("specvit_small", SpecViT, patch_size=16, hidden=128, depth=4, hea
 register_model("specvit_tiny", SpecViT, patch_size=16, hidden=32, depth=2, heads=2, mlp_dim=64, dropout=0.0)
 register_model("specvit_p32_h64_l3", SpecViT, patch_size=32, hidden=64, depth=3, heads=4, mlp_dim=128, dropout=0.0)  # CPU quickstart size until round 2 of the ablation
 # the CPU quickstart's SpecViT since round 2 of the equal-compute ablation (docs/models.md): 256-pixel patches
-# (41 tokens of a PFS MR spectrum) and the flatten head
+# (16 tokens of the 4,096-pixel MR grid) and the flatten head
 register_model("specvit_p256_h64_l3", SpecViT, patch_size=256, hidden=64, depth=3, heads=4, mlp_dim=128, dropout=0.0,
                pool="flatten")
 # the quickstart size with a 2-layer convolutional stem (docs/models.md, "Equal-compute ablation")
