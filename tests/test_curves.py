@@ -158,3 +158,11 @@ def test_summary_finds_where_the_target_passes_each_model_and_the_slopes():
     assert ceiling_gaps(bins, label="log_g")["met"] is False
     bins.loc[4, "r2"] = 0.92
     assert ceiling_gaps(bins, label="log_g")["met_bayes"] is True
+
+
+def test_two_models_of_one_kind_get_different_colours():
+    from specvit.evaluate.curve_figures import model_colors
+
+    c = model_colors(["mlp_small", "specvit_p256", "specvit_flatten", "bayes", "specvit_p256"])
+    assert len(c) == 4 and len(set(c.values())) == 4
+    assert c["specvit_p256"] != c["specvit_flatten"] and c["mlp_small"] != c["specvit_p256"]

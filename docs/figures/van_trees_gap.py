@@ -86,11 +86,12 @@ def main(argv=None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(x, rows["van_trees"], "k-", lw=2, label="van Trees bound (smoothed prior)")
     ax.plot(x, rows["crlb_prior_mean"], "k--", lw=1.5, label="CRLB averaged over the prior")
+    others = iter(c for c in ("C0", "C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9"))  # C3 (red) is the posterior's
     for k, v in scored.items():
         y = np.array([np.nan if r[0] is None else r[0] for r in v])
         lo = np.array([np.nan if r[1] is None else r[1] for r in v])
         hi = np.array([np.nan if r[2] is None else r[2] for r in v])
-        style = dict(lw=2.5, color="C3") if k == "bayes" else dict(lw=1.2)
+        style = dict(lw=2.5, color="C3") if k == "bayes" else dict(lw=1.2, color=next(others))
         ax.plot(x, y, "o-", label="posterior mean (MMSE)" if k == "bayes" else k, **style)
         ax.fill_between(x, lo, hi, alpha=0.15, color=style.get("color"))
     ax.set_xscale("log")
