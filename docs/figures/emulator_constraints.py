@@ -14,6 +14,7 @@ Without weights: the shipped v2, v3 and the manifest's default. One thread.
 """
 import json
 import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,11 @@ from specvit.labels import LABEL_NAMES, uniform_in_domain  # noqa: E402
 from specvit.spectra.emulator import load_emulator  # noqa: E402
 from specvit.spectra.emulator_train import domain_penalty_pool  # noqa: E402
 
-args = sys.argv[1:]
-out_json = None
-if "--json" in args:
-    i = args.index("--json")
-    out_json = args[i + 1]
-    args = args[:i] + args[i + 2:]
+_ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+_ap.add_argument("weights", nargs="*", help="emulator .npz files (default: see the module docstring)")
+_ap.add_argument("--json", dest="out_json", default=None, help="also write the numbers to this JSON file")
+_cli = _ap.parse_args()
+args, out_json = _cli.weights, _cli.out_json
 emu_dir = ROOT / "src/specvit/data_files/emulator"
 weights = args or [str(emu_dir / "emulator_v2.npz"), str(emu_dir / "emulator_v3.npz"),
                    str(emu_dir / json.loads((emu_dir / "manifest.json").read_text())["default"])]

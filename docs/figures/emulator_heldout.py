@@ -12,6 +12,7 @@ Per set: median / rms-mean / max of the per-spectrum rms of the normalised flux,
 import json
 import sys
 import warnings
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,11 @@ from specvit.spectra.emulator import load_emulator  # noqa: E402
 from specvit.spectra.emulator_train import load_spectra, restrict_to_domain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-args = sys.argv[1:]
-out_json = None
-if "--json" in args:
-    i = args.index("--json")
-    out_json = args[i + 1]
-    args = args[:i] + args[i + 2:]
+_ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+_ap.add_argument("weights", nargs="*", help="emulator .npz files (default: see the module docstring)")
+_ap.add_argument("--json", dest="out_json", default=None, help="also write the numbers to this JSON file")
+_cli = _ap.parse_args()
+args, out_json = _cli.weights, _cli.out_json
 v3 = load_emulator(ROOT / "src/specvit/data_files/emulator/emulator_v3.npz")
 v3_seen = set(v3.meta["held_out_ids"]) | set(v3.meta["training_ids"]) | set(v3.meta.get("excluded_outside_domain", []))
 data = restrict_to_domain(load_spectra(ROOT / "synthesis/spectra_v2", [ROOT / f"synthesis/design_{d}.csv"
