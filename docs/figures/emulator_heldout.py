@@ -10,7 +10,6 @@ Per set: median / rms-mean / max of the per-spectrum rms of the normalised flux,
     PYTHONPATH=src .venv/bin/python docs/figures/emulator_heldout.py WEIGHTS.npz [...] [--json OUT]
 """
 import json
-import sys
 import warnings
 import argparse
 from pathlib import Path
