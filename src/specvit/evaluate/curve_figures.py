@@ -4,7 +4,7 @@
 neural model (bootstrap band 10-90 %), LightGBM and Ridge at their file sizes, the Bayes posterior
 mean as a horizontal line (its own, smaller test subset: labelled with its n).
 ``plot_snr_at_largest``: R² per SNR bin of every model at its largest budget against the van Trees
-ceiling (any estimator with the training prior) and the CRLB median.
+ceiling (any estimator, for its smoothed version of the training prior) and the CRLB median.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def plot_snr_at_largest(bins: pd.DataFrame, *, label: str = "log_g", edges=SNR_B
         r2 = t.set_index("snr_bin")["r2"].reindex(names).to_numpy(float)
         if kind == "ceiling":
             style = dict(ls="-", lw=2.2) if model == "van_trees" else dict(ls="--", lw=1.0)
-            text = "van Trees ceiling (any estimator, training prior)" if model == "van_trees" else \
+            text = "van Trees ceiling (any estimator; its smoothed prior)" if model == "van_trees" else \
                 "CRLB median (unbiased estimators)"
             ax.plot(centres, r2, color=colors[model], label=text, **style)
             continue
