@@ -21,17 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-def bin_index(snr: np.ndarray, names: list[str]) -> np.ndarray:
-    edges = [float(names[0].split("-")[0])] + [float(n.split("-")[1]) for n in names]
-    idx = np.searchsorted(edges, snr, side="right") - 1
-    idx[(snr < edges[0]) | (snr >= edges[-1])] = -1
-    return idx
+from specvit.snr_bins import snr_bin_index
 
 
 def bin_mse(table: pd.DataFrame, label: str, names: list[str], rng: np.random.Generator, n_boot: int = 200):
     """(MSE, 10th, 90th bootstrap percentile, n) per bin."""
-    idx = bin_index(table["snr"].to_numpy(float), names)
+    edges = [float(names[0].split("-")[0])] + [float(n.split("-")[1]) for n in names]  # the bins ceiling.json names
+    idx = snr_bin_index(table["snr"].to_numpy(float), edges)
     err2 = (table[f"{label}_pred"].to_numpy(float) - table[f"{label}_true"].to_numpy(float)) ** 2
     out = []
     for b in range(len(names)):
