@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from specvit.data import DatasetWriter, open_dataset, write_dataset
-from specvit.data.pfsspec import ERROR_KEY, FLUX_KEY, MASK_KEY, PARAMS_KEY, WAVE_KEY, PFSSPEC_PARAM_COLUMNS
+from specvit.data.pfsspec import ERROR_KEY, FLUX_KEY, PARAMS_KEY, WAVE_KEY, PFSSPEC_PARAM_COLUMNS
 from specvit.errors import InputError
 from specvit.observe.pfs import pfs_mr_wave, pfs_mr_wave_edges
 

@@ -110,7 +110,7 @@ def test_cli_json(capsys):
 
 def test_fast_observer_jacobian_equals_autograd_through_the_observer(fwd):
     """value_and_jacobian (sparse R + analytic median derivative) == forward-mode AD through normalised_torch."""
-    from specvit.observe.forward import jacobian_autograd, jacobian_fd
+    from specvit.observe.forward import jacobian_autograd
 
     pts = np.array([[4100.0, 1.5, -1.0, 0.1, -0.3], [5700.0, 4.5, 0.2, 0.4, 0.2]])
     mu, jac = fwd.value_and_jacobian(pts)

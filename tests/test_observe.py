@@ -367,7 +367,6 @@ def test_object_counts_from_first_principles():
     o = obs.observe(flam[None], c, return_components=True)
     i = int(np.argmin(np.abs(obs.wave - 8000.0)))
     lam = obs.wave[i]
-    cfg = obs.instrument
     photons = flam[np.argmin(np.abs(wave - lam))] * lam / 1.98644586e-8  # photons / s / cm^2 / A
     area = np.pi / 4 * 830.0**2 * (1 - 0.22**2)
     X = 1 / np.sqrt(1 - 0.96 * np.sin(np.radians(22.5)) ** 2)

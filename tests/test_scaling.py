@@ -1,5 +1,4 @@
 """specvit scaling: prefixes of one training set, every model on the same noisy test rows, resumable."""
-import json
 
 import numpy as np
 import pandas as pd

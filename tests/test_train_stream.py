@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from specvit.errors import ConfigError, InputError
-from specvit.train import StopTraining, Trainer, load_train_config
+from specvit.train import Trainer, load_train_config
 
 B, PER_EPOCH = 16, 64  # 4 steps per epoch in one process, 2 per rank with two
 

@@ -8,7 +8,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from specvit.spectra import default_model  # noqa: E402
 from specvit.spectra import phoenix_check as pc  # noqa: E402
