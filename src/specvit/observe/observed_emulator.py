@@ -85,9 +85,12 @@ class ObservedEmulator:
         ``forward.observer`` None means the model's own grid (R = identity: then only
         the clip approximation remains).
     dtype : torch dtype of the pixel arithmetic (float32: the emulator's own precision).
+    planck_series : ln πB_λ(T) as a Chebyshev series in 1/T inside the continuum basis product (default;
+        ~2.6× less CPU per evaluation) or, False, by its closed form at every pixel (the reference; the
+        series is used only for T inside the model box ± 1 %, the closed form outside).
     """
 
-    def __init__(self, forward, *, dtype=torch.float32):
+    def __init__(self, forward, *, dtype=torch.float32, planck_series: bool = True):
         if not supports_observed_basis(forward):
             raise InputError("the fast observed-grid path needs a PCA emulator (SpectralEmulator)", field="model",
                              value=type(forward.model).__name__)
@@ -119,7 +122,8 @@ class ObservedEmulator:
         # continuum basis, so the Planck term costs basis rows instead of an expm1 and a log per pixel and draw
         self.planck_t_range = (float(m.bounds[m.label_names[0]][0]) * (1 - PLANCK_T_MARGIN),
                                float(m.bounds[m.label_names[0]][1]) * (1 + PLANCK_T_MARGIN))
-        if self.planck:
+        self.planck_series = bool(planck_series) and self.planck
+        if self.planck_series:
             coef = self._planck_series_coefficients()  # (D + 1, P) float64
             self.c_mean_planck = torch.as_tensor(np.asarray(self.c_mean, np.float64) + coef[0], dtype=dtype)
             self.c_basis_planck = torch.cat([self.c_basis, torch.as_tensor(coef[1:], dtype=dtype)])
@@ -205,7 +209,7 @@ class ObservedEmulator:
         closed_form = False  # ln πB by its closed form (T outside the series' range: never inside the model box)
         if self.planck:
             t_lo, t_hi = self.planck_t_range
-            if bool(((teff >= t_lo) & (teff <= t_hi)).all()):  # the series: ln πB in the basis product
+            if self.planck_series and bool(((teff >= t_lo) & (teff <= t_hi)).all()):  # the series: ln πB in the basis product
                 terms, dterms = self._planck_terms(teff, jacobian and 0 in free_idx)
                 b = torch.cat([b, terms.to(self.dtype)], 1)
                 if jacobian:
