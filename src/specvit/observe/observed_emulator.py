@@ -216,7 +216,7 @@ class ObservedEmulator:
         closed_form = False  # ln πB by its closed form (T outside the series' range: never inside the model box)
         if self.planck:
             t_lo, t_hi = self.planck_t_range
-            if self.planck_series and bool(((teff >= t_lo) & (teff <= t_hi)).all()):  # the series: ln πB in the basis product
+            if self.planck_series and bool(((teff >= t_lo) & (teff <= t_hi)).all()):  # ln πB in the basis product
                 terms, dterms = self._planck_terms(teff, jacobian and 0 in free_idx)
                 b = torch.cat([b, terms.to(self.dtype)], 1)
                 if jacobian:
