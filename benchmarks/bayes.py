@@ -8,6 +8,11 @@ for this (shared, loaded) machine: the template fit's default (``fit_lm``, 1 sta
 observed-grid search + exact polish), whose ``benchmarks/templatefit.py`` number is known.
 
     PYTHONPATH=src python benchmarks/bayes.py [--n-spectra 128] [--repeat 2] [--threads 2] [--json]
+        [--compare-src OTHER/src]
+
+``--compare-src``: the same benchmark (same spectra, same settings) is first run in a subprocess with another
+checkout's ``src`` on PYTHONPATH (e.g. the code before a change), and both CPU-time rates are printed: the
+comparison that is meaningful on a loaded machine.
 """
 from __future__ import annotations
 
@@ -29,7 +34,22 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare-src", default="", help="another checkout's src directory: run the same benchmark "
+                    "with it first (subprocess) and print both CPU-time rates")
     args = ap.parse_args(argv)
+    other = None
+    if args.compare_src:
+        import subprocess
+        from pathlib import Path
+
+        if not (Path(args.compare_src) / "specvit").is_dir():
+            print(f"--compare-src {args.compare_src}: no specvit package there", file=sys.stderr)
+            return 2
+        cmd = [sys.executable, __file__, "--n-spectra", str(args.n_spectra), "--repeat", str(args.repeat),
+               "--threads", str(args.threads), "--seed", str(args.seed), "--json"]
+        env = {**os.environ, "PYTHONPATH": str(Path(args.compare_src).resolve())}
+        other = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+        other["src"] = str(Path(args.compare_src).resolve())
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from specvit.baselines.bayes import BayesConfig, Prior, bayes_forward, posterior
@@ -69,7 +89,7 @@ def main(argv=None) -> int:
            # CPU-time rate: what the run would reach with its threads' CPUs to itself (wall is distorted by load)
            "spectra_per_cpu_s": round(n / b[1], 2),
            "goal_spectra_per_s": 10.0, "median_ess": float(np.median(res.ess)),
-           "mean_draws": float(res.n_draws.mean()), "flags": {k: int(v) for k, v in
+           "mean_draws": float(res.n_draws.mean()), "flags": {str(k): int(v) for k, v in
                                                                zip(*np.unique(res.flag.astype(str), return_counts=True))},
            "median_abs_z": float(np.median(z)),
            "reference": "template fit default (fit_lm, 1 start, degree 2)", "ref_seconds": round(tf[0], 3),
@@ -78,6 +98,9 @@ def main(argv=None) -> int:
            "load_average_1min": round(os.getloadavg()[0], 2),
            "load_average_1min_start": round(load_start, 2), "machine": platform.platform(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if other is not None:
+        out["compare"] = other
+        out["cpu_speedup_vs_compare"] = round(other["cpu_seconds"] / b[1], 3)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -88,6 +111,10 @@ def main(argv=None) -> int:
           f"{out['median_ess']:.0f}, mean draws {out['mean_draws']:.0f}, flags {out['flags']}")
     print(f"  reference, template fit: {tf[0]:7.2f} s wall ({tf[1]:.2f} s CPU)  {n / tf[0]:6.2f} fits/s  "
           f"-> the posterior costs {out['bayes_over_templatefit_time']:.1f}x the template fit")
+    if other is not None:
+        print(f"  compared with {other['src']} (same spectra, run first): {other['cpu_seconds']:.2f} s CPU = "
+              f"{other['spectra_per_cpu_s']:.2f} spectra per CPU-s, mean draws {other['mean_draws']:.0f}, median ESS "
+              f"{other['median_ess']:.0f}, flags {other['flags']} -> {out['cpu_speedup_vs_compare']:.2f}x less CPU now")
     return 0
 
 
