@@ -141,6 +141,13 @@ def test_summary_finds_where_the_target_passes_each_model_and_the_slopes():
     assert s["models"]["vit"]["slope_per_decade_last2"] == pytest.approx(0.3 / np.log10(2))
     t.loc[t["model"] == "vit", "r2"] = [0.0, 0.1, 0.2]
     assert summarise_curves(t, target="vit", label="log_g")["versus"]["mlp"]["passes_at"] is None
+    # an early lead that is lost and regained: passes_at is where it stays ahead, first_ahead_at the early lead
+    t.loc[t["model"] == "vit", "r2"] = [0.3, 0.3, 0.6]
+    v = summarise_curves(t, target="vit", label="log_g")["versus"]["mlp"]
+    assert v["passes_at"] == 256 and v["first_ahead_at"] == 64
+    t.loc[t["model"] == "vit", "r2"] = [0.3, 0.4, 0.6]
+    v = summarise_curves(t, target="vit", label="log_g")["versus"]["mlp"]
+    assert v["passes_at"] == 64 and v["first_ahead_at"] == 64
 
     bins = pd.DataFrame({"model": ["van_trees", "van_trees", "mlp", "mlp", "vit", "bayes"], "label": "log_g",
                          "kind": ["ceiling", "ceiling", "neural", "neural", "neural", "reference"],
@@ -166,3 +173,31 @@ def test_two_models_of_one_kind_get_different_colours():
     c = model_colors(["mlp_small", "specvit_p256", "specvit_flatten", "bayes", "specvit_p256"])
     assert len(c) == 4 and len(set(c.values())) == 4
     assert c["specvit_p256"] != c["specvit_flatten"] and c["mlp_small"] != c["specvit_p256"]
+
+
+def test_paired_gap_at_the_last_common_point_reads_both_models_predictions(files, tmp_path):
+    from specvit.errors import InputError
+    from specvit.evaluate.curves import paired_gaps, summarise_curves
+
+    vit = {**doc(files, tmp_path)["models"][0], "name": "specvit_tiny"}
+    cfg = load_scaling_config(data=doc(files, tmp_path / "p", models=[vit, doc(files, tmp_path)["models"][0]]))
+    rng = np.random.default_rng(3)
+    t = rng.normal(3.0, 1.0, 200)
+    preds = {"specvit_tiny": t + rng.normal(0, 0.3, 200), "mlp": t + rng.normal(0, 0.6, 200)}
+    for m in cfg.models:
+        p = stream_dir(cfg, m) / "points"
+        p.mkdir(parents=True)
+        pd.DataFrame({"id": range(200), "row": range(200), "snr": 10.0, "log_g_true": t,
+                      "log_g_pred": preds[m.name]}).to_csv(p / "s0000000128.csv", index=False)
+    table = pd.DataFrame({"model": ["specvit_tiny", "mlp"], "label": "log_g", "samples_seen": [128, 128],
+                          "r2": [0.91, 0.64]})
+    s = summarise_curves(table, target="specvit_tiny", label="log_g")
+    paired_gaps(cfg, s, label="log_g")
+    pr = s["versus"]["mlp"]["paired"]
+    assert pr["samples_seen"] == 128 and pr["n"] == 200 and pr["lo"] < pr["diff"] < pr["hi"]
+    assert pr["diff"] > 0.15 and pr["frac_not_above_0"] == 0.0
+    # predictions for other rows than the target's are refused, naming the file
+    f = stream_dir(cfg, cfg.models[1]) / "points" / "s0000000128.csv"
+    pd.read_csv(f).assign(row=lambda x: x["row"] + 1).to_csv(f, index=False)
+    with pytest.raises(InputError, match="s0000000128.csv"):
+        paired_gaps(cfg, summarise_curves(table, target="specvit_tiny", label="log_g"), label="log_g")

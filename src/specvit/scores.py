@@ -141,6 +141,46 @@ def bootstrap_r2(
     return _num(lo), _num(hi)
 
 
+def bootstrap_r2_difference(
+    y_true, pred_a, pred_b, rng: np.random.Generator, *, n_resamples: int = 2000,
+    band: tuple[float, float] = (10.0, 90.0),
+) -> dict:
+    """Paired bootstrap of R²(a) − R²(b) for two estimators scored on the SAME rows.
+
+    Each resample draws one set of rows and scores both estimators on it, so the test-set noise that
+    both share cancels; the band is that of the difference (narrower than comparing two separate
+    bands). Returns ``{"diff", "lo", "hi", "band", "frac_not_above_0", "n", "n_resamples"}``:
+    ``frac_not_above_0`` is the fraction of resamples with R²(a) − R²(b) <= 0 (a one-sided bootstrap
+    p-value for "a is better than b"). Only the test rows are resampled: the spread of training
+    (seed, data order) is not in it.
+    """
+    t, pa = _as_pair(y_true, pred_a)
+    _, pb = _as_pair(y_true, pred_b)
+    if t.ndim != 1:
+        raise InputError("the paired bootstrap takes one label: 1-D values", field="y_true", value=t.shape)
+    n = len(t)
+    if n < 2 or n_resamples < 1:
+        raise InputError("a paired bootstrap needs at least 2 rows and 1 resample", field="n_rows", value=n)
+    if not isinstance(rng, np.random.Generator):
+        raise InputError("a seeded numpy.random.Generator is required for the bootstrap", field="rng", value=type(rng).__name__)
+    diffs = []
+    per_block = max(1, 4_000_000 // n)
+    for start in range(0, n_resamples, per_block):
+        idx = rng.integers(0, n, size=(min(per_block, n_resamples - start), n))
+        tt = t[idx]
+        ss_tot = np.sum((tt - tt.mean(axis=1, keepdims=True)) ** 2, axis=1)
+        d = (np.sum((tt - pb[idx]) ** 2, axis=1) - np.sum((tt - pa[idx]) ** 2, axis=1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            diffs.append(np.where(ss_tot > 0, d / np.where(ss_tot > 0, ss_tot, 1.0), np.nan))
+    diffs = np.concatenate(diffs)
+    diffs = diffs[np.isfinite(diffs)]
+    if len(diffs) == 0:
+        raise InputError("every resample had zero label variance", field="y_true", value=float(t[0]))
+    lo, hi = np.percentile(diffs, band)
+    return {"diff": _num(r2_score(t, pa) - r2_score(t, pb)), "lo": _num(lo), "hi": _num(hi), "band": list(band),
+            "frac_not_above_0": _num(np.mean(diffs <= 0)), "n": int(n), "n_resamples": int(len(diffs))}
+
+
 # --------------------------------------------------------------------------- per SNR bin
 def per_snr_bin(
     y_true, y_pred, snr, rng: np.random.Generator, *, edges: Sequence[float] = SNR_BIN_EDGES,

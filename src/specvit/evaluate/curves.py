@@ -52,7 +52,7 @@ import pandas as pd
 
 from specvit.atomic import write_text_atomic
 from specvit.config import _deep_merge
-from specvit.errors import ConfigError
+from specvit.errors import ConfigError, InputError
 
 #: data keys a neural model's options may not set in stream mode (the scaling config owns them)
 STREAM_OWNED_DATA_KEYS = ("source", "simulate", "train", "val", "labels", "noise_level", "noise_seed",
@@ -522,8 +522,10 @@ def summarise_curves(table: pd.DataFrame, *, target: str, label: str) -> dict:
 
     Another neural model is compared at the same grid points; a baseline at file size n is compared with
     ``target`` at n samples seen (log-linear interpolation of the baseline between its sizes, only inside
-    them). ``passes_at``: the first compared point with target R² >= the other's; None if it does not
-    within the measured range (``gap_at_last``: other − target at the last compared point).
+    them). ``passes_at``: the first compared point from which the target's R² is >= the other's at every
+    later compared point (it passes and stays ahead); None if it is behind at the last compared point
+    (``gap_at_last``: other − target there). ``first_ahead_at``: the first compared point with the target
+    ahead at all, which can be an early lead that is lost again.
     ``exceeds_other_best_at``: the first target point whose R² reaches the other model's best measured R²
     at any budget (``other_best_r2`` at ``other_best_at``), e.g. a baseline's largest file so far.
     """
@@ -553,10 +555,39 @@ def summarise_curves(table: pd.DataFrame, *, target: str, label: str) -> dict:
         other = np.interp(np.log10(ax[sel]), np.log10(bx), by)
         ahead = ay[sel] >= other
         first = int(ax[sel][np.argmax(ahead)]) if ahead.any() else None
-        cmp[m] = {"compared_points": int(sel.sum()), "passes_at": first,
+        behind = np.flatnonzero(~ahead)
+        stays = None if not ahead[-1] else int(ax[sel][behind[-1] + 1 if behind.size else 0])
+        cmp[m] = {"compared_points": int(sel.sum()), "passes_at": stays, "first_ahead_at": first,
                   "last_compared_samples": int(ax[sel][-1]), "gap_at_last": float(other[-1] - ay[sel][-1]), **best}
     out["versus"] = cmp
     return out
+
+
+def paired_gaps(cfg, summary: dict, *, label: str, n_resamples: int = 2000) -> None:
+    """Add ``paired`` to each neural model in ``summary["versus"]``: the paired bootstrap of
+    R²(target) − R²(other) at the last point both reached (same test rows, same noise; predictions read
+    from the points' ``.csv``), so "passes" can be read against the test-set noise. Seeded by ``cfg.seed``."""
+    from specvit.scores import bootstrap_r2_difference
+
+    by_name = {m.name: m for m in cfg.models if m.kind == "neural"}
+    target = summary.get("target")
+    if target not in by_name:
+        return
+    for name, v in summary.get("versus", {}).items():
+        if name not in by_name:
+            continue
+        samples = int(v["last_compared_samples"])
+        paths = [stream_dir(cfg, by_name[m]) / "points" / f"s{samples:010d}.csv" for m in (target, name)]
+        if not all(p.exists() for p in paths):
+            continue
+        a, b = (pd.read_csv(p) for p in paths)
+        t, pred = f"{label}_true", f"{label}_pred"
+        if len(a) != len(b) or not np.array_equal(a["row"].to_numpy(), b["row"].to_numpy()) \
+                or not np.allclose(a[t].to_numpy(), b[t].to_numpy()):
+            raise InputError(f"{paths[0]} and {paths[1]} are not predictions for the same test rows",
+                             field="row", value=str(paths[1]))
+        v["paired"] = {"samples_seen": samples, **bootstrap_r2_difference(
+            a[t], a[pred], b[pred], np.random.default_rng(cfg.seed), n_resamples=n_resamples)}
 
 
 def ceiling_gaps(bins: pd.DataFrame, *, label: str, min_snr: float = 5.0, tolerance: float = 0.05) -> dict:
@@ -638,6 +669,8 @@ def write_outputs(cfg, *, log=print) -> pd.DataFrame:
     targets = [m.name for m in cfg.models if m.kind == "neural" and "specvit" in m.name.lower()]
     summary = {label: summarise_curves(table, target=targets[0], label=label) for label in cfg.data.labels} \
         if targets else {}
+    for label, sm in summary.items():
+        paired_gaps(cfg, sm, label=label)
     if not bins.empty and (bins["model"] == "van_trees").any():
         for label in cfg.data.labels:
             summary.setdefault(label, {})["ceiling_gaps"] = ceiling_gaps(bins, label=label)
