@@ -83,6 +83,14 @@ def main(argv=None):
         theta, err = ds.labels(names)[rows], np.asarray(ds.error[rows], float)
         flux = np.asarray(ds.flux[rows], float)
     s_all, sd_all = linear_errors(fwd, theta, err, rows, a.noise_seed)
+    from specvit.baselines.templatefit_fast import exact_mu
+    from specvit.observe.noise import fixed_normal
+
+    # the simulator's data against the likelihood's model: stored flux vs the exact model at the truth, and the noise
+    chi2_model = (((flux - exact_mu(fwd, torch.as_tensor(theta)).numpy()) / err) ** 2).sum(1)
+    z = fixed_normal(rows, err.shape[1], a.noise_seed, dtype=np.float64)
+    print(f"stored flux vs exact model at the truth: chi2 median {np.median(chi2_model):.2g}, max {chi2_model.max():.2g}; "
+          f"fixed noise z: mean {z.mean():.4f}, variance {z.var():.4f} ({z.size} values)")
     j = names.index(a.label)
     s, crb = s_all[:, j], sd_all[:, j]
     edges = [float(v) for v in a.snr_edges.split(",")]
@@ -100,6 +108,16 @@ def main(argv=None):
     zp = (t - cat[f"{a.label}_mean"].to_numpy()) / cat[f"{a.label}_sd"].to_numpy()
     ratio = cat[f"{a.label}_sd"].to_numpy() / crb
     snr = cat["snr"].to_numpy()
+    sdp, med = cat[f"{a.label}_sd"].to_numpy(), cat[f"{a.label}_q50"].to_numpy()
+    pit = cat[f"{a.label}_pit"].to_numpy() if f"{a.label}_pit" in cat else np.full(len(cat), np.nan)
+    print(f"68 % coverage by definition: q16-q84 {100 * post.mean():.1f}, |true - mean| <= sd "
+          f"{100 * np.mean(np.abs(zp) <= 1):.1f}, |true - median| <= sd {100 * np.mean(np.abs(t - med) <= sdp):.1f}, "
+          f"PIT in (0.16, 0.84) {100 * np.mean((pit > 0.16) & (pit < 0.84)):.1f}; PIT 10-bin counts "
+          f"{np.histogram(pit[np.isfinite(pit)], 10, (0, 1))[0].tolist()}")
+    if "chi2_red_mode" in cat:
+        print("mean chi2_red at the mode per SNR bin: " + ", ".join(
+            f"({lo:g}, {hi:g}] {cat['chi2_red_mode'][(snr > lo) & (snr <= hi)].mean():.4f}"
+            for lo, hi in zip(edges[:-1], edges[1:]) if ((snr > lo) & (snr <= hi)).any()))
     print(f"{a.label}, noise seed {a.noise_seed}: SNR bin, n, posterior 68 %, linear 68 %, discordant (post out & lin in "
           f"/ post in & lin out), corr(z_post, -s), median sd_post / sd_CR")
     for lo, hi in list(zip(edges[:-1], edges[1:])) + [(edges[0], edges[-1])]:
