@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 
-def part_catalogue(path, a: int, b: int, out_csv: Path, overrides=None) -> None:
-    """The posteriors of rows [a, b) (default config, noise_seed 42; one torch thread, the proposal generator of
+def part_catalogue(path, a: int, b: int, out_csv: Path, overrides=None, noise_seed: int = 42) -> None:
+    """The posteriors of rows [a, b) (default config, the fixed test noise of ``noise_seed``; one torch thread, the proposal generator of
     the batch starting at row s is ``default_rng([seed, s])``), as ``run_bayes`` writes them: parts run as
     separate processes (one per core) and are joined by the full run."""
     import time
@@ -45,7 +45,7 @@ def part_catalogue(path, a: int, b: int, out_csv: Path, overrides=None) -> None:
     from specvit.config import load_config
 
     torch.set_num_threads(1)
-    cfg = load_config(BayesConfig, overrides=overrides or (), data={"noise_seed": 42})
+    cfg = load_config(BayesConfig, overrides=overrides or (), data={"noise_seed": noise_seed})
     fwd = bayes_forward(cfg)
     names = list(fwd.label_names)
     frames, c0, t0 = [], time.process_time(), time.perf_counter()
@@ -83,11 +83,11 @@ def catalogues(args, out: Path):
         info = [json.loads(q.with_suffix(".json").read_text()) for q in parts]
         (out / "bayes_seconds.json").write_text(json.dumps({"parts": info, "n": len(df)}))
     if not cb.exists():
-        df = run_bayes(BayesConfig(input=args.data, max_spectra=args.n, noise_seed=42))
+        df = run_bayes(BayesConfig(input=args.data, max_spectra=args.n, noise_seed=args.noise_seed))
         df.to_csv(cb, index=False)
         (out / "bayes_seconds.json").write_text(json.dumps({"seconds": df.attrs["seconds"], "n": len(df)}))
     if not ct.exists() and not args.no_templatefit:
-        df = run_templatefit(TemplateFitConfig(input=args.data, max_spectra=args.n, noise_seed=42, n_starts=1))
+        df = run_templatefit(TemplateFitConfig(input=args.data, max_spectra=args.n, noise_seed=args.noise_seed, n_starts=1))
         df.to_csv(ct, index=False)
     return pd.read_csv(cb), (pd.read_csv(ct) if ct.exists() else None)
 
@@ -99,6 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/bayes_val")
     ap.add_argument("--figures", default="", help="directory for the PNGs (default: --out)")
     ap.add_argument("--no-templatefit", action="store_true")
+    ap.add_argument("--noise-seed", type=int, default=42,
+                    help="seed of the fixed test noise (default 42, the quickstart's). The noise depends only on "
+                         "(seed, row, pixel): validation sets meant to be independent need different noise seeds")
     ap.add_argument("--catalogues-only", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="with --part: a BayesConfig key for the posteriors (e.g. model=v2, max_rounds=3); repeatable")
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.part:
         a, b = (int(v) for v in args.part.split(":"))
-        part_catalogue(args.data, a, b, out / f"bayes_part_{a}_{b}.csv", args.set)
+        part_catalogue(args.data, a, b, out / f"bayes_part_{a}_{b}.csv", args.set, args.noise_seed)
         return 0
     figdir = Path(args.figures or out)
     bay, tf = catalogues(args, out)
