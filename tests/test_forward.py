@@ -202,3 +202,18 @@ def test_fd_stencils_may_cross_the_domain_edge(emu_fwd):
         emu_fwd.model_flux(plus)
     oj = emu_fwd.observed_jacobian(lab, method="fd", steps=[250.0, 0.5, 0.25, 0.25, 0.25])
     assert oj.valid.all() and np.isfinite(oj.jac).all()
+
+
+@pytest.mark.parametrize("n", [4096, 4095, 2])
+def test_median_is_numpys_on_both_paths(n):
+    """The forward model's median (CPU: numpy partition; other devices: torch selection, exercised here on a
+    3-D input) equals np.median bit for bit, ties included."""
+    from specvit.observe.forward import _median_torch
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.rand(6, n, generator=g)
+    x[0] = 0.25  # all equal
+    x[1, : n // 2 + 1] = 0.5  # the lower middle value fills both middle ranks
+    ref = torch.from_numpy(np.median(x.numpy(), axis=1))
+    assert torch.equal(_median_torch(x), ref)  # the CPU path
+    assert torch.equal(_median_torch(x[None])[0], ref)  # the torch path (used on GPUs)
