@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def select_rows(ds, rows: str, snr_min: float) -> np.ndarray:
@@ -37,9 +36,10 @@ def select_rows(ds, rows: str, snr_min: float) -> np.ndarray:
 def main(argv=None):
     import torch
 
-    from specvit.baselines.bayes import BayesConfig, bayes_forward, dataset_prior, posterior
+    from bayes_validation import posterior_rows  # this directory's validation script: the one posterior loop
+    from specvit.baselines.bayes import BayesConfig
     from specvit.config import load_config
-    from specvit.data import fixed_noisy_flux, open_dataset
+    from specvit.data import open_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
@@ -51,28 +51,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_config(BayesConfig, overrides=a.set, data={"noise_seed": 42})
-    fwd = bayes_forward(cfg)
-    names = list(fwd.label_names)
-    frames, c0 = [], time.process_time()
+    c0 = time.process_time()
     with open_dataset(a.data) as ds:
         sel = select_rows(ds, a.rows, a.snr_min)
-        prior = dataset_prior(ds, fwd, cfg)
-        for s in range(0, len(sel), cfg.batch_size):
-            rows = sel[s:s + cfg.batch_size]
-            flux, err = np.asarray(ds.flux[rows], float), np.asarray(ds.error[rows], float)
-            truth = ds.labels(names)[rows]
-            noisy = fixed_noisy_flux(flux, err, 1.0, rows, cfg.noise_seed)
-            r = posterior(fwd, noisy, err, prior=prior, config=cfg,
-                          rng=np.random.default_rng([cfg.seed + a.seed_offset, s]), truth=truth)
-            df = r.to_frame()
-            df.insert(0, "row", rows)
-            df["snr"] = np.nanmedian(flux / err, axis=1)
-            for j, n in enumerate(names):
-                df[f"true_{n}"], df[f"{n}_pit"] = truth[:, j], r.pit[:, j]
-            frames.append(df)
+        batches = ((s, sel[s:s + cfg.batch_size]) for s in range(0, len(sel), cfg.batch_size))
+        df = posterior_rows(ds, batches, cfg, seed=cfg.seed + a.seed_offset)
     out = Path(a.out)
     tmp = out.with_name(out.name + ".tmp")
-    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    df.to_csv(tmp, index=False)
     tmp.replace(out)
     print(json.dumps({"n": int(len(sel)), "cpu_seconds": round(time.process_time() - c0, 1), "set": a.set}))
 

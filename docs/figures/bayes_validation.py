@@ -31,6 +31,31 @@ import numpy as np
 import pandas as pd
 
 
+def posterior_rows(ds, batches, cfg, *, seed: int) -> pd.DataFrame:
+    """The posteriors of ``batches`` of rows of the open dataset ``ds``, as ``run_bayes`` writes them, plus each
+    row's SNR, truth and PIT. ``batches``: (key, rows) pairs; the proposal generator of a batch is
+    ``default_rng([seed, key])``. Fixed test noise of ``cfg.noise_seed``."""
+    from specvit.baselines.bayes import bayes_forward, dataset_prior, posterior
+    from specvit.data import fixed_noisy_flux
+
+    fwd = bayes_forward(cfg)
+    names = list(fwd.label_names)
+    prior = dataset_prior(ds, fwd, cfg)
+    frames = []
+    for key, rows in batches:
+        flux, err = np.asarray(ds.flux[rows], float), np.asarray(ds.error[rows], float)
+        truth = ds.labels(names)[rows]
+        noisy = fixed_noisy_flux(flux, err, 1.0, rows, cfg.noise_seed)
+        r = posterior(fwd, noisy, err, prior=prior, config=cfg, rng=np.random.default_rng([seed, key]), truth=truth)
+        df = r.to_frame()
+        df.insert(0, "row", rows)
+        df["snr"] = np.nanmedian(flux / err, axis=1)
+        for j, n in enumerate(names):
+            df[f"true_{n}"], df[f"{n}_pit"] = truth[:, j], r.pit[:, j]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
 def part_catalogue(path, a: int, b: int, out_csv: Path, overrides=None, noise_seed: int = 42) -> None:
     """The posteriors of rows [a, b) (default config, the fixed test noise of ``noise_seed``; one torch thread, the proposal generator of
     the batch starting at row s is ``default_rng([seed, s])``), as ``run_bayes`` writes them: parts run as
@@ -39,32 +64,17 @@ def part_catalogue(path, a: int, b: int, out_csv: Path, overrides=None, noise_se
 
     import torch
 
-    from specvit.baselines.bayes import BayesConfig, bayes_forward, dataset_prior, posterior
-    from specvit.data import fixed_noisy_flux, open_dataset
-
+    from specvit.baselines.bayes import BayesConfig
     from specvit.config import load_config
+    from specvit.data import open_dataset
 
     torch.set_num_threads(1)
     cfg = load_config(BayesConfig, overrides=overrides or (), data={"noise_seed": noise_seed})
-    fwd = bayes_forward(cfg)
-    names = list(fwd.label_names)
-    frames, c0, t0 = [], time.process_time(), time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     with open_dataset(path) as ds:
-        prior = dataset_prior(ds, fwd, cfg)
-        for s in range(a, b, cfg.batch_size):
-            rows = np.arange(s, min(b, s + cfg.batch_size))
-            flux, err = np.asarray(ds.flux[rows], float), np.asarray(ds.error[rows], float)
-            truth = ds.labels(names)[rows]
-            noisy = fixed_noisy_flux(flux, err, 1.0, rows, cfg.noise_seed)
-            r = posterior(fwd, noisy, err, prior=prior, config=cfg, rng=np.random.default_rng([cfg.seed, s]),
-                          truth=truth)
-            df = r.to_frame()
-            df.insert(0, "row", rows)
-            df["snr"] = np.nanmedian(flux / err, axis=1)
-            for j, n in enumerate(names):
-                df[f"true_{n}"], df[f"{n}_pit"] = truth[:, j], r.pit[:, j]
-            frames.append(df)
-    pd.concat(frames, ignore_index=True).to_csv(out_csv, index=False)
+        batches = ((s, np.arange(s, min(b, s + cfg.batch_size))) for s in range(a, b, cfg.batch_size))
+        df = posterior_rows(ds, batches, cfg, seed=cfg.seed)
+    df.to_csv(out_csv, index=False)
     out_csv.with_suffix(".json").write_text(json.dumps({"rows": [a, b], "cpu_seconds": time.process_time() - c0,
                                                         "seconds": time.perf_counter() - t0}))
 
