@@ -108,6 +108,14 @@ def regression_metrics(y_true, y_pred) -> dict:
 
 
 # --------------------------------------------------------------------------- bootstrap
+def _resample_blocks(rng: np.random.Generator, n: int, n_resamples: int, max_elements: int):
+    """Row indices of ``n_resamples`` bootstrap resamples of ``n`` rows, in (b, n) blocks of at most
+    ``max_elements`` indices (bounded memory; the same draws whatever the block size)."""
+    per_block = max(1, max_elements // n)
+    for start in range(0, n_resamples, per_block):
+        yield rng.integers(0, n, size=(min(per_block, n_resamples - start), n))
+
+
 def bootstrap_r2(
     y_true, y_pred, rng: np.random.Generator, *, n_resamples: int = 200, band: tuple[float, float] = (10.0, 90.0),
     max_elements: int = 4_000_000,
@@ -123,11 +131,8 @@ def bootstrap_r2(
         return None, None
     if not isinstance(rng, np.random.Generator):
         raise InputError("a seeded numpy.random.Generator is required for the bootstrap", field="rng", value=type(rng).__name__)
-    per_block = max(1, max_elements // n)
     r2s = []
-    for start in range(0, n_resamples, per_block):
-        b = min(per_block, n_resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
+    for idx in _resample_blocks(rng, n, n_resamples, max_elements):
         tt, pp = t[idx], p[idx]
         ss_res = np.sum((tt - pp) ** 2, axis=1)
         ss_tot = np.sum((tt - tt.mean(axis=1, keepdims=True)) ** 2, axis=1)
@@ -164,9 +169,7 @@ def bootstrap_r2_difference(
     if not isinstance(rng, np.random.Generator):
         raise InputError("a seeded numpy.random.Generator is required for the bootstrap", field="rng", value=type(rng).__name__)
     diffs = []
-    per_block = max(1, 4_000_000 // n)
-    for start in range(0, n_resamples, per_block):
-        idx = rng.integers(0, n, size=(min(per_block, n_resamples - start), n))
+    for idx in _resample_blocks(rng, n, n_resamples, 4_000_000):
         tt = t[idx]
         ss_tot = np.sum((tt - tt.mean(axis=1, keepdims=True)) ** 2, axis=1)
         d = (np.sum((tt - pb[idx]) ** 2, axis=1) - np.sum((tt - pa[idx]) ** 2, axis=1))
