@@ -129,6 +129,7 @@ class ObservedEmulator:
         # continuum basis, so the Planck term costs basis rows instead of an expm1 and a log per pixel and draw
         self.planck_t_range = (float(m.bounds[m.label_names[0]][0]) * (1 - PLANCK_T_MARGIN),
                                float(m.bounds[m.label_names[0]][1]) * (1 + PLANCK_T_MARGIN))
+        self._planck_u_range = (1.0 / self.planck_t_range[1], 1.0 / self.planck_t_range[0])  # u = 1/T, ascending
         self.planck_series = bool(planck_series) and self.planck
         if self.planck_series:
             coef = self._planck_series_coefficients()  # (D + 1, P) float64
@@ -153,7 +154,7 @@ class ObservedEmulator:
 
     def _planck_s(self, teff: torch.Tensor) -> torch.Tensor:
         """The series variable s ∈ [−1, 1]: u = 1/T mapped linearly from [1/T_hi, 1/T_lo]."""
-        u_lo, u_hi = 1.0 / self.planck_t_range[1], 1.0 / self.planck_t_range[0]
+        u_lo, u_hi = self._planck_u_range
         return (2.0 / teff.double() - (u_lo + u_hi)) / (u_hi - u_lo)
 
     def _planck_series_coefficients(self) -> np.ndarray:
@@ -166,7 +167,7 @@ class ObservedEmulator:
         """
         d = PLANCK_SERIES_DEGREE
         nodes = np.cos(np.pi * (np.arange(d + 1) + 0.5) / (d + 1))
-        u_lo, u_hi = 1.0 / self.planck_t_range[1], 1.0 / self.planck_t_range[0]
+        u_lo, u_hi = self._planck_u_range
         teff = 1.0 / (0.5 * (u_lo + u_hi) + 0.5 * (u_hi - u_lo) * nodes)
         x = HC_OVER_K_A_K / (self.wave_eff[None, :] * teff[:, None])
         ln_b = LN_PI_2HC2_PER_A - 5 * np.log(self.wave_eff * 1e-8)[None, :] - np.log(np.expm1(x))
@@ -184,7 +185,7 @@ class ObservedEmulator:
         terms = torch.stack(t[1:], 1)
         if not with_derivative:
             return terms, None
-        u_lo, u_hi = 1.0 / self.planck_t_range[1], 1.0 / self.planck_t_range[0]
+        u_lo, u_hi = self._planck_u_range
         ds_dt = -2.0 / (teff.double() ** 2 * (u_hi - u_lo))
         return terms, torch.stack(dt[1:], 1) * ds_dt[:, None]
 
